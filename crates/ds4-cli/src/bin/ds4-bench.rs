@@ -1,0 +1,1 @@
+fn main() { println!("ds4-bench: not yet implemented"); }

@@ -1,0 +1,20 @@
+//! DeepSeek V4 Flash as data: [`Config`] resolved once from `deepseek4.*` GGUF metadata (spec/model.md
+//! §1.4) and validated (strictly, listing every mismatch, for a file that claims the real shape;
+//! within the §1.5 rules for tiny shapes); [`Weights`], typed views of every tensor (§2) into the
+//! mapped file; the KV state types (§4); the one [`Backend`] trait; and synthetic models (`synth`).
+//!
+//! Owns: tensor names, metadata keys and the layout table. Refuses: arithmetic (backends) and
+//! sessions (engine). Design decision: tensors are [`Tensor`] values that keep the file alive
+//! through an `Arc`, so weights are `'static`, owned by backends, and never copied.
+
+pub mod backend;
+pub mod config;
+pub mod kv;
+pub mod weights;
+
+pub use backend::{Backend, BackendError, LayerProbe, Logits};
+pub use config::{AttnKind, Config, RopeParams, Routing};
+pub use kv::{CompressorFrontier, KvSnapshot, LayerKvSnapshot};
+pub use weights::{
+    CompressorWeights, HcWeights, IndexerWeights, LayerAttnExtra, LayerWeights, OutputWeights, Tensor, Weights,
+};

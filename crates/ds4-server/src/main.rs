@@ -1,0 +1,1 @@
+fn main() { println!("ds4-server: not yet implemented"); }

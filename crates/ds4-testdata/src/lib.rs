@@ -1,0 +1,1 @@
+//! Dev-only: paths to ../shared/golden, cached tiny GGUFs, comparison helpers.
