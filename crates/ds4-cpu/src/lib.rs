@@ -6,6 +6,8 @@
 //! block math (`ds4-quant`). Design decision: activations stay f32 against quantized weights (the
 //! model's own semantics, spec §3.13), not ds4's int8 activation step; weights are never copied.
 
+pub mod ops;
+
 use std::sync::Arc;
 
 use ds4_model::{Backend, BackendError, Config, KvSnapshot, LayerProbe, Logits, Weights};
