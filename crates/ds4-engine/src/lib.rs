@@ -11,6 +11,7 @@
 //! or before the divergence point, or rebuilds from token 0.
 
 pub mod engine;
+pub mod sampler;
 pub mod session;
 pub mod testing;
 
