@@ -56,7 +56,10 @@ pub trait Backend: Send {
     /// Turns per-layer recording on (`Some`) or off; backends that cannot record return Unsupported.
     fn set_probe(&mut self, probe: Option<LayerProbe>) -> Result<(), BackendError> {
         let _ = probe;
-        Err(BackendError::Unsupported(format!("{} backend cannot record layers", self.name())))
+        Err(BackendError::Unsupported(format!(
+            "{} backend cannot record layers",
+            self.name()
+        )))
     }
     /// Takes the records made since `set_probe`.
     fn take_probe(&mut self) -> Option<LayerProbe> {

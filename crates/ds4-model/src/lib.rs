@@ -9,12 +9,18 @@
 
 pub mod backend;
 pub mod config;
+pub mod error;
 pub mod kv;
+pub mod layout;
+pub mod model;
 pub mod weights;
 
 pub use backend::{Backend, BackendError, LayerProbe, Logits};
 pub use config::{AttnKind, Config, RopeParams, Routing};
+pub use error::{CheckMode, LoadError, Problem};
 pub use kv::{CompressorFrontier, KvSnapshot, LayerKvSnapshot};
+pub use model::Model;
 pub use weights::{
-    CompressorWeights, HcWeights, IndexerWeights, LayerAttnExtra, LayerWeights, OutputWeights, Tensor, Weights,
+    CompressorWeights, HcWeights, IndexerWeights, LayerAttnExtra, LayerWeights, OutputWeights,
+    Tensor, Weights,
 };
