@@ -203,10 +203,9 @@ impl Session {
         }
         let mut pos = reused;
         while pos < total {
-            let end = if chunk == 0 {
-                total
-            } else {
-                ((pos / chunk + 1) * chunk).min(total)
+            let end = match pos.checked_div(chunk) {
+                Some(q) => ((q + 1) * chunk).min(total),
+                None => total,
             };
             let logits = if end == total {
                 Logits::Last(&mut self.logits)
