@@ -1,0 +1,135 @@
+//! Activations quantized once per matvec (spec/model.md §3.2 P3a / P3b), so every row's dot is an
+//! integer block dot. The buffers are reused across calls: no allocation per token once sized.
+
+use crate::{ActQ8_0, BlockQ8K, TensorType};
+
+/// Which int8 activation format a weight format dots with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActFormat {
+    /// Blocks of 32, f32 scale (P3a): for Q8_0 weights.
+    Q8_0,
+    /// Blocks of 256, f32 scale and 16-value sums (P3b): for Q2_K, Q4_K and IQ2_XXS weights.
+    Q8K,
+}
+
+impl ActFormat {
+    /// The activation format for weights of type `ty`, or `None` when `ty` is only ever used with
+    /// f32 activations (F32, F16, BF16).
+    pub const fn for_weights(ty: TensorType) -> Option<ActFormat> {
+        match ty {
+            TensorType::Q8_0 => Some(ActFormat::Q8_0),
+            TensorType::Q2K | TensorType::Q4K | TensorType::Iq2Xxs => Some(ActFormat::Q8K),
+            _ => None,
+        }
+    }
+
+    /// Elements per activation block.
+    pub const fn block_elems(self) -> usize {
+        match self {
+            ActFormat::Q8_0 => 32,
+            ActFormat::Q8K => 256,
+        }
+    }
+}
+
+/// An activation vector quantized to [`ActFormat`] blocks.
+#[derive(Debug, Clone)]
+pub struct QuantizedActs {
+    format: ActFormat,
+    n_elems: usize,
+    q8_0: Vec<ActQ8_0>,
+    q8k: Vec<BlockQ8K>,
+}
+
+impl QuantizedActs {
+    /// Quantizes `x` into the activation format that weights of type `ty` dot with.
+    ///
+    /// # Panics
+    /// If `ty` has no quantized-activation path or `x.len()` is not a multiple of the block size.
+    pub fn quantize(ty: TensorType, x: &[f32]) -> QuantizedActs {
+        let mut a = QuantizedActs::empty(ty);
+        a.requantize(ty, x);
+        a
+    }
+
+    /// An empty buffer for weights of type `ty`; fill it with [`QuantizedActs::requantize`].
+    pub fn empty(ty: TensorType) -> QuantizedActs {
+        let format = ActFormat::for_weights(ty)
+            .unwrap_or_else(|| panic!("{ty} weights take f32 activations, not quantized ones"));
+        QuantizedActs {
+            format,
+            n_elems: 0,
+            q8_0: Vec::new(),
+            q8k: Vec::new(),
+        }
+    }
+
+    /// Re-quantizes `x` in place for weights of type `ty`, reusing the buffers (allocates only
+    /// when `x` is longer than any vector quantized before).
+    pub fn requantize(&mut self, ty: TensorType, x: &[f32]) {
+        let format = ActFormat::for_weights(ty)
+            .unwrap_or_else(|| panic!("{ty} weights take f32 activations, not quantized ones"));
+        let be = format.block_elems();
+        assert!(
+            x.len().is_multiple_of(be),
+            "{} activations are not whole {be}-value blocks",
+            x.len()
+        );
+        self.format = format;
+        self.n_elems = x.len();
+        match format {
+            ActFormat::Q8_0 => {
+                self.q8_0.clear();
+                self.q8_0.extend(x.chunks_exact(32).map(ActQ8_0::quantize));
+            }
+            ActFormat::Q8K => {
+                self.q8k.clear();
+                self.q8k.extend(x.chunks_exact(256).map(BlockQ8K::quantize));
+            }
+        }
+    }
+
+    /// The format the activations are in.
+    pub fn format(&self) -> ActFormat {
+        self.format
+    }
+
+    /// Number of activations.
+    pub fn n_elems(&self) -> usize {
+        self.n_elems
+    }
+
+    /// The Q8_0 blocks (empty unless `format() == ActFormat::Q8_0`).
+    pub fn q8_0_blocks(&self) -> &[ActQ8_0] {
+        match self.format {
+            ActFormat::Q8_0 => &self.q8_0,
+            ActFormat::Q8K => &[],
+        }
+    }
+
+    /// The Q8_K blocks (empty unless `format() == ActFormat::Q8K`).
+    pub fn q8k_blocks(&self) -> &[BlockQ8K] {
+        match self.format {
+            ActFormat::Q8K => &self.q8k,
+            ActFormat::Q8_0 => &[],
+        }
+    }
+
+    /// Asserts these activations can dot with a `ty` row of `row_bytes` bytes.
+    pub(crate) fn check_for(&self, ty: TensorType, row_bytes: usize) {
+        assert_eq!(
+            ActFormat::for_weights(ty),
+            Some(self.format),
+            "{ty} weights need {:?} activations, these are {:?}",
+            ActFormat::for_weights(ty),
+            self.format
+        );
+        let want = ty.row_bytes(self.n_elems as u64);
+        assert_eq!(
+            want,
+            Some(row_bytes as u64),
+            "{ty} row of {row_bytes} bytes does not hold {} activations",
+            self.n_elems
+        );
+    }
+}
