@@ -12,13 +12,16 @@ pub mod config;
 pub mod error;
 pub mod kv;
 pub mod layout;
+pub mod memory;
 pub mod model;
+pub mod synth;
 pub mod weights;
 
 pub use backend::{Backend, BackendError, LayerProbe, Logits};
 pub use config::{AttnKind, Config, RopeParams, Routing};
 pub use error::{CheckMode, LoadError, Problem};
 pub use kv::{CompressorFrontier, KvSnapshot, LayerKvSnapshot};
+pub use memory::{kv_memory_estimate, KvMemoryEstimate};
 pub use model::Model;
 pub use weights::{
     CompressorWeights, HcWeights, IndexerWeights, LayerAttnExtra, LayerWeights, OutputWeights,

@@ -1,0 +1,190 @@
+//! Layout validation: strict for real-width files (here full-width, one-layer, header-only sparse
+//! files), §1.5 rules for small ones, and every mismatch reported in one error.
+
+use std::path::PathBuf;
+
+use ds4_gguf::{TensorType, Value};
+use ds4_model::synth::{write_model, Preset, SynthPlan, SynthSpec};
+use ds4_model::{CheckMode, LoadError, Model, Problem};
+
+fn tmp(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.{}.gguf", std::process::id()))
+}
+
+fn full_plan(layers: usize) -> SynthPlan {
+    let spec = SynthSpec {
+        layers: Some(layers),
+        ..SynthSpec::new(Preset::Full, 1)
+    };
+    spec.plan().expect("full plan")
+}
+
+fn load_header_only(plan: &SynthPlan, name: &str) -> Result<Model, LoadError> {
+    let path = tmp(name);
+    plan.write_file(&path, true, &mut |_, _| {})
+        .expect("write header-only");
+    let r = Model::open(&path);
+    let _ = std::fs::remove_file(&path);
+    r
+}
+
+fn set_meta(plan: &mut SynthPlan, key: &str, v: Value) {
+    let slot = plan
+        .metadata
+        .iter_mut()
+        .find(|(k, _)| k == key)
+        .expect("key in plan");
+    slot.1 = v;
+}
+
+#[test]
+fn full_width_header_only_files_validate_strictly() {
+    for layers in [1, 3] {
+        let plan = full_plan(layers);
+        let m = match load_header_only(&plan, &format!("full{layers}")) {
+            Ok(m) => m,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(m.check_mode(), CheckMode::Strict);
+        assert_eq!(
+            m.config,
+            ds4_model::Config {
+                context_length: 1 << 20,
+                ..ds4_model::Config::real(layers)
+            }
+        );
+        assert_eq!(m.weights.token_embd.dims(), &[4096, 129280]);
+    }
+}
+
+#[test]
+fn strict_validation_lists_every_planted_mismatch() {
+    let mut plan = full_plan(3);
+    set_meta(&mut plan, "deepseek4.attention.head_count", Value::U32(32));
+    set_meta(&mut plan, "deepseek4.rope.freq_base", Value::F32(10001.0));
+    // u32 keys must be UINT32 (spec §1.4).
+    set_meta(&mut plan, "deepseek4.expert_count", Value::U64(256));
+    let ratios = plan
+        .metadata
+        .iter_mut()
+        .find(|(k, _)| k == "deepseek4.attention.compress_ratios")
+        .expect("ratios");
+    ratios.1 = Value::Array(
+        ds4_gguf::ValueType::U32,
+        vec![Value::U32(0), Value::U32(0), Value::U32(128)],
+    );
+    let clamps = plan
+        .metadata
+        .iter_mut()
+        .find(|(k, _)| k == "deepseek4.swiglu_clamp_exp")
+        .expect("clamps");
+    clamps.1 = Value::Array(
+        ds4_gguf::ValueType::F32,
+        vec![Value::F32(10.0), Value::F32(7.0), Value::F32(10.0)],
+    );
+    let t = |plan: &mut SynthPlan, name: &str| {
+        plan.tensors
+            .iter()
+            .position(|t| t.spec.name == name)
+            .unwrap_or_else(|| panic!("{name} planned"))
+    };
+    let i = t(&mut plan, "blk.0.attn_q_a.weight");
+    plan.tensors[i].spec.ty = TensorType::F16;
+    let i = t(&mut plan, "blk.1.attn_kv.weight");
+    plan.tensors[i].spec.dims = vec![4096, 256];
+    let i = t(&mut plan, "blk.2.indexer.proj.weight");
+    plan.tensors.remove(i);
+    let i = t(&mut plan, "blk.1.ffn_up_exps.weight");
+    plan.tensors[i].spec.ty = TensorType::Q4K;
+
+    let err = load_header_only(&plan, "planted").expect_err("must fail");
+    let msg = err.to_string();
+    println!("{msg}");
+    let LoadError::Invalid { mode, problems } = &err else {
+        panic!("{msg}")
+    };
+    assert_eq!(*mode, CheckMode::Strict);
+    for needle in [
+        "deepseek4.attention.head_count",
+        "deepseek4.rope.freq_base",
+        "deepseek4.expert_count",
+        "compress_ratios[2]",
+        "swiglu_clamp_exp[1]",
+        "blk.0.attn_q_a.weight",
+        "blk.1.attn_kv.weight",
+        "missing tensor \"blk.2.indexer.proj.weight\"",
+        "blk.1.ffn_up_exps.weight",
+    ] {
+        assert!(msg.contains(needle), "{needle:?} not reported in:\n{msg}");
+    }
+    assert!(problems.len() >= 9, "{msg}");
+    assert!(problems.contains(&Problem::TensorDims {
+        name: "blk.1.attn_kv.weight".into(),
+        expected: vec![4096, 512],
+        found: vec![4096, 256],
+    }));
+}
+
+#[test]
+fn strict_mode_rejects_more_layers_than_the_real_model() {
+    let mut plan = full_plan(1);
+    set_meta(&mut plan, "deepseek4.block_count", Value::U32(44));
+    let err = load_header_only(&plan, "toomany").expect_err("must fail");
+    assert!(err.to_string().contains("block_count"), "{err}");
+}
+
+#[test]
+fn tiny_rules_and_tensor_dims_are_checked() {
+    let mut plan = SynthSpec::tiny(1).plan().expect("tiny plan");
+    set_meta(&mut plan, "deepseek4.rope.dimension_count", Value::U32(63));
+    let err = match Model::from_bytes(plan.to_bytes().expect("bytes")) {
+        Ok(_) => panic!("odd n_rot must be rejected"),
+        Err(e) => e,
+    };
+    let msg = err.to_string();
+    assert!(msg.contains("n_rot = 63"), "{msg}");
+    assert!(msg.contains("multiple of 64"), "{msg}");
+
+    let mut plan = SynthSpec::tiny(1).plan().expect("tiny plan");
+    let i = plan
+        .tensors
+        .iter()
+        .position(|t| t.spec.name == "output.weight")
+        .expect("output");
+    plan.tensors[i].spec.dims = vec![256, 500];
+    let j = plan
+        .tensors
+        .iter()
+        .position(|t| t.spec.name == "blk.3.attn_compressor_ape.weight")
+        .expect("ape");
+    plan.tensors[j].spec.dims = vec![128, 4];
+    let err = Model::from_bytes(plan.to_bytes().expect("bytes")).expect_err("must fail");
+    assert_eq!(err.problems().len(), 2, "{err}");
+    assert!(err.to_string().contains("[256, 512]"), "{err}");
+    assert!(err.to_string().contains("[128, 8]"), "{err}");
+}
+
+#[test]
+fn missing_metadata_keys_are_all_named() {
+    let mut plan = SynthSpec::tiny(1).plan().expect("tiny plan");
+    plan.metadata.retain(|(k, _)| {
+        k != "deepseek4.attention.sliding_window" && k != "deepseek4.hyper_connection.count"
+    });
+    let err = Model::from_bytes(plan.to_bytes().expect("bytes")).expect_err("must fail");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("deepseek4.attention.sliding_window")
+            && msg.contains("deepseek4.hyper_connection.count"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn written_tiny_file_equals_in_memory_bytes() {
+    let spec = SynthSpec::tiny(11);
+    let path = tmp("tiny11");
+    write_model(&spec, &path, false, &mut |_, _| {}).expect("write");
+    let on_disk = std::fs::read(&path).expect("read back");
+    let _ = std::fs::remove_file(&path);
+    assert!(on_disk == spec.plan().expect("plan").to_bytes().expect("bytes"));
+}
