@@ -15,8 +15,6 @@
 //! spec §2 is still available ([`Rendered::text`]) for cache keys and traces.
 
 #![deny(missing_docs)]
-// API-only commit: bodies follow in the next commits.
-#![allow(unused_variables, unused_imports, dead_code, clippy::ptr_arg)]
 
 pub mod dsml;
 mod error;

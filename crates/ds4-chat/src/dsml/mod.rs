@@ -12,6 +12,7 @@ mod memory;
 mod parse;
 mod render;
 mod stream;
+mod syntax;
 mod track;
 
 pub use ids::{new_item_id, new_tool_call_id, IdKind};
