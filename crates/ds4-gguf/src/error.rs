@@ -14,10 +14,21 @@ pub enum Error {
     BadMagic { found: u32 },
     #[error("unsupported GGUF version {found} (only version 3 is read)")]
     BadVersion { found: u32 },
-    #[error("file truncated while reading {what} at offset {at}: need {need} bytes, file has {len}")]
-    Truncated { what: String, at: u64, need: u64, len: u64 },
+    #[error(
+        "file truncated while reading {what} at offset {at}: need {need} bytes, file has {len}"
+    )]
+    Truncated {
+        what: String,
+        at: u64,
+        need: u64,
+        len: u64,
+    },
     #[error("metadata key {key:?} at offset {at}: {reason}")]
-    BadMetadata { key: String, at: u64, reason: String },
+    BadMetadata {
+        key: String,
+        at: u64,
+        reason: String,
+    },
     #[error("tensor {name:?}: {reason}")]
     BadTensor { name: String, reason: String },
     #[error("tensor {name:?} has unknown ggml type code {code}")]
@@ -25,19 +36,36 @@ pub enum Error {
     #[error("duplicate {kind} {name:?}")]
     Duplicate { kind: &'static str, name: String },
     #[error("{count} {what} declared at offset {at} cannot fit in a {len}-byte file")]
-    ImplausibleCount { what: &'static str, count: u64, at: u64, len: u64 },
+    ImplausibleCount {
+        what: &'static str,
+        count: u64,
+        at: u64,
+        len: u64,
+    },
     #[error("metadata key {key:?}: expected {expected}, found {found}")]
-    WrongType { key: String, expected: &'static str, found: String },
+    WrongType {
+        key: String,
+        expected: &'static str,
+        found: String,
+    },
     #[error("missing metadata key {key:?}")]
     MissingKey { key: String },
     #[error("writer: {0}")]
     Writer(String),
     #[error("tensor {name:?} of type {ty}: {n_elems} elements is not a whole number of {block}-element blocks")]
-    PartialBlock { name: String, ty: TensorType, n_elems: u64, block: usize },
+    PartialBlock {
+        name: String,
+        ty: TensorType,
+        n_elems: u64,
+        block: usize,
+    },
 }
 
 impl Error {
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        Error::Io { path: path.display().to_string(), source }
+        Error::Io {
+            path: path.display().to_string(),
+            source,
+        }
     }
 }

@@ -7,11 +7,19 @@ use std::path::Path;
 use crate::{Error, TensorType, Value, ValueType, DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION};
 
 /// Deepest array nesting accepted; real files nest at most one level.
-const MAX_ARRAY_DEPTH: usize = 4;
+pub(crate) const MAX_ARRAY_DEPTH: usize = 4;
 /// ggml's GGML_MAX_DIMS.
 const MAX_DIMS: u32 = 4;
 /// Longest key or tensor name accepted (ggml caps tensor names at 64; keys are short).
-const MAX_NAME_LEN: u64 = 65_536;
+pub(crate) const MAX_NAME_LEN: u64 = 65_536;
+/// Most items reserved up front for any count read from the file. Counts are already checked
+/// against the bytes left, but one file byte can become a 32-byte [`Value`]; reserving at most this
+/// many and growing as items actually parse keeps memory proportional to what was really read.
+const MAX_PREALLOC: u64 = 1 << 16;
+
+fn prealloc(count: u64) -> usize {
+    count.min(MAX_PREALLOC) as usize
+}
 
 enum Backing {
     Mmap(memmap2::Mmap),
@@ -43,19 +51,22 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    /// Total number of elements.
+    /// Total number of elements (cannot overflow for a parsed tensor: checked at parse time).
     pub fn n_elems(&self) -> u64 {
         self.dims.iter().product()
     }
 
-    /// Bytes in one row (`dims[0]` elements).
+    /// Bytes in one row (`dims[0]` elements); whole blocks, checked at parse time.
     pub fn row_bytes(&self) -> u64 {
-        self.ty.row_bytes(self.dims[0]).unwrap_or(0)
+        self.dims
+            .first()
+            .and_then(|&ne0| self.ty.row_bytes(ne0))
+            .unwrap_or(0)
     }
 
     /// Number of rows (product of `dims[1..]`).
     pub fn n_rows(&self) -> u64 {
-        self.dims[1..].iter().product()
+        self.dims.iter().skip(1).product()
     }
 }
 
@@ -114,11 +125,17 @@ impl GgufFile {
         // A key/value entry takes at least 8 (key len) + 4 (type) + 1 bytes.
         c.check_count("metadata entries", n_kv, 13)?;
 
-        let mut metadata = Vec::with_capacity(n_kv as usize);
-        let mut meta_index = HashMap::with_capacity(n_kv as usize);
+        let mut metadata = Vec::with_capacity(prealloc(n_kv));
+        let mut meta_index = HashMap::with_capacity(prealloc(n_kv));
         for _ in 0..n_kv {
             let at = c.pos as u64;
-            let key = c.string("metadata key")?;
+            let key = c.name("metadata key").map_err(|e| {
+                e.into_error(|reason| Error::BadMetadata {
+                    key: String::new(),
+                    at,
+                    reason,
+                })
+            })?;
             let code = c.u32("metadata value type")?;
             let ty = ValueType::from_code(code).ok_or_else(|| Error::BadMetadata {
                 key: key.clone(),
@@ -127,7 +144,10 @@ impl GgufFile {
             })?;
             let value = c.value(&key, ty, 0)?;
             if meta_index.insert(key.clone(), metadata.len()).is_some() {
-                return Err(Error::Duplicate { kind: "metadata key", name: key });
+                return Err(Error::Duplicate {
+                    kind: "metadata key",
+                    name: key,
+                });
             }
             metadata.push((key, value));
         }
@@ -139,19 +159,31 @@ impl GgufFile {
                 return Err(Error::BadMetadata {
                     key: "general.alignment".into(),
                     at: 0,
-                    reason: format!("must be a non-zero power-of-two u32, found {} {v}", v.type_desc()),
+                    reason: format!(
+                        "must be a non-zero power-of-two u32, found {} {v}",
+                        v.type_desc()
+                    ),
                 })
             }
         };
 
         // A tensor info takes at least 8 (name len) + 4 (n_dims) + 4 (type) + 8 (offset) bytes.
         c.check_count("tensor infos", n_tensors, 24)?;
-        let mut raw = Vec::with_capacity(n_tensors as usize);
+        let mut raw = Vec::with_capacity(prealloc(n_tensors));
         for _ in 0..n_tensors {
-            let name = c.string("tensor name")?;
+            let at = c.pos as u64;
+            let name = c.name("tensor name").map_err(|e| {
+                e.into_error(|reason| Error::BadTensor {
+                    name: format!("<name at offset {at}>"),
+                    reason,
+                })
+            })?;
             let n_dims = c.u32("tensor n_dims")?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(Error::BadTensor { name, reason: format!("n_dims {n_dims} not in 1..={MAX_DIMS}") });
+                return Err(Error::BadTensor {
+                    name,
+                    reason: format!("n_dims {n_dims} not in 1..={MAX_DIMS}"),
+                });
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -172,9 +204,15 @@ impl GgufFile {
         let mut tensors = Vec::with_capacity(raw.len());
         let mut tensor_index = HashMap::with_capacity(raw.len());
         for (name, dims, code, rel_offset) in raw {
-            let ty = TensorType::from_code(code).ok_or_else(|| Error::UnknownType { name: name.clone(), code })?;
-            let bad = |reason: String| Error::BadTensor { name: name.clone(), reason };
-            if dims.iter().any(|&d| d == 0) {
+            let ty = TensorType::from_code(code).ok_or_else(|| Error::UnknownType {
+                name: name.clone(),
+                code,
+            })?;
+            let bad = |reason: String| Error::BadTensor {
+                name: name.clone(),
+                reason,
+            };
+            if dims.contains(&0) {
                 return Err(bad(format!("zero dimension in {dims:?}")));
             }
             let n_elems = dims
@@ -191,22 +229,50 @@ impl GgufFile {
                 .checked_mul(n_elems / dims[0])
                 .ok_or_else(|| bad(format!("byte size of {dims:?} overflows")))?;
             if rel_offset % alignment != 0 {
-                return Err(bad(format!("offset {rel_offset} is not a multiple of the alignment {alignment}")));
+                return Err(bad(format!(
+                    "offset {rel_offset} is not a multiple of the alignment {alignment}"
+                )));
             }
             let offset = data_offset
                 .checked_add(rel_offset)
                 .ok_or_else(|| bad(format!("offset {rel_offset} overflows")))?;
-            let end = offset.checked_add(n_bytes).ok_or_else(|| bad("end offset overflows".into()))?;
+            let end = offset
+                .checked_add(n_bytes)
+                .ok_or_else(|| bad("end offset overflows".into()))?;
             if end > file_len {
-                return Err(Error::Truncated { what: format!("tensor {name:?} data"), at: offset, need: n_bytes, len: file_len });
+                return Err(Error::Truncated {
+                    what: format!("tensor {name:?} data"),
+                    at: offset,
+                    need: n_bytes,
+                    len: file_len,
+                });
             }
             if tensor_index.insert(name.clone(), tensors.len()).is_some() {
-                return Err(Error::Duplicate { kind: "tensor", name });
+                return Err(Error::Duplicate {
+                    kind: "tensor",
+                    name,
+                });
             }
-            tensors.push(TensorInfo { name, dims, ty, rel_offset, offset, n_bytes });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ty,
+                rel_offset,
+                offset,
+                n_bytes,
+            });
         }
 
-        Ok(GgufFile { backing, version, metadata, meta_index, tensors, tensor_index, alignment, data_offset })
+        Ok(GgufFile {
+            backing,
+            version,
+            metadata,
+            meta_index,
+            tensors,
+            tensor_index,
+            alignment,
+            data_offset,
+        })
     }
 
     /// The whole file.
@@ -238,7 +304,9 @@ impl GgufFile {
 
     /// The value of `key`, or [`Error::MissingKey`].
     pub fn require(&self, key: &str) -> Result<&Value, Error> {
-        self.get(key).ok_or_else(|| Error::MissingKey { key: key.to_string() })
+        self.get(key).ok_or_else(|| Error::MissingKey {
+            key: key.to_string(),
+        })
     }
 
     /// Tensor directory in file order.
@@ -251,6 +319,9 @@ impl GgufFile {
     }
 
     /// The bytes of a tensor of this file (range checked at parse time).
+    ///
+    /// # Panics
+    /// If `t` is not one of this file's [`GgufFile::tensors`] and its range lies past the end.
     pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
         &self.bytes()[t.offset as usize..(t.offset + t.n_bytes) as usize]
     }
@@ -258,6 +329,22 @@ impl GgufFile {
 
 fn align_up(x: u64, a: u64) -> Option<u64> {
     Some(x.checked_add(a - 1)? / a * a)
+}
+
+/// Why a key or tensor name could not be read: the file ended (already a complete [`Error`]), or
+/// the declared length is implausible (the caller names the key or tensor).
+enum NameError {
+    Io(Error),
+    TooLong(String),
+}
+
+impl NameError {
+    fn into_error(self, too_long: impl FnOnce(String) -> Error) -> Error {
+        match self {
+            NameError::Io(e) => e,
+            NameError::TooLong(reason) => too_long(reason),
+        }
+    }
 }
 
 struct Cursor<'a> {
@@ -269,7 +356,12 @@ impl<'a> Cursor<'a> {
     fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8], Error> {
         let left = (self.bytes.len() - self.pos) as u64;
         if n > left {
-            return Err(Error::Truncated { what: what.to_string(), at: self.pos as u64, need: n, len: self.bytes.len() as u64 });
+            return Err(Error::Truncated {
+                what: what.to_string(),
+                at: self.pos as u64,
+                need: n,
+                len: self.bytes.len() as u64,
+            });
         }
         let s = &self.bytes[self.pos..self.pos + n as usize];
         self.pos += n as usize;
@@ -295,19 +387,33 @@ impl<'a> Cursor<'a> {
     fn check_count(&self, what: &'static str, count: u64, min_item: u64) -> Result<(), Error> {
         let left = (self.bytes.len() - self.pos) as u64;
         if count.checked_mul(min_item).is_none_or(|need| need > left) {
-            return Err(Error::ImplausibleCount { what, count, at: self.pos as u64, len: self.bytes.len() as u64 });
+            return Err(Error::ImplausibleCount {
+                what,
+                count,
+                at: self.pos as u64,
+                len: self.bytes.len() as u64,
+            });
         }
         Ok(())
     }
 
     fn string(&mut self, what: &str) -> Result<String, Error> {
-        let at = self.pos as u64;
         let len = self.u64(what)?;
-        if len > MAX_NAME_LEN && (what == "metadata key" || what == "tensor name") {
-            return Err(Error::BadMetadata { key: String::new(), at, reason: format!("{what} length {len} is implausible") });
-        }
         let s = self.take(len, what)?;
         Ok(String::from_utf8_lossy(s).into_owned())
+    }
+
+    /// A key or tensor name: a string of at most [`MAX_NAME_LEN`] bytes.
+    fn name(&mut self, what: &str) -> Result<String, NameError> {
+        let len_at = self.pos;
+        let len = self.u64(what).map_err(NameError::Io)?;
+        if len > MAX_NAME_LEN {
+            return Err(NameError::TooLong(format!(
+                "{what} length {len} exceeds {MAX_NAME_LEN}"
+            )));
+        }
+        self.pos = len_at;
+        self.string(what).map_err(NameError::Io)
     }
 
     fn value(&mut self, key: &str, ty: ValueType, depth: usize) -> Result<Value, Error> {
@@ -329,7 +435,11 @@ impl<'a> Cursor<'a> {
                     0 => Value::Bool(false),
                     1 => Value::Bool(true),
                     b => {
-                        return Err(Error::BadMetadata { key: key.into(), at, reason: format!("bool byte {b} is neither 0 nor 1") })
+                        return Err(Error::BadMetadata {
+                            key: key.into(),
+                            at,
+                            reason: format!("bool byte {b} is neither 0 nor 1"),
+                        })
                     }
                 }
             }
@@ -337,7 +447,11 @@ impl<'a> Cursor<'a> {
             ValueType::Array => {
                 let at = self.pos as u64;
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(Error::BadMetadata { key: key.into(), at, reason: format!("arrays nested deeper than {MAX_ARRAY_DEPTH}") });
+                    return Err(Error::BadMetadata {
+                        key: key.into(),
+                        at,
+                        reason: format!("arrays nested deeper than {MAX_ARRAY_DEPTH}"),
+                    });
                 }
                 let code = self.u32("array item type")?;
                 let item = ValueType::from_code(code).ok_or_else(|| Error::BadMetadata {
@@ -352,12 +466,16 @@ impl<'a> Cursor<'a> {
                     ValueType::Array => 12,
                     t => t.scalar_size().unwrap_or(1) as u64,
                 };
-                self.check_count("array items", count, min).map_err(|_| Error::BadMetadata {
-                    key: key.into(),
-                    at,
-                    reason: format!("array of {count} {} items cannot fit in the file", item.name()),
-                })?;
-                let mut items = Vec::with_capacity(count as usize);
+                self.check_count("array items", count, min)
+                    .map_err(|_| Error::BadMetadata {
+                        key: key.into(),
+                        at,
+                        reason: format!(
+                            "array of {count} {} items cannot fit in the file",
+                            item.name()
+                        ),
+                    })?;
+                let mut items = Vec::with_capacity(prealloc(count));
                 for _ in 0..count {
                     items.push(self.value(key, item, depth + 1)?);
                 }
