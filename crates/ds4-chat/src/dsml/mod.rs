@@ -18,7 +18,7 @@ mod track;
 pub use ids::{new_item_id, new_tool_call_id, IdKind};
 pub use memory::{ToolMemory, ToolMemoryStats, TOOL_MEMORY_MAX_BYTES, TOOL_MEMORY_MAX_IDS};
 pub use parse::{parse_generated_message, ParsedCall, ParsedMessage};
-pub use render::{escape_tool_result, render_tool_calls, turn_suffix};
+pub use render::{escape_tool_result, render_tool_calls, turn_suffix, wrap_tool_result};
 pub use stream::{StreamConfig, StreamEvent, StreamParser};
 pub use track::{DecodeState, DsmlTracker};
 

@@ -107,6 +107,12 @@ pub fn escape_tool_result(output: &str) -> String {
     output.replace("</tool_result>", "&lt;/tool_result>")
 }
 
+/// A whole `<tool_result>…</tool_result>` element for `output` (spec §2.6). The Anthropic parser
+/// appends these to a user message's content (spec §4.9.2).
+pub fn wrap_tool_result(output: &str) -> String {
+    format!("<tool_result>{}</tool_result>", escape_tool_result(output))
+}
+
 /// What the next request is expected to render for a finished assistant turn, appended after this
 /// turn's prompt (spec §3.6 step 1): `reasoning + </think>` when thinking, then content, the DSML
 /// block (`raw_dsml` verbatim when given, else canonical from `calls`), then EOS.
