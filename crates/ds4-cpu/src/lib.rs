@@ -1,46 +1,154 @@
 //! Reference CPU backend: the whole DS4 forward pass (spec/model.md §3), readable top to bottom,
 //! multithreaded with rayon over rows, experts and heads.
 //!
-//! Owns: the f32 forward pass (`forward.rs`, spec order), its primitives (`ops.rs`, spec §3.2) and
-//! one session's KV state (`kv.rs`, spec §4.1). Refuses: sampling, tokens and policy (engine),
-//! block math (`ds4-quant`). Design decision: activations stay f32 against quantized weights (the
-//! model's own semantics, spec §3.13), not ds4's int8 activation step; weights are never copied.
+//! Owns: the f32 forward pass (`forward.rs`, spec order), its primitives (`ops.rs`, spec §3.2),
+//! weight-times-activation loops (`matmul.rs`) and one session's KV state (`kv.rs`, spec §4.1).
+//! Refuses: sampling, tokens and policy (engine), in-block math (`ds4-quant`).
+//!
+//! Design decision: activations stay f32 against quantized weights (the model's own semantics,
+//! spec §3.10/§3.13), not ds4's int8 activation step, so this backend is validated statistically
+//! against the float64 golden logits; weights are never copied (views into the mapped file).
 
+pub mod forward;
+pub mod kv;
+pub mod matmul;
 pub mod ops;
 
 use std::sync::Arc;
 
-use ds4_model::{Backend, BackendError, Config, KvSnapshot, LayerProbe, Logits, Weights};
+use ds4_model::{Backend, BackendError, Config, KvSnapshot, LayerProbe, Logits, Model};
 
-/// A CPU session: one timeline's KV state over shared, mapped weights.
+use forward::{
+    forward_chunk, output_head, HeadParams, LayerParams, ModelRef, ProbeRecords, Scratch,
+};
+use kv::KvState;
+
+/// spec/model.md §1.2: the default prefill chunk.
+pub const DEFAULT_PREFILL_CHUNK: usize = 2048;
+
+/// A CPU session: one timeline's KV state over a shared, mapped model.
 pub struct CpuBackend {
-    config: Config,
-    weights: Arc<Weights>,
+    model: Arc<Model>,
+    layers: Vec<LayerParams>,
+    head: HeadParams,
     ctx: usize,
     n_past: usize,
+    chunk: usize,
+    kv: KvState,
+    scratch: Scratch,
+    logits_buf: Vec<f32>,
     probe: Option<LayerProbe>,
 }
 
 impl CpuBackend {
-    /// A backend for `ctx` positions over `weights` (skeleton constructor until `ds4_model::Model`
-    /// lands; `new(model, ctx)` will wrap it).
-    pub fn from_parts(
-        config: Config,
-        weights: Arc<Weights>,
-        ctx: usize,
-    ) -> Result<CpuBackend, BackendError> {
+    /// A session of `ctx` positions over `model`. The KV state is sized here (spec §4.1); the
+    /// activation scratch is sized for one token and grows to the largest chunk evaluated.
+    pub fn new(model: Arc<Model>, ctx: usize) -> Result<CpuBackend, BackendError> {
         if ctx == 0 {
             return Err(BackendError::Unsupported(
                 "context size must be at least 1".into(),
             ));
         }
+        let cfg = &model.config;
+        let layers = model
+            .weights
+            .layers
+            .iter()
+            .map(|l| LayerParams::new(cfg, l))
+            .collect();
+        let head = HeadParams::new(&model.weights);
+        let kv = KvState::new(cfg, ctx);
+        let mut scratch = Scratch::default();
+        scratch.ensure(cfg, 1);
         Ok(CpuBackend {
-            config,
-            weights,
+            layers,
+            head,
             ctx,
             n_past: 0,
+            chunk: DEFAULT_PREFILL_CHUNK.min(ctx),
+            kv,
+            scratch,
+            logits_buf: vec![0.0; cfg.n_vocab],
             probe: None,
+            model,
         })
+    }
+
+    /// Sets the prefill chunk (tokens per layer-major batch); at least 1.
+    pub fn set_prefill_chunk(&mut self, chunk: usize) {
+        self.chunk = chunk.max(1);
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    fn eval_chunk(
+        &mut self,
+        tokens: &[u32],
+        logits: &mut Logits<'_>,
+        t_base: usize,
+        last_chunk: bool,
+    ) {
+        let n_vocab = self.model.config.n_vocab;
+        let pos0 = self.n_past;
+        let n_tok = tokens.len();
+        let mut recs: ProbeRecords = Vec::new();
+        if let Some(p) = &self.probe {
+            for t in 0..n_tok {
+                if p.positions.contains(&(pos0 + t)) {
+                    recs.push((t, Vec::new()));
+                }
+            }
+        }
+        let m = ModelRef {
+            cfg: &self.model.config,
+            w: &self.model.weights,
+            layers: &self.layers,
+            head: &self.head,
+        };
+        forward_chunk(&m, &mut self.kv, &mut self.scratch, tokens, pos0, &mut recs);
+        self.n_past += n_tok;
+
+        // Which chunk tokens need logits: what the caller asked for, plus probed tokens.
+        let mut which: Vec<usize> = match logits {
+            Logits::None => Vec::new(),
+            Logits::Last(_) if last_chunk => vec![n_tok - 1],
+            Logits::Last(_) => Vec::new(),
+            Logits::All(_) => (0..n_tok).collect(),
+        };
+        for (t, _) in &recs {
+            if !which.contains(t) {
+                which.push(*t);
+            }
+        }
+        which.sort_unstable();
+        if which.is_empty() {
+            return;
+        }
+        if self.logits_buf.len() < which.len() * n_vocab {
+            self.logits_buf.resize(which.len() * n_vocab, 0.0);
+        }
+        output_head(&m, &mut self.scratch, &which, &mut self.logits_buf);
+        for (i, &t) in which.iter().enumerate() {
+            let row = &self.logits_buf[i * n_vocab..(i + 1) * n_vocab];
+            match logits {
+                Logits::Last(out) if last_chunk && t == n_tok - 1 => {
+                    out[..n_vocab].copy_from_slice(row)
+                }
+                Logits::All(out) => {
+                    out[(t_base + t) * n_vocab..(t_base + t + 1) * n_vocab].copy_from_slice(row)
+                }
+                _ => {}
+            }
+            if let Some((_, r)) = recs.iter_mut().find(|(rt, _)| *rt == t) {
+                r.extend_from_slice(row);
+            }
+        }
+        if let Some(p) = &mut self.probe {
+            p.records
+                .extend(recs.into_iter().map(|(t, r)| (pos0 + t, r)));
+        }
     }
 }
 
@@ -49,7 +157,7 @@ impl Backend for CpuBackend {
         "cpu"
     }
     fn config(&self) -> &Config {
-        &self.config
+        &self.model.config
     }
     fn ctx(&self) -> usize {
         self.ctx
@@ -57,24 +165,49 @@ impl Backend for CpuBackend {
     fn n_past(&self) -> usize {
         self.n_past
     }
-    fn eval(&mut self, tokens: &[u32], _logits: Logits<'_>) -> Result<(), BackendError> {
-        let _ = (&self.weights, tokens);
-        Err(BackendError::Unsupported(
-            "cpu forward pass not wired yet".into(),
-        ))
+    fn eval(&mut self, tokens: &[u32], mut logits: Logits<'_>) -> Result<(), BackendError> {
+        let n_vocab = self.model.config.n_vocab;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
+            return Err(BackendError::BadToken {
+                token: bad,
+                n_vocab,
+            });
+        }
+        let needed = self.n_past + tokens.len();
+        if needed > self.ctx {
+            return Err(BackendError::ContextFull {
+                needed,
+                ctx: self.ctx,
+            });
+        }
+        match &logits {
+            Logits::Last(out) => assert!(
+                out.len() >= n_vocab,
+                "Logits::Last needs n_vocab = {n_vocab} values"
+            ),
+            Logits::All(out) => assert!(
+                out.len() >= tokens.len() * n_vocab,
+                "Logits::All needs n_tokens · n_vocab values"
+            ),
+            Logits::None => {}
+        }
+        let n_chunks = tokens.len().div_ceil(self.chunk);
+        for (i, chunk) in tokens.chunks(self.chunk).enumerate() {
+            self.eval_chunk(chunk, &mut logits, i * self.chunk, i + 1 == n_chunks);
+        }
+        Ok(())
     }
     fn reset(&mut self) {
+        self.kv.reset();
         self.n_past = 0;
     }
     fn snapshot(&self) -> Result<KvSnapshot, BackendError> {
-        Err(BackendError::Unsupported(
-            "cpu snapshot not wired yet".into(),
-        ))
+        Ok(self.kv.snapshot(self.n_past))
     }
-    fn restore(&mut self, _snap: &KvSnapshot) -> Result<(), BackendError> {
-        Err(BackendError::Unsupported(
-            "cpu restore not wired yet".into(),
-        ))
+    fn restore(&mut self, snap: &KvSnapshot) -> Result<(), BackendError> {
+        self.kv.restore(snap, self.ctx)?;
+        self.n_past = snap.n_past;
+        Ok(())
     }
     fn set_probe(&mut self, probe: Option<LayerProbe>) -> Result<(), BackendError> {
         self.probe = probe;

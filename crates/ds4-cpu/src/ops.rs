@@ -107,7 +107,7 @@ pub fn e4m3_round(v: f32) -> f32 {
 /// P6: FP8 E4M3 simulation of dims `[0, n_nope)` in blocks of 64 (the RoPE tail is untouched).
 pub fn fp8_kv_sim(row: &mut [f32], n_nope: usize) {
     assert!(
-        n_nope % 64 == 0 && n_nope <= row.len(),
+        n_nope.is_multiple_of(64) && n_nope <= row.len(),
         "fp8_kv_sim: n_nope must be a multiple of 64"
     );
     for block in row[..n_nope].chunks_exact_mut(64) {
@@ -165,7 +165,7 @@ pub fn e2m1_round(v: f32) -> f32 {
 /// P7 FP4 part: E2M1 simulation in blocks of 32 with power-of-two scales.
 pub fn fp4_sim(x: &mut [f32]) {
     assert!(
-        x.len() % 32 == 0,
+        x.len().is_multiple_of(32),
         "fp4_sim: length must be a multiple of 32"
     );
     for block in x.chunks_exact_mut(32) {
@@ -206,7 +206,7 @@ impl RopeAngles {
     /// in f64, so it stays accurate at large positions; this tracks the float64 model reference.
     pub fn new(pos: f64, n_rot: usize, p: &RopeParams) -> RopeAngles {
         assert!(
-            n_rot % 2 == 0 && n_rot / 2 <= MAX_ROT_PAIRS,
+            n_rot.is_multiple_of(2) && n_rot / 2 <= MAX_ROT_PAIRS,
             "RopeAngles: n_rot must be even and ≤ 128"
         );
         let n_pairs = n_rot / 2;
@@ -304,7 +304,7 @@ pub fn softplus(z: f32) -> f32 {
 
 /// A layer's HC mix for one token: pre weights, post weights, combine matrix `comb[r][c]`
 /// (row = source stream, column = destination stream). Small and on the stack.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct HcMix {
     pub n_hc: usize,
     pub pre: [f32; MAX_HC],
@@ -312,6 +312,8 @@ pub struct HcMix {
     pub comb: [[f32; MAX_HC]; MAX_HC],
 }
 
+// Index loops read like the spec's M[r][c] formulas.
+#[allow(clippy::needless_range_loop)]
 /// §3.4 steps 3-5: splits the mixer output `m` (hc_mix values) into pre, post and the
 /// Sinkhorn-normalised combine matrix.
 pub fn hc_split(
@@ -675,7 +677,7 @@ mod tests {
         compressor_pool(&mut out, &kv, &sc, 4, true);
         assert!((out[0] - 3.0).abs() < 1e-6);
         // Nothing written: pools to 0.
-        compressor_pool(&mut out, &vec![0.0; 16], &vec![NEG; 16], 4, true);
+        compressor_pool(&mut out, &[0.0; 16], &[NEG; 16], 4, true);
         assert_eq!(out[0], 0.0);
     }
 

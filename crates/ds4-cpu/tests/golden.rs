@@ -1,0 +1,79 @@
+//! The gates against the golden tiny model (seed 777): float-tier logits over all 520
+//! steps, token by token and as batched prefill, and per-layer records at positions 0-7.
+
+use std::sync::Arc;
+
+use ds4_cpu::CpuBackend;
+use ds4_model::{Backend, LayerProbe, Logits, Model};
+use ds4_testdata::{float_gate, rel_l2, tiny_s777_gguf, Golden};
+
+fn setup() -> (Arc<Model>, Golden) {
+    let path = tiny_s777_gguf().expect("building the golden tiny GGUF (needs python3 + numpy)");
+    let model = Arc::new(Model::open(&path).expect("golden tiny GGUF loads"));
+    let golden = Golden::load("tiny-s777").expect("golden data present");
+    (model, golden)
+}
+
+#[test]
+fn decode_token_by_token_passes_float_tier() {
+    let (model, g) = setup();
+    let v = g.n_vocab;
+    let mut be = CpuBackend::new(model, 1024).unwrap();
+    let mut out = vec![0.0f32; g.tokens.len() * v];
+    for (i, &tok) in g.tokens.iter().enumerate() {
+        be.eval(&[tok], Logits::Last(&mut out[i * v..(i + 1) * v]))
+            .unwrap();
+    }
+    let rep = float_gate(&g.logits_model_f64, &out, v, &g.thresholds);
+    println!("decode: {rep}");
+    assert!(rep.passed(), "{rep}");
+    assert_eq!(rep.steps, 520);
+}
+
+#[test]
+fn batched_prefill_passes_float_tier_and_matches_decode_chunks() {
+    let (model, g) = setup();
+    let v = g.n_vocab;
+    let mut be = CpuBackend::new(model, 1024).unwrap();
+    // Chunks of 100 cross the window (128), compressed-row and indexer boundaries mid-chunk.
+    be.set_prefill_chunk(100);
+    let mut out = vec![0.0f32; g.tokens.len() * v];
+    be.eval(&g.tokens, Logits::All(&mut out)).unwrap();
+    let rep = float_gate(&g.logits_model_f64, &out, v, &g.thresholds);
+    println!("prefill: {rep}");
+    assert!(rep.passed(), "{rep}");
+}
+
+#[test]
+fn layer_records_at_positions_0_to_7_match_golden() {
+    let (model, g) = setup();
+    let mut be = CpuBackend::new(model, 1024).unwrap();
+    be.set_probe(Some(LayerProbe {
+        positions: (0..8).collect(),
+        records: Vec::new(),
+    }))
+    .unwrap();
+    be.eval(&g.tokens[..8], Logits::None).unwrap();
+    let probe = be.take_probe().unwrap();
+    assert_eq!(probe.records.len(), 8);
+    let parts = g.record_parts();
+    let mut worst = (0.0f64, String::new());
+    for (pos, rec) in &probe.records {
+        assert_eq!(rec.len(), g.record_floats, "record size at pos {pos}");
+        let k = g.layer_positions.iter().position(|p| p == pos).unwrap();
+        let reference = &g.layers_model_f64[k * g.record_floats..(k + 1) * g.record_floats];
+        let mut off = 0;
+        for (name, n) in &parts {
+            let r = rel_l2(&reference[off..off + n], &rec[off..off + n]);
+            if r > worst.0 {
+                worst = (r, format!("pos {pos} {name}"));
+            }
+            off += n;
+        }
+    }
+    println!(
+        "worst per-layer relL2 at positions 0-7: {:.3e} ({})",
+        worst.0, worst.1
+    );
+    assert!(worst.0 <= g.layers_rel_l2, "{:.3e} at {}", worst.0, worst.1);
+}
