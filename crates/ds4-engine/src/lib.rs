@@ -15,7 +15,7 @@ pub mod sampler;
 pub mod session;
 pub mod testing;
 
-pub use engine::{BackendFactory, Engine};
+pub use engine::{BackendFactory, BackendKind, Engine, EngineOptions, ModelSource};
 pub use session::{Session, SessionSnapshot, SyncProgress, SyncStats};
 
 use ds4_model::BackendError;
