@@ -845,6 +845,14 @@ pub fn swiglu_clamped(g: f32, u: f32, clamp: f32) -> f32 {
     ops::silu(g.min(clamp)) * u.clamp(-clamp, clamp)
 }
 
+/// The expert mid `g ← swiglu_clamped(g, u) · w`, shared by routed experts (w = route weight)
+/// and the shared expert (w = 1): the clamp applies to both (spec pitfall 13).
+pub fn swiglu_mid(g: &mut [f32], u: &[f32], clamp: f32, w: f32) {
+    for (gv, &uv) in g.iter_mut().zip(u) {
+        *gv = swiglu_clamped(*gv, uv, clamp) * w;
+    }
+}
+
 /// F5: for each expert, all (token, slot) pairs routed to it as one batch:
 /// `d = down_e · (swiglu(gate_e·xf, up_e·xf) · w)`, written to `dk[t][slot]`.
 fn routed_experts(m: &ModelRef, lw: &LayerWeights, s: &mut Scratch, n_tok: usize) {
@@ -879,13 +887,14 @@ fn routed_experts(m: &ModelRef, lw: &LayerWeights, s: &mut Scratch, n_tok: usize
             &mut s.ue[..nb * ff],
         );
         for (b, &(t, k)) in s.by_expert[e].iter().enumerate() {
+            // The route weight is applied before the down projection.
             let w = s.sel_w[t * used + k];
-            for (g, &u) in s.ge[b * ff..(b + 1) * ff]
-                .iter_mut()
-                .zip(&s.ue[b * ff..(b + 1) * ff])
-            {
-                *g = swiglu_clamped(*g, u, cfg.swiglu_clamp) * w; // route weight before the down projection
-            }
+            swiglu_mid(
+                &mut s.ge[b * ff..(b + 1) * ff],
+                &s.ue[b * ff..(b + 1) * ff],
+                cfg.swiglu_clamp,
+                w,
+            );
         }
         matmul(
             Mat::expert(&lw.ffn_down_exps, e),
@@ -916,9 +925,12 @@ fn shared_expert(m: &ModelRef, lw: &LayerWeights, s: &mut Scratch, n_tok: usize)
         n_tok,
         &mut s.us[..n_tok * ff],
     );
-    for (g, &u) in s.gs[..n_tok * ff].iter_mut().zip(&s.us[..n_tok * ff]) {
-        *g = swiglu_clamped(*g, u, cfg.swiglu_clamp);
-    }
+    swiglu_mid(
+        &mut s.gs[..n_tok * ff],
+        &s.us[..n_tok * ff],
+        cfg.swiglu_clamp,
+        1.0,
+    );
     matmul(
         Mat::of(&lw.ffn_down_shexp),
         &s.gs[..n_tok * ff],
@@ -962,4 +974,28 @@ pub fn output_head(m: &ModelRef, s: &mut Scratch, which: &[usize], out: &mut [f3
         nw,
         &mut out[..nw * cfg.n_vocab],
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swiglu_clamps_gate_above_only_and_up_both_ways() {
+        // The shared expert runs through `swiglu_mid` with w = 1; |gate|, |up| > 10 here.
+        let mut g = [15.0f32, -15.0, 3.0, 12.0];
+        let u = [12.0f32, 2.0, -30.0, 0.5];
+        swiglu_mid(&mut g, &u, 10.0, 1.0);
+        assert_eq!(g[0], ops::silu(10.0) * 10.0, "gate clamped to 10, up to 10");
+        assert_eq!(g[1], ops::silu(-15.0) * 2.0, "no lower clamp on the gate");
+        assert_eq!(g[2], ops::silu(3.0) * -10.0, "up clamped from below");
+        assert_eq!(g[3], ops::silu(10.0) * 0.5);
+        let mut h = [15.0f32];
+        swiglu_mid(&mut h, &[12.0], 10.0, 0.25);
+        assert_eq!(
+            h[0],
+            ops::silu(10.0) * 10.0 * 0.25,
+            "route weight multiplies the clamped mid"
+        );
+    }
 }

@@ -1,0 +1,112 @@
+//! Decode and prefill speed of the CPU backend on a GGUF file.
+//!
+//! `cargo run --release -p ds4-cpu --example decode_bench -- MODEL.gguf [N_DECODE] [N_PREFILL]`
+//!
+//! Prints tokens/s and the GB/s of weights read per decoded token: every tensor once, except that
+//! only `n_expert_used` of the routed experts, one embedding row, and the indexer query path only
+//! once more than `idx_top_k` compressed rows exist (not reached in short runs) are counted.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use ds4_cpu::CpuBackend;
+use ds4_model::{Backend, LayerAttnExtra, Logits, Model};
+
+fn weight_bytes_per_token(m: &Model) -> usize {
+    let cfg = &m.config;
+    let w = &m.weights;
+    let mut total = w.token_embd.row_bytes();
+    let h = &w.head;
+    for t in [
+        &h.output_hc_base,
+        &h.output_hc_fn,
+        &h.output_hc_scale,
+        &h.output_norm,
+        &h.output,
+    ] {
+        total += t.bytes().len();
+    }
+    let frac = |t: &ds4_model::Tensor| t.bytes().len() / cfg.n_expert * cfg.n_expert_used;
+    for l in &w.layers {
+        for t in [
+            &l.hc_attn.fn_,
+            &l.hc_attn.scale,
+            &l.hc_attn.base,
+            &l.attn_norm,
+            &l.attn_q_a,
+            &l.attn_q_a_norm,
+            &l.attn_q_b,
+            &l.attn_kv,
+            &l.attn_kv_a_norm,
+            &l.attn_sinks,
+            &l.attn_output_a,
+            &l.attn_output_b,
+            &l.hc_ffn.fn_,
+            &l.hc_ffn.scale,
+            &l.hc_ffn.base,
+            &l.ffn_norm,
+            &l.ffn_gate_inp,
+            &l.ffn_gate_shexp,
+            &l.ffn_up_shexp,
+            &l.ffn_down_shexp,
+        ] {
+            total += t.bytes().len();
+        }
+        total += frac(&l.ffn_gate_exps) + frac(&l.ffn_up_exps) + frac(&l.ffn_down_exps);
+        let comp = match &l.attn_extra {
+            LayerAttnExtra::Window => vec![],
+            LayerAttnExtra::Compressed4 {
+                compressor,
+                indexer,
+            } => vec![compressor, &indexer.compressor],
+            LayerAttnExtra::CompressedN { compressor } => vec![compressor],
+        };
+        for c in comp {
+            total += c.kv.bytes().len() + c.gate.bytes().len();
+        }
+    }
+    total
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let path = args
+        .get(1)
+        .context("usage: decode_bench MODEL.gguf [N_DECODE] [N_PREFILL]")?;
+    let n_decode: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(64);
+    let n_prefill: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(256);
+    let model = Arc::new(Model::open(path).with_context(|| format!("opening {path}"))?);
+    let cfg = model.config.clone();
+    let bytes = weight_bytes_per_token(&model);
+    let tokens: Vec<u32> = (0..n_decode.max(n_prefill))
+        .map(|i| ((i * 7919 + 13) % cfg.n_vocab) as u32)
+        .collect();
+    let mut logits = vec![0.0f32; cfg.n_vocab];
+    let mut be = CpuBackend::new(model.clone(), n_decode.max(n_prefill) + 8)?;
+    be.eval(&tokens[..1], Logits::Last(&mut logits))?; // warm-up: page in the weights
+    be.reset();
+    let t0 = Instant::now();
+    for &t in &tokens[..n_decode] {
+        be.eval(&[t], Logits::Last(&mut logits))?;
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    let tps = n_decode as f64 / dt;
+    println!(
+        "decode: {n_decode} tokens in {dt:.2} s = {tps:.2} tok/s; weights read {:.1} MB/token = {:.2} GB/s ({} threads)",
+        bytes as f64 / 1e6,
+        tps * bytes as f64 / 1e9,
+        rayon::current_num_threads()
+    );
+    if n_prefill > 0 {
+        be.reset();
+        let t0 = Instant::now();
+        be.eval(&tokens[..n_prefill], Logits::Last(&mut logits))?;
+        let dt = t0.elapsed().as_secs_f64();
+        println!(
+            "prefill: {n_prefill} tokens in {dt:.2} s = {:.2} tok/s",
+            n_prefill as f64 / dt
+        );
+    }
+    Ok(())
+}
