@@ -27,6 +27,7 @@
 
 pub mod acts;
 pub mod iq2_xxs;
+pub mod kernels;
 pub mod plain;
 pub mod q2_k;
 pub mod q4_k;
@@ -35,10 +36,13 @@ pub mod q8_k;
 pub mod quantize;
 pub mod scalar;
 pub mod synth;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 pub use acts::{ActFormat, QuantizedActs};
 pub use ds4_gguf::TensorType;
 pub use iq2_xxs::{BlockIq2Xxs, IQ2XXS_GRID, KMASK_IQ2XS, KSIGNS_IQ2XS};
+pub use kernels::Kernels;
 pub use q2_k::BlockQ2K;
 pub use q4_k::BlockQ4K;
 pub use q8_0::{ActQ8_0, BlockQ8_0};
@@ -87,25 +91,7 @@ pub(crate) fn check_row(ty: TensorType, bytes: usize, n_elems: usize) {
 /// # Panics
 /// If the lengths disagree or `ty` is I32.
 pub fn dequantize_row(ty: TensorType, src: &[u8], dst: &mut [f32]) {
-    check_row(ty, src.len(), dst.len());
-    match ty {
-        TensorType::F32 => plain::dequantize_f32(src, dst),
-        TensorType::F16 => plain::dequantize_f16(src, dst),
-        TensorType::Bf16 => plain::dequantize_bf16(src, dst),
-        TensorType::Q8_0 => scalar::dequantize_blocks::<BlockQ8_0>(src, dst),
-        TensorType::Q2K => scalar::dequantize_blocks::<BlockQ2K>(src, dst),
-        TensorType::Q4K => scalar::dequantize_blocks::<BlockQ4K>(src, dst),
-        TensorType::Iq2Xxs => scalar::dequantize_blocks::<BlockIq2Xxs>(src, dst),
-        TensorType::Q8K => {
-            for (c, o) in src
-                .chunks_exact(ty.block_bytes())
-                .zip(dst.chunks_exact_mut(256))
-            {
-                bytemuck::pod_read_unaligned::<BlockQ8K>(c).dequantize(o);
-            }
-        }
-        TensorType::I32 => panic!("I32 tensors are ids, not weights: nothing to dequantize"),
-    }
+    Kernels::best().dequantize(ty, src, dst)
 }
 
 /// Quantizes one row of `src.len()` values into `dst` (exactly `ty.row_bytes(src.len())` bytes)
@@ -142,8 +128,7 @@ pub fn quantize_row(ty: TensorType, src: &[f32], dst: &mut [u8]) {
 /// # Panics
 /// If the lengths disagree or `ty` is I32 or Q8_K.
 pub fn dot_f32(ty: TensorType, row: &[u8], x: &[f32]) -> f32 {
-    check_row(ty, row.len(), x.len());
-    scalar::dot_f32(ty, row, x)
+    Kernels::best().dot_f32(ty, row, x)
 }
 
 /// `Σ_i w_i · a_i` of one weight row against activations quantized once with
@@ -154,8 +139,7 @@ pub fn dot_f32(ty: TensorType, row: &[u8], x: &[f32]) -> f32 {
 /// If `acts` is not in the activation format of `ty` ([`ActFormat::for_weights`]) or lengths
 /// disagree.
 pub fn dot_q(ty: TensorType, row: &[u8], acts: &QuantizedActs) -> f32 {
-    acts.check_for(ty, row.len());
-    scalar::dot_q(ty, row, acts)
+    Kernels::best().dot_q(ty, row, acts)
 }
 
 fn check_matvec(ty: TensorType, w: usize, row_bytes: usize, n_rows: usize, n_x: usize, n_y: usize) {
@@ -184,8 +168,9 @@ pub fn matvec_f32(
     y: &mut [f32],
 ) {
     check_matvec(ty, w.len(), row_bytes, n_rows, x.len(), y.len());
+    let k = Kernels::best();
     for (o, yo) in y.iter_mut().enumerate() {
-        *yo = scalar::dot_f32(ty, &w[o * row_bytes..(o + 1) * row_bytes], x);
+        *yo = k.dot_f32(ty, &w[o * row_bytes..(o + 1) * row_bytes], x);
     }
 }
 
@@ -203,7 +188,8 @@ pub fn matvec_q(
 ) {
     acts.check_for(ty, row_bytes);
     check_matvec(ty, w.len(), row_bytes, n_rows, acts.n_elems(), y.len());
+    let k = Kernels::best();
     for (o, yo) in y.iter_mut().enumerate() {
-        *yo = scalar::dot_q(ty, &w[o * row_bytes..(o + 1) * row_bytes], acts);
+        *yo = k.dot_q(ty, &w[o * row_bytes..(o + 1) * row_bytes], acts);
     }
 }
