@@ -1,4 +1,3 @@
-#![allow(dead_code)] // used by the stream parser (next commit)
 //! Spellings shared by the parser, the stream projector and the tracker (spec §2.4).
 
 use super::Syntax;
@@ -13,15 +12,6 @@ impl Syntax {
             Syntax::Full => "<｜DSML｜",
             Syntax::Short => "<DSML｜",
             Syntax::Xml => "<",
-        }
-    }
-
-    /// What precedes a tag name in a closer: `</｜DSML｜`, `</DSML｜`, `</`.
-    pub(crate) fn close(self) -> &'static str {
-        match self {
-            Syntax::Full => "</｜DSML｜",
-            Syntax::Short => "</DSML｜",
-            Syntax::Xml => "</",
         }
     }
 
