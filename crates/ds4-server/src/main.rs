@@ -1,1 +1,219 @@
-fn main() { println!("ds4-server: not yet implemented"); }
+//! `ds4-server` binary: flags (spec/server.md §6.2), engine load, worker start, listen.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use ds4_chat::Tokenizer;
+use ds4_engine::{BackendKind, Engine, EngineOptions, ModelSource};
+use ds4_server::trace::Trace;
+use ds4_server::ServerConfig;
+
+/// What the user typed (low args); [`Args::resolve`] checks it once.
+#[derive(Parser, Debug)]
+#[command(
+    name = "ds4-server",
+    about = "OpenAI/Anthropic-compatible server for DeepSeek V4 Flash"
+)]
+struct Args {
+    /// Model file.
+    #[arg(short = 'm', long = "model", default_value = "ds4flash.gguf")]
+    model: PathBuf,
+    /// Use the tiny built-in demo model (generated once into the cache directory).
+    #[arg(long)]
+    demo: bool,
+    /// Context size (tokens), allocated once at startup.
+    #[arg(short = 'c', long = "ctx", default_value_t = 32768)]
+    ctx: usize,
+    /// Default max_tokens when a request omits it.
+    #[arg(short = 'n', long = "tokens", default_value_t = 393216)]
+    tokens: usize,
+    /// Worker threads for the CPU backend (rayon); default: all cores.
+    #[arg(short = 't', long = "threads")]
+    threads: Option<usize>,
+    /// `chdir` before loading.
+    #[arg(long)]
+    chdir: Option<PathBuf>,
+    /// Backend (`cpu`).
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// Shorthand for `--backend cpu`.
+    #[arg(long)]
+    cpu: bool,
+    /// Bind address (IPv4 literal or `localhost`).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Add CORS headers to every response.
+    #[arg(long)]
+    cors: bool,
+    /// Trace requests, cache decisions and generations into FILE (truncated).
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Require `Authorization: Bearer KEY` or `x-api-key: KEY`.
+    #[arg(long = "api-key")]
+    api_key: Option<String>,
+    /// Largest accepted request body in bytes (larger: 413).
+    #[arg(long = "max-body-bytes", default_value_t = 64 << 20)]
+    max_body_bytes: usize,
+    /// Prefill chunk in tokens.
+    #[arg(long = "prefill-chunk", default_value_t = 2048)]
+    prefill_chunk: usize,
+    /// Disable the exact DSML replay memory (tool calls are re-rendered canonically).
+    #[arg(long = "disable-exact-dsml-tool-replay")]
+    disable_exact_replay: bool,
+    #[arg(long = "tool-memory-max-ids", default_value_t = 100_000)]
+    tool_memory_max_ids: usize,
+    /// TEST ONLY: honour the `x-ds4-test-output` request header, whose text replaces sampling for
+    /// that request. Lets SDK tests steer the output through the real DSML path. Never enable in
+    /// production: any client could then script the model's answer.
+    #[arg(long = "test-forced-output", hide = true)]
+    test_forced_output: bool,
+}
+
+struct Resolved {
+    cfg: ServerConfig,
+    host: Ipv4Addr,
+    port: u16,
+    source: ModelSource,
+    threads: Option<usize>,
+    trace: Option<PathBuf>,
+}
+
+impl Args {
+    fn resolve(self) -> Result<Resolved> {
+        if let Some(dir) = &self.chdir {
+            std::env::set_current_dir(dir).with_context(|| format!("chdir {}", dir.display()))?;
+        }
+        let host: Ipv4Addr = if self.host == "localhost" {
+            Ipv4Addr::LOCALHOST
+        } else {
+            self.host
+                .parse()
+                .with_context(|| format!("--host {}: not an IPv4 address", self.host))?
+        };
+        if !self.cpu && self.backend != "cpu" {
+            bail!(
+                "--backend {}: only `cpu` is available in this build",
+                self.backend
+            );
+        }
+        if self.ctx < 2 {
+            bail!("--ctx {}: must be at least 2", self.ctx);
+        }
+        if self.prefill_chunk == 0 {
+            bail!("--prefill-chunk must be at least 1");
+        }
+        let source = if self.demo {
+            let (tokens, merges) = ds4_chat::builtin_vocab();
+            ModelSource::Demo {
+                cache_dir: demo_cache_dir(),
+                tokens,
+                merges,
+            }
+        } else {
+            ModelSource::File(self.model)
+        };
+        Ok(Resolved {
+            cfg: ServerConfig {
+                ctx: self.ctx,
+                default_max_tokens: self.tokens,
+                cors: self.cors,
+                api_key: self.api_key.filter(|k| !k.is_empty()),
+                max_body_bytes: self.max_body_bytes,
+                prefill_chunk: self.prefill_chunk,
+                exact_replay: !self.disable_exact_replay,
+                tool_memory_max_ids: self.tool_memory_max_ids,
+                test_forced_output: self.test_forced_output,
+            },
+            host,
+            port: self.port,
+            source,
+            threads: self.threads,
+            trace: self.trace,
+        })
+    }
+}
+
+/// `$DS4_CACHE_DIR`, else `$XDG_CACHE_HOME/ds4`, else `~/.cache/ds4`, else the temp dir.
+fn demo_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("DS4_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("ds4");
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        return PathBuf::from(h).join(".cache").join("ds4");
+    }
+    std::env::temp_dir().join("ds4")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("ds4-server: shutdown requested");
+}
+
+fn main() -> Result<()> {
+    let r = Args::parse().resolve()?;
+    if let Some(n) = r.threads {
+        rayon_threads(n);
+    }
+    let engine = Engine::open(&EngineOptions {
+        model: r.source.clone(),
+        backend: BackendKind::Cpu,
+    })
+    .context("loading the model")?;
+    let tokenizer = match engine.model() {
+        Some(m) => Tokenizer::from_gguf(&m.file).context("reading the tokenizer from the model")?,
+        None => bail!("engine has no model file to read the tokenizer from"),
+    };
+    let session = engine
+        .new_session(r.cfg.ctx)
+        .context("creating the session")?;
+    let trace = match &r.trace {
+        Some(p) => Trace::open(p).with_context(|| format!("opening trace file {}", p.display()))?,
+        None => Trace::off(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    rt.block_on(async move {
+        let state = ds4_server::start(r.cfg, session, Arc::new(tokenizer), trace)
+            .context("starting the worker")?;
+        let listener = tokio::net::TcpListener::bind((r.host, r.port))
+            .await
+            .with_context(|| format!("failed to listen on {}:{}", r.host, r.port))?;
+        let addr = listener.local_addr().context("local address")?;
+        eprintln!("ds4-server: listening on http://{addr}");
+        ds4_server::serve(listener, state, shutdown_signal())
+            .await
+            .context("serving")
+    })
+}
+
+/// Sets the global rayon pool size (the CPU backend's parallelism).
+fn rayon_threads(n: usize) {
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+}
