@@ -54,8 +54,8 @@ impl SamplingParams {
 
     /// True when these parameters always pick the argmax.
     pub fn is_greedy(&self) -> bool {
-        // NaN compares false everywhere; treat it as greedy rather than sampling garbage.
-        !(self.temperature > 0.0)
+        // A NaN temperature is treated as greedy rather than sampling garbage.
+        self.temperature <= 0.0 || self.temperature.is_nan()
     }
 
     /// The parameters with spec/server.md §4.4's clamps applied: top_p outside (0, 1] -> 1,
