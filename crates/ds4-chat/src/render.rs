@@ -188,11 +188,25 @@ impl Rendered {
         }
     }
 
-    /// Appends trusted template text (ours, or DSML the model itself sampled): special spellings in
+    /// Appends trusted template text (ours: Tools text, Think Max prefix): special spellings in
     /// it become [`Segment::Special`], as the original's rendered-chat scan would make them.
     pub fn push_template(&mut self, text: &str) {
         for seg in split_specials(text) {
             self.push_segment(seg);
+        }
+    }
+
+    /// Appends a DSML block the model sampled (exact replay, spec §2.5): its `｜DSML｜` markers are
+    /// the special token the model emitted; any other special spelling in it stays text, so a
+    /// replayed block can never carry a role marker.
+    pub fn push_sampled_dsml(&mut self, raw: &str) {
+        let mut parts = raw.split(SpecialKind::Dsml.text());
+        if let Some(first) = parts.next() {
+            self.push_text(first);
+        }
+        for part in parts {
+            self.push_special(SpecialKind::Dsml);
+            self.push_text(part);
         }
     }
 
@@ -342,14 +356,13 @@ pub fn render_chat(messages: &[Message], tool_schemas: &[String], think: ThinkMo
     r
 }
 
-/// Exact replay when the memory found the sampled block (trusted: the model wrote it), else the
-/// canonical renderer.
+/// Exact replay when the memory found the sampled block, else the canonical renderer.
 fn push_calls(r: &mut Rendered, m: &Message) {
     if m.tool_calls.is_empty() {
         return;
     }
     match &m.raw_dsml {
-        Some(raw) => r.push_template(raw),
+        Some(raw) => r.push_sampled_dsml(raw),
         None => r.extend(&render_tool_calls(&m.tool_calls)),
     }
 }

@@ -130,7 +130,7 @@ pub fn turn_suffix(
     }
     r.push_text(content);
     match raw_dsml {
-        Some(raw) => r.push_template(raw),
+        Some(raw) => r.push_sampled_dsml(raw),
         None => r.extend(&render_tool_calls(calls)),
     }
     r.push_special(SpecialKind::Eos);
