@@ -198,3 +198,31 @@ fn context_and_token_errors_are_typed() {
     ));
     assert_eq!(be.n_past(), 0);
 }
+
+/// A full-width 2-layer synthetic model (the model engineer's `ds4 synth --preset full --layers 2`,
+/// built in memory, about 5 GB) runs decode and prefill with finite logits. Ignored by default:
+/// it takes minutes and gigabytes; run with `cargo test -p ds4-cpu --release -- --ignored`.
+#[test]
+#[ignore]
+fn full_width_two_layer_model_runs() {
+    use ds4_model::synth::Preset;
+    let mut spec = SynthSpec::new(Preset::Full, 7);
+    spec.layers = Some(2);
+    let t0 = std::time::Instant::now();
+    let m = Arc::new(build_model(&spec).expect("full-width 2-layer model builds"));
+    println!("built in {:.1} s", t0.elapsed().as_secs_f64());
+    let v = m.config.n_vocab;
+    let toks = tokens(6, v);
+    let mut be = CpuBackend::new(m.clone(), 64).unwrap();
+    let t0 = std::time::Instant::now();
+    let dec = decode_all(&mut be, &toks[..3]);
+    println!("3 decode steps in {:.1} s", t0.elapsed().as_secs_f64());
+    assert!(dec.iter().all(|x| x.is_finite()));
+    be.reset();
+    let mut all = vec![0.0; 3 * v];
+    be.eval(&toks[..3], Logits::All(&mut all)).unwrap();
+    for i in 0..3 {
+        let r = rel_l2(&dec[i * v..(i + 1) * v], &all[i * v..(i + 1) * v]);
+        assert!(r < 0.05, "step {i}: prefill vs decode relL2 {r:.2e}");
+    }
+}
