@@ -168,3 +168,26 @@ fn missing_special_is_a_named_error() {
         "required tokenizer token is missing: ｜DSML｜"
     );
 }
+
+/// The golden README's official-vector table: `BOS USER text ASSISTANT </think>` is
+/// `render_chat([user], no tools, non-thinking)`, and its token count is the API's prompt_tokens.
+#[test]
+fn official_vectors_render_to_the_api_prompt_token_counts() {
+    use ds4_chat::{render_chat, Message, Role, ThinkMode};
+    let tok = Tokenizer::builtin();
+    let mut n = 0;
+    for c in cases().iter().filter(|c| c.api_prompt_tokens.is_some()) {
+        let text = String::from_utf8(c.input.clone()).unwrap();
+        let user = text
+            .strip_prefix("<｜begin▁of▁sentence｜><｜User｜>")
+            .and_then(|t| t.strip_suffix("<｜Assistant｜></think>"))
+            .unwrap();
+        let r = render_chat(&[Message::new(Role::User, user)], &[], ThinkMode::None);
+        assert_eq!(r.text(), text);
+        let ids = tok.encode_segments(&r);
+        assert_eq!(ids, c.ids, "{}", c.name);
+        assert_eq!(Some(ids.len() as u64), c.api_prompt_tokens);
+        n += 1;
+    }
+    assert_eq!(n, 5);
+}
