@@ -158,3 +158,40 @@ fn synthetic_weights_give_non_degenerate_logits_through_many_layers() {
         "top token barely depends on the input: {argmaxes:?}"
     );
 }
+
+/// Real widths: a 2-layer full-shape q2 file (5.2 GiB, written once under the target dir, or
+/// taken from `DS4_SYNTH_FULL2`) gives sane logits on the CPU backend. Ignored by default: it
+/// writes gigabytes. `cargo test -p ds4-cli --release --test synth -- --ignored`
+#[test]
+#[ignore]
+fn full_width_two_layer_model_gives_sane_logits() {
+    use ds4_model::{Backend, Logits};
+    let path = match std::env::var_os("DS4_SYNTH_FULL2") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let p =
+                PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-synth-full2-seed1234.gguf");
+            if !p.exists() {
+                synth(&["--preset", "full", "--layers", "2"], &p);
+            }
+            p
+        }
+    };
+    let model = std::sync::Arc::new(Model::open(&path).expect("full2 loads"));
+    assert_eq!(model.check_mode(), CheckMode::Strict);
+    let mut be = ds4_cpu::CpuBackend::new(model, 16).expect("backend");
+    let mut tops = std::collections::HashSet::new();
+    for (pos, t) in [0u32, 1000, 5000, 90000, 129000, 7].into_iter().enumerate() {
+        let mut out = vec![0f32; 129280];
+        be.eval(&[t], Logits::Last(&mut out)).expect("eval");
+        assert!(
+            out.iter().all(|v| v.is_finite()),
+            "non-finite logits at {pos}"
+        );
+        let sd = std_dev(&out);
+        eprintln!("full2 pos {pos}: logit sd {sd:.3}, top {}", argmax(&out));
+        assert!(sd > 0.05 && sd < 100.0, "logit spread {sd} at {pos}");
+        tops.insert(argmax(&out));
+    }
+    assert!(tops.len() >= 3, "{tops:?}");
+}
