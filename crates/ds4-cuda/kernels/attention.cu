@@ -1,0 +1,290 @@
+// Attention-side state kernels of the decode step: the compressor step (spec §3.5 C1-C9), the
+// indexer (A10: query QAT, scores, top-k) and attention over raw window + compressed rows with the
+// sink (A11) followed by the inverse RoPE (A12).
+#include "common.cuh"
+
+// spec §3.2 P7 on a 128-wide vector in shared memory: Hadamard (Sylvester order), scale, then FP4
+// in blocks of 32. Called by every thread of the block.
+__device__ void hadamard_fp4_128(float* v) {
+    for (int s = 1; s < 128; s <<= 1) {
+        __syncthreads();
+        for (int i = threadIdx.x; i < 64; i += blockDim.x) {
+            const int idx = (i / s) * 2 * s + (i % s);
+            const float a = v[idx], b = v[idx + s];
+            v[idx] = a + b;
+            v[idx + s] = a - b;
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < 128; i += blockDim.x) v[i] *= 0.08838834764831845f;
+    __syncthreads();
+    if (threadIdx.x < 4) fp4_sim_block(v + 32 * threadIdx.x, 32);
+    __syncthreads();
+}
+
+// One compressor step (spec §3.5 C1-C9) for stream width D, ratio R, coff = 1 or 2 (W = coff·D).
+// kvp/scp: the kv and gate projections of xa (W each). ape: F16 [R][W]. State: KV and SC, coff·R
+// rows of W. When (pos+1) mod R == 0 a row is pooled, normed, rotated, quantised (qat = 0: FP8,
+// 1: Hadamard + FP4), f16-rounded and appended to `cache` as row (pos+1)/R − 1.
+// Dynamic shared memory: D floats.
+extern "C" __global__ void compressor_step(const float* kvp, const float* scp, const __half* ape, const float* norm_w,
+                                           float* state_kv, float* state_sc, float* cache, RopeArgs rope,
+                                           const Step* step, int R, int coff, int D, int qat, float eps) {
+    extern __shared__ float row[];
+    __shared__ double red[32];
+    const int W = coff * D;
+    const int pos = step->pos;
+    const int p = pos % R;
+    const int t = coff == 2 ? R + p : p;
+    for (int j = threadIdx.x; j < W; j += blockDim.x) {
+        state_kv[(size_t)t * W + j] = kvp[j];
+        state_sc[(size_t)t * W + j] = scp[j] + __half2float(ape[(size_t)p * W + j]);
+    }
+    if ((pos + 1) % R != 0) return;
+    __syncthreads();
+    for (int j = threadIdx.x; j < D; j += blockDim.x) {
+        float mx = -3.0e38f;
+        if (coff == 2) {
+            for (int i = 0; i < R; i++) {
+                mx = fmaxf(mx, state_sc[(size_t)i * W + j]);
+                mx = fmaxf(mx, state_sc[(size_t)(R + i) * W + D + j]);
+            }
+        } else {
+            for (int i = 0; i < R; i++) mx = fmaxf(mx, state_sc[(size_t)i * W + j]);
+        }
+        float out = 0.0f;
+        if (mx > -5.0e29f) {
+            float num = 0.0f, den = 0.0f;
+            for (int i = 0; i < R; i++) {
+                if (coff == 2) {
+                    const float wp = expf(state_sc[(size_t)i * W + j] - mx);
+                    const float wc = expf(state_sc[(size_t)(R + i) * W + D + j] - mx);
+                    den += wp + wc;
+                    num += wp * state_kv[(size_t)i * W + j];
+                    num += wc * state_kv[(size_t)(R + i) * W + D + j];
+                } else {
+                    const float w = expf(state_sc[(size_t)i * W + j] - mx);
+                    den += w;
+                    num += w * state_kv[(size_t)i * W + j];
+                }
+            }
+            out = num / den;
+        }
+        row[j] = out;
+    }
+    __syncthreads();
+    const float sc = block_rms_scale(row, D, eps, red);
+    __syncthreads();
+    for (int j = threadIdx.x; j < D; j += blockDim.x) row[j] = (row[j] * sc) * norm_w[j];
+    __syncthreads();
+    rope_tail_block(row, D, rope, (float)(pos + 1 - R), false);
+    __syncthreads();
+    if (qat) {
+        hadamard_fp4_128(row);
+    } else {
+        const int n_fp8 = (D - rope.n_rot) / 64;
+        if ((int)threadIdx.x < n_fp8) fp8_sim_block(row + 64 * threadIdx.x, 64);
+        __syncthreads();
+    }
+    // C8: the current window's rows become the next window's "previous" rows.
+    if (coff == 2) {
+        for (int j = threadIdx.x; j < R * W; j += blockDim.x) {
+            state_kv[j] = state_kv[(size_t)R * W + j];
+            state_sc[j] = state_sc[(size_t)R * W + j];
+        }
+    }
+    float* dst = cache + (size_t)((pos + 1) / R - 1) * D;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) dst[j] = f16_round(row[j]);
+}
+
+// spec §3.5 A10.2: the indexer query, per 128-wide head: RoPE on the tail at pos, then Hadamard + FP4.
+// Block per head; skipped when the gate is 0.
+extern "C" __global__ void index_q_prep(float* qi, RopeArgs rope, const Step* step, const int* gate) {
+    __shared__ float v[128];
+    if (*gate == 0) return;
+    float* h = qi + (size_t)blockIdx.x * 128;
+    for (int i = threadIdx.x; i < 128; i += blockDim.x) v[i] = h[i];
+    __syncthreads();
+    rope_tail_block(v, 128, rope, (float)step->pos, false);
+    hadamard_fp4_128(v);
+    for (int i = threadIdx.x; i < 128; i += blockDim.x) h[i] = v[i];
+}
+
+// score_c = Σ_h max(0, K_c·qi_h)·w_h for every compressed index row c < n_comp (warp per row,
+// heads summed in ascending order). Skipped when the gate is 0.
+extern "C" __global__ void index_scores(const float* index_cache, const float* qi, const float* w, const Step* step,
+                                        const int* gate, int ratio, int n_idx_head, float* scores) {
+    if (*gate == 0) return;
+    const int n_comp = (step->pos + 1) / ratio;
+    const int c = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (c >= n_comp) return;
+    const float4 k = *((const float4*)(index_cache + (size_t)c * 128) + lane);
+    float s = 0.0f;
+    for (int h = 0; h < n_idx_head; h++) {
+        const float4 q = *((const float4*)(qi + (size_t)h * 128) + lane);
+        const float d = warp_sum(k.x * q.x + k.y * q.y + k.z * q.z + k.w * q.w);
+        s += fmaxf(d, 0.0f) * w[h];
+    }
+    if (lane == 0) scores[c] = s;
+}
+
+__device__ __forceinline__ uint32_t order_key(float f) {
+    const uint32_t u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Exclusive prefix sum over the block (1024 threads max); returns this thread's offset, total in *total.
+__device__ int block_exclusive_scan(int v, int* tmp, int* total) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warp = (blockDim.x + 31) >> 5;
+    int x = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(0xffffffffu, x, o);
+        if (lane >= o) x += y;
+    }
+    __syncthreads();
+    if (lane == 31) tmp[warp] = x;
+    __syncthreads();
+    if (warp == 0) {
+        int w = lane < n_warp ? tmp[lane] : 0;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const int y = __shfl_up_sync(0xffffffffu, w, o);
+            if (lane >= o) w += y;
+        }
+        tmp[32 + lane] = w;  // inclusive warp totals
+    }
+    __syncthreads();
+    const int before = warp > 0 ? tmp[32 + warp - 1] : 0;
+    *total = tmp[32 + n_warp - 1];
+    return before + x - v;
+}
+
+// The allowed compressed rows for this step, ascending: all n_comp rows when n_comp <= top_k, else
+// the top_k highest scores (ties to the lower index; spec §3.5 A10.2). Radix select on the order-
+// preserving bit pattern, then a stable compaction. One block of 1024 threads.
+extern "C" __global__ void index_topk(const float* scores, const Step* step, int ratio, int top_k, int* list) {
+    __shared__ int hist[256];
+    __shared__ int tmp[64];
+    __shared__ uint32_t s_prefix;
+    __shared__ int s_remaining;
+    const int n = (step->pos + 1) / ratio;
+    if (n <= top_k) {
+        for (int i = threadIdx.x; i < n; i += blockDim.x) list[i] = i;
+        return;
+    }
+    uint32_t prefix = 0, mask = 0;
+    int remaining = top_k;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+        __syncthreads();
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            const uint32_t k = order_key(scores[i]);
+            if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255], 1);
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int above = 0, d = 255;
+            for (; d > 0; d--) {
+                if (above + hist[d] >= remaining) break;
+                above += hist[d];
+            }
+            s_prefix = prefix | ((uint32_t)d << shift);
+            s_remaining = remaining - above;
+        }
+        __syncthreads();
+        prefix = s_prefix;
+        remaining = s_remaining;
+        mask |= 0xffu << shift;
+        __syncthreads();
+    }
+    // prefix is the k-th largest key; take every key above it and the first `remaining` equal ones.
+    const int chunk = (n + blockDim.x - 1) / blockDim.x;
+    const int lo = min(n, (int)threadIdx.x * chunk), hi = min(n, lo + chunk);
+    int n_gt = 0, n_eq = 0;
+    for (int i = lo; i < hi; i++) {
+        const uint32_t k = order_key(scores[i]);
+        n_gt += k > prefix;
+        n_eq += k == prefix;
+    }
+    int total;
+    const int eq_before = block_exclusive_scan(n_eq, tmp, &total);
+    const int eq_take = max(0, min(n_eq, remaining - eq_before));
+    const int out_before = block_exclusive_scan(n_gt + eq_take, tmp, &total);
+    int o = out_before, eq_seen = 0;
+    for (int i = lo; i < hi; i++) {
+        const uint32_t k = order_key(scores[i]);
+        if (k > prefix) {
+            list[o++] = i;
+        } else if (k == prefix) {
+            if (eq_seen < eq_take) list[o++] = i;
+            eq_seen++;
+        }
+    }
+}
+
+// spec §3.5 A11-A12 for one head (block per head): rows = raw window (oldest first) then the
+// visible compressed rows; softmax with the sink in the denominator; value = key; then the inverse
+// RoPE at pos. Dynamic shared memory: (head_dim + max_rows) floats.
+extern "C" __global__ void attention(const float* q, const float* ring, int raw_cap, const float* comp,
+                                     const int* list, const float* sinks, const Step* step, int n_swa, int ratio,
+                                     int top_k, int head_dim, float kq_scale, RopeArgs rope, float* out) {
+    extern __shared__ float sm[];
+    __shared__ float red[32];
+    float* qs = sm;
+    float* sc = sm + head_dim;
+    const int h = blockIdx.x;
+    const int pos = step->pos;
+    const int n_raw = min(pos + 1, n_swa);
+    int n_comp = 0;
+    if (ratio > 0) {
+        n_comp = (pos + 1) / ratio;
+        if (ratio == 4) n_comp = min(n_comp, top_k);
+    }
+    const int n_rows = n_raw + n_comp;
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) qs[i] = q[(size_t)h * head_dim + i];
+    __syncthreads();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warp = blockDim.x >> 5;
+    for (int j = warp; j < n_rows; j += n_warp) {
+        const float* k;
+        if (j < n_raw) k = ring + (size_t)((pos - n_raw + 1 + j) % raw_cap) * head_dim;
+        else k = comp + (size_t)(ratio == 4 ? list[j - n_raw] : j - n_raw) * head_dim;
+        float s = 0.0f;
+        for (int i = lane * 4; i < head_dim; i += 128) {
+            const float4 a = *(const float4*)(k + i), b = *(const float4*)(qs + i);
+            s += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+        }
+        s = warp_sum(s);
+        if (lane == 0) sc[j] = s * kq_scale;
+    }
+    __syncthreads();
+    const float sink = sinks[h];
+    float m = sink;
+    for (int j = threadIdx.x; j < n_rows; j += blockDim.x) m = fmaxf(m, sc[j]);
+    const float mx = block_max(m, red);
+    __syncthreads();
+    float part = 0.0f;
+    for (int j = threadIdx.x; j < n_rows; j += blockDim.x) {
+        const float e = expf(sc[j] - mx);
+        sc[j] = e;
+        part += e;
+    }
+    const float den = expf(sink - mx) + block_sum(part, red);
+    __syncthreads();
+    const float inv = 1.0f / den;
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+        float acc = 0.0f;
+        for (int j = 0; j < n_rows; j++) {
+            const float* k;
+            if (j < n_raw) k = ring + (size_t)((pos - n_raw + 1 + j) % raw_cap) * head_dim;
+            else k = comp + (size_t)(ratio == 4 ? list[j - n_raw] : j - n_raw) * head_dim;
+            acc += sc[j] * k[i];
+        }
+        qs[i] = acc * inv;
+    }
+    __syncthreads();
+    rope_tail_block(qs, head_dim, rope, (float)pos, true);
+    __syncthreads();
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) out[(size_t)h * head_dim + i] = qs[i];
+}

@@ -1,0 +1,195 @@
+// Small fused ops of the decode step: embedding, RMSNorm, hyper-connection pre/post (spec §3.4),
+// Q/KV finishing (§3.5 A4-A8), router (§3.6 F2-F4) and the output collapse (§3.7).
+// Each kernel reads the token and position from `Step` on the device, so a captured graph replays.
+#include "common.cuh"
+
+// spec §3.3: every HC stream starts as the token's embedding row.
+extern "C" __global__ void embed(const __half* token_embd, const Step* step, float* X, int n_embd, int n_hc) {
+    const size_t row = (size_t)step->token * n_embd;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n_embd; i += gridDim.x * blockDim.x) {
+        const float e = __half2float(token_embd[row + i]);
+        for (int h = 0; h < n_hc; h++) X[(size_t)h * n_embd + i] = e;
+    }
+}
+
+// out = 1/sqrt(mean(x²) + eps) as one device scalar (the HC flat norm, spec §3.4 step 1).
+extern "C" __global__ void rms_scale(const float* x, int n, float eps, float* out) {
+    __shared__ double red[32];
+    const float s = block_rms_scale(x, n, eps, red);
+    if (threadIdx.x == 0) *out = s;
+}
+
+// out[i] = (x[i]·scale)·w[i] (w may be null: unweighted), one block per `n`-slice (blockIdx.x).
+extern "C" __global__ void rms_norm(const float* x, const float* w, float* out, int n, float eps) {
+    __shared__ double red[32];
+    const float* xs = x + (size_t)blockIdx.x * n;
+    float* os = out + (size_t)blockIdx.x * n;
+    const float s = block_rms_scale(xs, n, eps, red);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) os[i] = w ? (xs[i] * s) * w[i] : xs[i] * s;
+}
+
+// spec §3.4 steps 3-6 and the sublayer's RMSNorm: from the mixer output `mix` (fn·r, r already
+// normalised through the rms_scale folded into the matvec), compute pre/post/Sinkhorn-combine into
+// `hcw` (pre[n_hc], post[n_hc], M[n_hc²]) and write xa = RMSNorm(Σ_h pre_h·X[h]) ⊙ norm_w.
+// Dynamic shared memory: n_embd floats.
+extern "C" __global__ void hc_pre(const float* mix, const float* scale, const float* base, const float* X,
+                                  const float* norm_w, float* hcw, float* xa, int n_embd, int n_hc,
+                                  int sinkhorn_iters, float hc_eps, float rms_eps) {
+    extern __shared__ float u[];
+    __shared__ float w[2 * 8 + 64];
+    __shared__ double red[32];
+    if (threadIdx.x == 0) {
+        const int n = n_hc;
+        for (int h = 0; h < n; h++) {
+            w[h] = 1.0f / (1.0f + expf(-(mix[h] * scale[0] + base[h]))) + hc_eps;
+            w[n + h] = 2.0f * (1.0f / (1.0f + expf(-(mix[n + h] * scale[1] + base[n + h]))));
+        }
+        float* M = w + 2 * n;
+        for (int r = 0; r < n; r++) {
+            float mx = -3.0e38f;
+            for (int c = 0; c < n; c++) {
+                M[r * n + c] = mix[2 * n + r * n + c] * scale[2] + base[2 * n + r * n + c];
+                mx = fmaxf(mx, M[r * n + c]);
+            }
+            float sum = 0.0f;
+            for (int c = 0; c < n; c++) {
+                M[r * n + c] = expf(M[r * n + c] - mx);
+                sum += M[r * n + c];
+            }
+            for (int c = 0; c < n; c++) M[r * n + c] = M[r * n + c] / sum + hc_eps;
+        }
+        for (int it = 0; it < sinkhorn_iters; it++) {
+            if (it > 0) {
+                for (int r = 0; r < n; r++) {
+                    float sum = 0.0f;
+                    for (int c = 0; c < n; c++) sum += M[r * n + c];
+                    for (int c = 0; c < n; c++) M[r * n + c] = M[r * n + c] / (sum + hc_eps);
+                }
+            }
+            for (int c = 0; c < n; c++) {
+                float sum = 0.0f;
+                for (int r = 0; r < n; r++) sum += M[r * n + c];
+                for (int r = 0; r < n; r++) M[r * n + c] = M[r * n + c] / (sum + hc_eps);
+            }
+        }
+        for (int i = 0; i < 2 * n + n * n; i++) hcw[i] = w[i];
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < n_embd; d += blockDim.x) {
+        float s = 0.0f;
+        for (int h = 0; h < n_hc; h++) s += w[h] * X[(size_t)h * n_embd + d];
+        u[d] = s;
+    }
+    __syncthreads();
+    const float sc = block_rms_scale(u, n_embd, rms_eps, red);
+    for (int d = threadIdx.x; d < n_embd; d += blockDim.x) xa[d] = (u[d] * sc) * norm_w[d];
+}
+
+// spec §3.4 HC post: X[c][d] = post_c·y[d] + Σ_r M[r][c]·X[r][d], in place.
+extern "C" __global__ void hc_post(float* X, const float* y, const float* hcw, int n_embd, int n_hc) {
+    const int d = blockIdx.x * blockDim.x + threadIdx.x;
+    if (d >= n_embd) return;
+    float xin[8];
+    for (int r = 0; r < n_hc; r++) xin[r] = X[(size_t)r * n_embd + d];
+    const float* post = hcw + n_hc;
+    const float* M = hcw + 2 * n_hc;
+    for (int c = 0; c < n_hc; c++) {
+        float s = post[c] * y[d];
+        for (int r = 0; r < n_hc; r++) s += M[r * n_hc + c] * xin[r];
+        X[(size_t)c * n_embd + d] = s;
+    }
+}
+
+// spec §3.5 A4 + A6 for q: unweighted RMSNorm of each head, then RoPE on its tail. Block per head.
+extern "C" __global__ void head_norm_rope(float* q, int head_dim, RopeArgs rope, const Step* step, float eps) {
+    __shared__ double red[32];
+    float* v = q + (size_t)blockIdx.x * head_dim;
+    const float s = block_rms_scale(v, head_dim, eps, red);
+    __syncthreads();
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) v[i] = v[i] * s;
+    __syncthreads();
+    rope_tail_block(v, head_dim, rope, (float)step->pos, false);
+}
+
+// spec §3.5 A5-A8: kv = RMSNorm(kv_raw) ⊙ w, RoPE at pos, FP8 on the non-RoPE dims, f16 round,
+// then store as raw-window row pos mod raw_cap. Dynamic shared memory: head_dim floats.
+extern "C" __global__ void kv_finish(const float* kv_raw, const float* norm_w, RopeArgs rope, const Step* step,
+                                     float* ring, int raw_cap, int head_dim, float eps) {
+    extern __shared__ float v[];
+    __shared__ double red[32];
+    const float s = block_rms_scale(kv_raw, head_dim, eps, red);
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) v[i] = (kv_raw[i] * s) * norm_w[i];
+    __syncthreads();
+    rope_tail_block(v, head_dim, rope, (float)step->pos, false);
+    __syncthreads();
+    const int n_fp8 = (head_dim - rope.n_rot) / 64;
+    if ((int)threadIdx.x < n_fp8) fp8_sim_block(v + 64 * threadIdx.x, 64);
+    __syncthreads();
+    float* row = ring + (size_t)(step->pos % raw_cap) * head_dim;
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) row[i] = f16_round(v[i]);
+}
+
+// spec §3.6 F2-F4: p = sqrt(softplus(logit)); selection by hash table or biased top-k (ties to the
+// lower index, order = descending score); weights p_sel / max(Σ p_sel, 2^-14) · scale.
+extern "C" __global__ void route(const float* logits, const float* bias, const int* tid2eid, const Step* step,
+                                 int n_expert, int n_used, float weight_scale, int* sel, float* route_w) {
+    extern __shared__ float p[];
+    for (int e = threadIdx.x; e < n_expert; e += blockDim.x) {
+        const float z = logits[e];
+        const float sp = z > 20.0f ? z : (z < -20.0f ? expf(z) : log1pf(expf(z)));
+        p[e] = sqrtf(sp);
+    }
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    int chosen[16];
+    for (int k = 0; k < n_used; k++) {
+        if (tid2eid) {
+            chosen[k] = tid2eid[(size_t)step->token * n_used + k];
+        } else {
+            float best = -3.0e38f;
+            int bi = 0;
+            for (int e = 0; e < n_expert; e++) {
+                bool taken = false;
+                for (int j = 0; j < k; j++) taken |= chosen[j] == e;
+                const float sc = p[e] + (bias ? bias[e] : 0.0f);
+                if (!taken && sc > best) {
+                    best = sc;
+                    bi = e;
+                }
+            }
+            chosen[k] = bi;
+        }
+    }
+    float sum = 0.0f;
+    for (int k = 0; k < n_used; k++) sum += p[chosen[k]];
+    sum = fmaxf(sum, 6.103515625e-5f);
+    for (int k = 0; k < n_used; k++) {
+        sel[k] = chosen[k];
+        route_w[k] = (p[chosen[k]] / sum) * weight_scale;
+    }
+}
+
+// spec §3.7 steps 3-5: w_h = σ(pw_h·scale + base_h) + eps; e = Σ_h w_h X[h]; out = RMSNorm(e) ⊙ w.
+// Dynamic shared memory: n_embd floats.
+extern "C" __global__ void head_collapse(const float* pw, const float* scale, const float* base, const float* X,
+                                         const float* norm_w, float* out, int n_embd, int n_hc, float hc_eps,
+                                         float rms_eps) {
+    extern __shared__ float e[];
+    __shared__ double red[32];
+    float w[8];
+    for (int h = 0; h < n_hc; h++) w[h] = sigmoid_stable(pw[h] * scale[0] + base[h]) + hc_eps;
+    for (int d = threadIdx.x; d < n_embd; d += blockDim.x) {
+        float s = 0.0f;
+        for (int h = 0; h < n_hc; h++) s += w[h] * X[(size_t)h * n_embd + d];
+        e[d] = s;
+    }
+    __syncthreads();
+    const float sc = block_rms_scale(e, n_embd, rms_eps, red);
+    for (int d = threadIdx.x; d < n_embd; d += blockDim.x) out[d] = (e[d] * sc) * norm_w[d];
+}
+
+// Sets the indexer gate for this step: 1 when the ratio-`ratio` layers have more than top_k
+// compressed rows, so the indexer query path runs (spec §3.5 A10.2).
+extern "C" __global__ void set_index_gate(const Step* step, int ratio, int top_k, int* gate) {
+    if (threadIdx.x == 0 && blockIdx.x == 0) *gate = ((step->pos + 1) / ratio) > top_k ? 1 : 0;
+}

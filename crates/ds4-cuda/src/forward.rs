@@ -1,0 +1,642 @@
+//! The decode forward pass on the GPU, laid out like `ds4-cpu`'s forward.rs (STYLE §2.3): the same
+//! steps in spec order, launching kernels instead of looping. One call of [`decode_step`] queues a
+//! whole token (embedding to logits) without a host sync, so it can be captured as one CUDA graph;
+//! every kernel reads the token and position from the device `Step` buffer.
+//!
+//! Numerics: f32 activations against the stored weights (the model's semantics, spec §3.13),
+//! f64 sums of squares in RMSNorm, FP8/FP4 simulation and f16 rounding of every cached row as the
+//! CPU reference does, fixed-order reductions (no float atomics).
+
+use std::sync::Arc;
+
+use ds4_gguf::TensorType;
+use ds4_model::{AttnKind, Config};
+
+use crate::device::{DevBuf, Device};
+use crate::launch::{DPtr, GemvArgs, GemvMode, Kernels, RopeArgs};
+use crate::weights::{DevAttnExtra, DevCompressor, DevHc, DevLayer, DevTensor, DevWeights};
+use crate::Error;
+
+const NEG: f32 = -1.0e30;
+
+// ---- spec/model.md §4.1 KV state ----------------------------------------------------------------
+
+/// One compressor's frontier: `coff·R` rows of `coff·D` (kv, score).
+pub struct Frontier {
+    pub kv: DevBuf,
+    pub score: DevBuf,
+    pub rows: usize,
+    pub width: usize,
+}
+
+/// One layer's cache on the device.
+pub struct LayerKv {
+    /// Raw window ring, `raw_cap` rows of head_dim; row of position p is p mod raw_cap.
+    pub ring: DevBuf,
+    /// Compressed attention rows (`comp_cap` × head_dim), R ≠ 0.
+    pub comp: Option<DevBuf>,
+    pub attn_frontier: Option<Frontier>,
+    /// Indexer rows (`comp_cap` × idx_head_dim), R = 4.
+    pub index_comp: Option<DevBuf>,
+    pub index_frontier: Option<Frontier>,
+    pub comp_cap: usize,
+}
+
+/// The whole KV state of one session.
+pub struct KvState {
+    pub layers: Vec<LayerKv>,
+    pub raw_cap: usize,
+    pub ctx: usize,
+}
+
+impl KvState {
+    pub fn new(dev: &Arc<Device>, cfg: &Config, ctx: usize) -> Result<KvState, Error> {
+        let raw_cap = cfg.n_swa.min(ctx).max(1);
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for il in 0..cfg.n_layer {
+            let kind = cfg.attn_kinds[il];
+            let r = kind.ratio();
+            let comp_cap = ctx.checked_div(r).map_or(0, |n| n + 2);
+            let frontier = |d: usize| -> Result<Frontier, Error> {
+                let (rows, width) = (kind.coff() * r, kind.coff() * d);
+                Ok(Frontier {
+                    kv: dev.alloc(rows * width * 4)?,
+                    score: dev.alloc(rows * width * 4)?,
+                    rows,
+                    width,
+                })
+            };
+            let (comp, attn_frontier) = if r > 0 {
+                (
+                    Some(dev.alloc(comp_cap * cfg.head_dim * 4)?),
+                    Some(frontier(cfg.head_dim)?),
+                )
+            } else {
+                (None, None)
+            };
+            let (index_comp, index_frontier) = if kind.has_indexer() {
+                (
+                    Some(dev.alloc(comp_cap * cfg.idx_head_dim * 4)?),
+                    Some(frontier(cfg.idx_head_dim)?),
+                )
+            } else {
+                (None, None)
+            };
+            layers.push(LayerKv {
+                ring: dev.alloc(raw_cap * cfg.head_dim * 4)?,
+                comp,
+                attn_frontier,
+                index_comp,
+                index_frontier,
+                comp_cap,
+            });
+        }
+        let kv = KvState {
+            layers,
+            raw_cap,
+            ctx,
+        };
+        kv.reset()?;
+        Ok(kv)
+    }
+
+    /// Empty state: zero rows, frontier kv 0 and score NEG (spec §3.5 compressor init).
+    pub fn reset(&self) -> Result<(), Error> {
+        for l in &self.layers {
+            l.ring.fill_bytes(0)?;
+            for f in [&l.attn_frontier, &l.index_frontier].into_iter().flatten() {
+                f.kv.fill_bytes(0)?;
+                f.score.upload(0, &vec![NEG; f.rows * f.width])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of device memory held.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| {
+                l.ring.bytes()
+                    + l.comp.as_ref().map_or(0, |b| b.bytes())
+                    + l.index_comp.as_ref().map_or(0, |b| b.bytes())
+                    + [&l.attn_frontier, &l.index_frontier]
+                        .into_iter()
+                        .flatten()
+                        .map(|f| f.kv.bytes() + f.score.bytes())
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+}
+
+// ---- activations ----------------------------------------------------------------------------------
+
+/// Every activation buffer of one decode step, sized once from `Config` (nothing is allocated
+/// per token).
+pub struct Scratch {
+    /// `Step { token, pos }`
+    pub step: DevBuf,
+    pub x: DevBuf,
+    pub hc_scale: DevBuf,
+    pub mix: DevBuf,
+    pub hcw: DevBuf,
+    pub xa: DevBuf,
+    pub qa: DevBuf,
+    pub qn: DevBuf,
+    pub q: DevBuf,
+    pub kv_raw: DevBuf,
+    pub kvp: DevBuf,
+    pub scp: DevBuf,
+    pub qi: DevBuf,
+    pub iw: DevBuf,
+    pub scores: DevBuf,
+    pub list: DevBuf,
+    pub index_gate: DevBuf,
+    pub o: DevBuf,
+    pub low: DevBuf,
+    pub attn_out: DevBuf,
+    pub router: DevBuf,
+    pub sel: DevBuf,
+    pub route_w: DevBuf,
+    pub mid: DevBuf,
+    pub moe: DevBuf,
+    pub shmid: DevBuf,
+    pub ffn_out: DevBuf,
+    pub head_in: DevBuf,
+    pub logits: DevBuf,
+}
+
+impl Scratch {
+    pub fn new(dev: &Arc<Device>, cfg: &Config, ctx: usize) -> Result<Scratch, Error> {
+        let f = |n: usize| dev.alloc(n * 4);
+        let comp_cap = ctx / 4 + 2;
+        let width = (2 * cfg.head_dim).max(2 * cfg.idx_head_dim);
+        Ok(Scratch {
+            step: f(2)?,
+            x: f(cfg.hc_dim())?,
+            hc_scale: f(1)?,
+            mix: f(cfg.hc_mix().max(cfg.n_hc))?,
+            hcw: f(cfg.hc_mix())?,
+            xa: f(cfg.n_embd)?,
+            qa: f(cfg.q_lora_rank)?,
+            qn: f(cfg.q_lora_rank)?,
+            q: f(cfg.q_dim())?,
+            kv_raw: f(cfg.head_dim)?,
+            kvp: f(width)?,
+            scp: f(width)?,
+            qi: f(cfg.idx_q_dim())?,
+            iw: f(cfg.n_idx_head)?,
+            scores: f(comp_cap)?,
+            list: f(comp_cap.max(cfg.idx_top_k))?,
+            index_gate: f(1)?,
+            o: f(cfg.q_dim())?,
+            low: f(cfg.out_low_dim())?,
+            attn_out: f(cfg.n_embd)?,
+            router: f(cfg.n_expert)?,
+            sel: f(cfg.n_expert_used)?,
+            route_w: f(cfg.n_expert_used)?,
+            mid: f(cfg.n_expert_used * cfg.n_ff_exp)?,
+            moe: f(cfg.n_embd)?,
+            shmid: f(cfg.n_ff_exp)?,
+            ffn_out: f(cfg.n_embd)?,
+            head_in: f(cfg.n_embd)?,
+            logits: f(cfg.n_vocab)?,
+        })
+    }
+}
+
+// ---- spec/model.md §3.2 P2 matrix-vector products ------------------------------------------------
+
+/// `y = W·x` (+ optional grouping, scale, add, gate), dispatching on the tensor's stored type.
+struct Mv<'a> {
+    w: &'a DevTensor,
+    x: DPtr,
+    y: DPtr,
+    add: DPtr,
+    xscale: DPtr,
+    gate: DPtr,
+    rows_per_group: usize,
+    alpha: f32,
+}
+
+impl<'a> Mv<'a> {
+    fn new(w: &'a DevTensor, x: DPtr, y: DPtr) -> Mv<'a> {
+        Mv {
+            w,
+            x,
+            y,
+            add: 0,
+            xscale: 0,
+            gate: 0,
+            rows_per_group: 0,
+            alpha: 1.0,
+        }
+    }
+    fn run(self, k: &Kernels) -> Result<(), Error> {
+        let a = GemvArgs {
+            w: self.w.ptr(),
+            x: self.x,
+            y: self.y,
+            add: self.add,
+            xscale: self.xscale,
+            gate: self.gate,
+            row_bytes: self.w.row_bytes(),
+            n_in: self.w.n_in() as i32,
+            n_rows: self.w.n_out() as i32,
+            rows_per_group: self.rows_per_group as i32,
+            alpha: self.alpha,
+            ..Default::default()
+        };
+        k.gemv(self.w.ty, GemvMode::Plain, a, 1)
+    }
+}
+
+/// `h = silu(min(gate·x, c))·clamp(up·x, ±c)` (shared expert, spec §3.6 F6), or per selected
+/// expert with its route weight (F5) when `sel` is set.
+#[allow(clippy::too_many_arguments)]
+fn swiglu(
+    k: &Kernels,
+    gate: &DevTensor,
+    up: &DevTensor,
+    x: DPtr,
+    y: DPtr,
+    sel: DPtr,
+    route_w: DPtr,
+    n_sel: usize,
+    clamp: f32,
+) -> Result<(), Error> {
+    assert_eq!(
+        gate.ty, up.ty,
+        "invariant: gate and up share a type (spec §2.3)"
+    );
+    let a = GemvArgs {
+        w: gate.ptr(),
+        w2: up.ptr(),
+        x,
+        y,
+        sel,
+        route_w,
+        row_bytes: gate.row_bytes(),
+        expert_bytes: gate.expert_bytes(),
+        n_in: gate.n_in() as i32,
+        n_rows: gate.n_out() as i32,
+        n_sel: n_sel as i32,
+        clamp,
+        alpha: 1.0,
+        ..Default::default()
+    };
+    k.gemv(gate.ty, GemvMode::Swiglu, a, n_sel.max(1) as u32)
+}
+
+// ---- spec/model.md §3.3 embedding, §3.4 hyper-connections ----------------------------------------
+
+/// §3.4 steps 1-6 + the sublayer norm: writes pre/post/combine to `s.hcw` and the normed input
+/// to `out`.
+fn hc_pre(
+    k: &Kernels,
+    cfg: &Config,
+    hc: &DevHc,
+    norm: &DevTensor,
+    s: &Scratch,
+    out: DPtr,
+) -> Result<(), Error> {
+    k.rms_scale(s.x.ptr(), cfg.hc_dim(), cfg.rms_eps, s.hc_scale.ptr())?; // 1: flat RMS
+    let mut mv = Mv::new(&hc.fn_, s.x.ptr(), s.mix.ptr()); // 2: m = fn·r
+    mv.xscale = s.hc_scale.ptr();
+    mv.run(k)?;
+    k.hc_pre(
+        s.mix.ptr(),
+        hc.scale.ptr(),
+        hc.base.ptr(),
+        s.x.ptr(),
+        norm.ptr(),
+        s.hcw.ptr(),
+        out,
+        cfg,
+    )
+}
+
+// ---- spec/model.md §3.5 attention sublayer -------------------------------------------------------
+
+/// §3.5 C1-C9 for one compressor stream of width `dim`.
+#[allow(clippy::too_many_arguments)]
+fn compressor(
+    k: &Kernels,
+    c: &DevCompressor,
+    f: &crate::forward::Frontier,
+    cache: &DevBuf,
+    s: &Scratch,
+    kind: AttnKind,
+    rope: RopeArgs,
+    dim: usize,
+    qat: bool,
+    eps: f32,
+) -> Result<(), Error> {
+    Mv::new(&c.kv, s.xa.ptr(), s.kvp.ptr()).run(k)?; // C1
+    Mv::new(&c.gate, s.xa.ptr(), s.scp.ptr()).run(k)?;
+    k.compressor_step(
+        s.kvp.ptr(),
+        s.scp.ptr(),
+        c.ape.ptr(),
+        c.norm.ptr(),
+        f.kv.ptr(),
+        f.score.ptr(),
+        cache.ptr(),
+        rope,
+        s.step.ptr(),
+        kind.ratio(),
+        kind.coff(),
+        dim,
+        qat,
+        eps,
+    )
+}
+
+/// §3.5 A1-A14. Reads and appends this layer's KV state; `s.x` is updated in place.
+fn attention_sublayer(
+    k: &Kernels,
+    cfg: &Config,
+    il: usize,
+    l: &DevLayer,
+    kv: &LayerKv,
+    raw_cap: usize,
+    s: &Scratch,
+) -> Result<(), Error> {
+    let kind = cfg.attn_kinds[il];
+    let rope = RopeArgs::new(&cfg.rope(il), cfg.n_rot);
+    hc_pre(k, cfg, &l.hc_attn, &l.attn_norm, s, s.xa.ptr())?; // A1, A2
+    Mv::new(&l.attn_q_a, s.xa.ptr(), s.qa.ptr()).run(k)?; // A3
+    k.rms_norm(
+        s.qa.ptr(),
+        l.attn_q_a_norm.ptr(),
+        s.qn.ptr(),
+        cfg.q_lora_rank,
+        1,
+        cfg.rms_eps,
+    )?;
+    Mv::new(&l.attn_q_b, s.qn.ptr(), s.q.ptr()).run(k)?; // A4
+    k.head_norm_rope(
+        s.q.ptr(),
+        cfg.n_head,
+        cfg.head_dim,
+        rope,
+        s.step.ptr(),
+        cfg.rms_eps,
+    )?; // A4, A6
+    Mv::new(&l.attn_kv, s.xa.ptr(), s.kv_raw.ptr()).run(k)?; // A5
+    k.kv_finish(
+        s.kv_raw.ptr(),
+        l.attn_kv_a_norm.ptr(),
+        rope,
+        s.step.ptr(),
+        kv.ring.ptr(),
+        raw_cap,
+        cfg.head_dim,
+        cfg.rms_eps,
+    )?; // A5-A8
+    let (comp, list) = match (&l.attn_extra, &kv.comp, &kv.attn_frontier) {
+        (DevAttnExtra::Window, _, _) => (0, 0),
+        (DevAttnExtra::CompressedN { compressor: c }, Some(cache), Some(f)) => {
+            compressor(
+                k,
+                c,
+                f,
+                cache,
+                s,
+                kind,
+                rope,
+                cfg.head_dim,
+                false,
+                cfg.rms_eps,
+            )?; // A9
+            (cache.ptr(), 0)
+        }
+        (
+            DevAttnExtra::Compressed4 {
+                compressor: c,
+                indexer,
+            },
+            Some(cache),
+            Some(f),
+        ) => {
+            compressor(
+                k,
+                c,
+                f,
+                cache,
+                s,
+                kind,
+                rope,
+                cfg.head_dim,
+                false,
+                cfg.rms_eps,
+            )?; // A9
+            let (Some(icache), Some(ifr)) = (&kv.index_comp, &kv.index_frontier) else {
+                return Err(Error::Unsupported(format!(
+                    "layer {il}: indexer state missing"
+                )));
+            };
+            let ic = &indexer.compressor;
+            compressor(
+                k,
+                ic,
+                ifr,
+                icache,
+                s,
+                kind,
+                rope,
+                cfg.idx_head_dim,
+                true,
+                cfg.rms_eps,
+            )?; // A10.1
+            let gate = s.index_gate.ptr();
+            let mut mv = Mv::new(&indexer.attn_q_b, s.qn.ptr(), s.qi.ptr()); // A10.2 qi from qn
+            mv.gate = gate;
+            mv.run(k)?;
+            k.index_q_prep(s.qi.ptr(), cfg.n_idx_head, rope, s.step.ptr(), gate)?;
+            let mut mv = Mv::new(&indexer.proj, s.xa.ptr(), s.iw.ptr());
+            mv.gate = gate;
+            mv.alpha = cfg.indexer_score_scale();
+            mv.run(k)?;
+            k.index_scores(
+                icache.ptr(),
+                s.qi.ptr(),
+                s.iw.ptr(),
+                s.step.ptr(),
+                gate,
+                kind.ratio(),
+                cfg.n_idx_head,
+                s.scores.ptr(),
+                kv.comp_cap,
+            )?;
+            k.index_topk(
+                s.scores.ptr(),
+                s.step.ptr(),
+                kind.ratio(),
+                cfg.idx_top_k,
+                s.list.ptr(),
+            )?;
+            (cache.ptr(), s.list.ptr())
+        }
+        _ => {
+            return Err(Error::Unsupported(format!(
+                "layer {il}: KV state does not match the layer kind"
+            )))
+        }
+    };
+    let max_rows = raw_cap
+        + match kind {
+            AttnKind::Window => 0,
+            AttnKind::Compressed4 => cfg.idx_top_k.min(kv.comp_cap),
+            AttnKind::CompressedN(_) => kv.comp_cap,
+        };
+    k.attention(
+        s.q.ptr(),
+        kv.ring.ptr(),
+        raw_cap,
+        comp,
+        list,
+        l.attn_sinks.ptr(),
+        s.step.ptr(),
+        cfg,
+        kind.ratio(),
+        rope,
+        s.o.ptr(),
+        max_rows,
+    )?; // A11, A12
+    let mut mv = Mv::new(&l.attn_output_a, s.o.ptr(), s.low.ptr()); // A13: 8 groups of 8 heads
+    mv.rows_per_group = cfg.o_lora_rank;
+    mv.run(k)?;
+    Mv::new(&l.attn_output_b, s.low.ptr(), s.attn_out.ptr()).run(k)?;
+    k.hc_post(
+        s.x.ptr(),
+        s.attn_out.ptr(),
+        s.hcw.ptr(),
+        cfg.n_embd,
+        cfg.n_hc,
+    ) // A14
+}
+
+// ---- spec/model.md §3.6 FFN sublayer -------------------------------------------------------------
+
+/// §3.6 F1-F8; `s.x` is updated in place.
+fn ffn_sublayer(k: &Kernels, cfg: &Config, l: &DevLayer, s: &Scratch) -> Result<(), Error> {
+    let xf = s.xa.ptr();
+    hc_pre(k, cfg, &l.hc_ffn, &l.ffn_norm, s, xf)?; // F1
+    Mv::new(&l.ffn_gate_inp, xf, s.router.ptr()).run(k)?; // F2
+    k.route(
+        s.router.ptr(),
+        l.exp_probs_b.as_ref().map_or(0, |t| t.ptr()),
+        l.ffn_gate_tid2eid.as_ref().map_or(0, |t| t.ptr()),
+        s.step.ptr(),
+        cfg.n_expert,
+        cfg.n_expert_used,
+        cfg.expert_weight_scale,
+        s.sel.ptr(),
+        s.route_w.ptr(),
+    )?; // F3, F4
+    let n_used = cfg.n_expert_used;
+    swiglu(
+        k,
+        &l.ffn_gate_exps,
+        &l.ffn_up_exps,
+        xf,
+        s.mid.ptr(),
+        s.sel.ptr(),
+        s.route_w.ptr(),
+        n_used,
+        cfg.swiglu_clamp,
+    )?; // F5
+    let d = &l.ffn_down_exps;
+    let a = GemvArgs {
+        w: d.ptr(),
+        x: s.mid.ptr(),
+        y: s.moe.ptr(),
+        sel: s.sel.ptr(),
+        row_bytes: d.row_bytes(),
+        expert_bytes: d.expert_bytes(),
+        n_in: d.n_in() as i32,
+        n_rows: d.n_out() as i32,
+        n_sel: n_used as i32,
+        alpha: 1.0,
+        ..Default::default()
+    };
+    k.gemv(d.ty, GemvMode::Down, a, 1)?; // F5: Σ_k in selection order
+    swiglu(
+        k,
+        &l.ffn_gate_shexp,
+        &l.ffn_up_shexp,
+        xf,
+        s.shmid.ptr(),
+        0,
+        0,
+        1,
+        cfg.swiglu_clamp,
+    )?; // F6
+    let mut mv = Mv::new(&l.ffn_down_shexp, s.shmid.ptr(), s.ffn_out.ptr());
+    mv.add = s.moe.ptr(); // F7: moe + sh
+    mv.run(k)?;
+    k.hc_post(
+        s.x.ptr(),
+        s.ffn_out.ptr(),
+        s.hcw.ptr(),
+        cfg.n_embd,
+        cfg.n_hc,
+    ) // F8
+}
+
+// ---- spec/model.md §3.7 output head, §3.1 the whole step -----------------------------------------
+
+fn output_head(k: &Kernels, cfg: &Config, w: &DevWeights, s: &Scratch) -> Result<(), Error> {
+    k.rms_scale(s.x.ptr(), cfg.hc_dim(), cfg.rms_eps, s.hc_scale.ptr())?; // 1
+    let mut mv = Mv::new(&w.output_hc_fn, s.x.ptr(), s.mix.ptr()); // 2
+    mv.xscale = s.hc_scale.ptr();
+    mv.run(k)?;
+    k.head_collapse(
+        s.mix.ptr(),
+        w.output_hc_scale.ptr(),
+        w.output_hc_base.ptr(),
+        s.x.ptr(),
+        w.output_norm.ptr(),
+        s.head_in.ptr(),
+        cfg,
+    )?; // 3-5
+    Mv::new(&w.output, s.head_in.ptr(), s.logits.ptr()).run(k) // 6
+}
+
+/// Queues one whole token (spec §3.1) for the token and position in `s.step`. No host sync.
+pub fn decode_step(
+    k: &Kernels,
+    cfg: &Config,
+    w: &DevWeights,
+    kv: &KvState,
+    s: &Scratch,
+) -> Result<(), Error> {
+    k.embed(
+        w.token_embd.ptr(),
+        s.step.ptr(),
+        s.x.ptr(),
+        cfg.n_embd,
+        cfg.n_hc,
+    )?; // §3.3
+    if cfg.attn_kinds.contains(&AttnKind::Compressed4) {
+        k.set_index_gate(s.step.ptr(), 4, cfg.idx_top_k, s.index_gate.ptr())?;
+    }
+    for (il, (l, lkv)) in w.layers.iter().zip(&kv.layers).enumerate() {
+        attention_sublayer(k, cfg, il, l, lkv, kv.raw_cap, s)?;
+        ffn_sublayer(k, cfg, l, s)?;
+    }
+    output_head(k, cfg, w, s)
+}
+
+/// Checks that the weights are in types the kernels read.
+pub fn check_types(w: &DevWeights) -> Result<(), Error> {
+    if w.token_embd.ty != TensorType::F16 {
+        return Err(Error::Unsupported(format!(
+            "token_embd is {}, the CUDA backend reads F16",
+            w.token_embd.ty
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,716 @@
+//! One safe function per kernel (STYLE §2.5). Each checks what it can on the host (lengths,
+//! alignment, types), computes grid and block here and nowhere else, and launches on the device
+//! stream. Pointers are raw device addresses (`u64`) of live [`DevBuf`](crate::DevBuf)s.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::driver::{result, sys};
+use ds4_gguf::TensorType;
+
+use crate::device::Device;
+use crate::Error;
+
+/// A device pointer argument (0 = null).
+pub type DPtr = u64;
+
+/// `RopeArgs` of kernels/common.cuh.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RopeArgs {
+    pub base: f32,
+    pub freq_scale: f32,
+    pub yarn: i32,
+    pub orig_ctx: i32,
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+    pub n_rot: i32,
+    pub pad: i32,
+}
+
+impl RopeArgs {
+    pub fn new(p: &ds4_model::RopeParams, n_rot: usize) -> RopeArgs {
+        RopeArgs {
+            base: p.base,
+            freq_scale: p.freq_scale,
+            yarn: p.yarn as i32,
+            orig_ctx: p.orig_ctx as i32,
+            beta_fast: p.beta_fast,
+            beta_slow: p.beta_slow,
+            n_rot: n_rot as i32,
+            pad: 0,
+        }
+    }
+}
+
+/// `GemvArgs` of kernels/gemv.cu (field order and types must match).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GemvArgs {
+    pub w: DPtr,
+    pub w2: DPtr,
+    pub x: DPtr,
+    pub y: DPtr,
+    pub add: DPtr,
+    pub xscale: DPtr,
+    pub sel: DPtr,
+    pub route_w: DPtr,
+    pub gate: DPtr,
+    pub row_bytes: u64,
+    pub expert_bytes: u64,
+    pub n_in: i32,
+    pub n_rows: i32,
+    pub rows_per_group: i32,
+    pub n_sel: i32,
+    pub wpr: i32,
+    pub clamp: f32,
+    pub alpha: f32,
+    pub pad: i32,
+}
+
+/// What a matrix-vector launch computes (kernels/gemv.cu modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemvMode {
+    /// `y = alpha·(W·x)·xscale + add`
+    Plain,
+    /// `y[k] = silu(min(gate·x, c))·clamp(up·x, ±c)·route_w[k]` per selected expert k.
+    Swiglu,
+    /// `y = Σ_k W_{sel_k}·x_k + add`, experts in selection order.
+    Down,
+}
+
+const TYPES: [TensorType; 6] = [
+    TensorType::F32,
+    TensorType::F16,
+    TensorType::Q8_0,
+    TensorType::Q2K,
+    TensorType::Q4K,
+    TensorType::Iq2Xxs,
+];
+
+fn type_suffix(ty: TensorType) -> &'static str {
+    match ty {
+        TensorType::F32 => "f32",
+        TensorType::F16 => "f16",
+        TensorType::Q8_0 => "q8_0",
+        TensorType::Q2K => "q2_k",
+        TensorType::Q4K => "q4_k",
+        TensorType::Iq2Xxs => "iq2_xxs",
+        _ => "unsupported",
+    }
+}
+
+/// Elements per GEMV item of a type: rows must be a whole number of items (kernels/gemv.cu).
+fn item_elems(ty: TensorType) -> usize {
+    match ty {
+        TensorType::F32 => 4,
+        TensorType::F16 => 8,
+        _ => ty.block_elems(),
+    }
+}
+
+/// Every kernel function, looked up once.
+pub struct Kernels {
+    dev: Arc<Device>,
+    gemv: Vec<(TensorType, GemvMode, sys::CUfunction)>,
+    embed: sys::CUfunction,
+    rms_scale: sys::CUfunction,
+    rms_norm: sys::CUfunction,
+    hc_pre: sys::CUfunction,
+    hc_post: sys::CUfunction,
+    head_norm_rope: sys::CUfunction,
+    kv_finish: sys::CUfunction,
+    route: sys::CUfunction,
+    head_collapse: sys::CUfunction,
+    set_index_gate: sys::CUfunction,
+    compressor_step: sys::CUfunction,
+    index_q_prep: sys::CUfunction,
+    index_scores: sys::CUfunction,
+    index_topk: sys::CUfunction,
+    attention: sys::CUfunction,
+    fill_random: sys::CUfunction,
+    fix_scales: sys::CUfunction,
+    /// Per-launch event pairs while profiling (eager launches only, see [`Kernels::profile_start`]).
+    profile: std::sync::Mutex<Option<Vec<(String, sys::CUevent, sys::CUevent)>>>,
+}
+
+// SAFETY: CUfunction handles are plain driver handles, valid while `dev` (held here) is alive.
+unsafe impl Send for Kernels {}
+unsafe impl Sync for Kernels {}
+
+macro_rules! args {
+    ($($a:expr),* $(,)?) => {
+        [$(&$a as *const _ as *mut c_void),*]
+    };
+}
+
+impl Kernels {
+    pub fn new(dev: &Arc<Device>) -> Result<Kernels, Error> {
+        let mut gemv = Vec::new();
+        for ty in TYPES {
+            for (mode, prefix) in [
+                (GemvMode::Plain, "gemv_"),
+                (GemvMode::Swiglu, "gemv_swiglu_"),
+                (GemvMode::Down, "gemv_down_"),
+            ] {
+                let name = format!("{prefix}{}", type_suffix(ty));
+                gemv.push((ty, mode, dev.function("gemv", &name)?));
+            }
+        }
+        let f = |m: &str, n: &str| dev.function(m, n);
+        Ok(Kernels {
+            dev: dev.clone(),
+            gemv,
+            embed: f("ops", "embed")?,
+            rms_scale: f("ops", "rms_scale")?,
+            rms_norm: f("ops", "rms_norm")?,
+            hc_pre: f("ops", "hc_pre")?,
+            hc_post: f("ops", "hc_post")?,
+            head_norm_rope: f("ops", "head_norm_rope")?,
+            kv_finish: f("ops", "kv_finish")?,
+            route: f("ops", "route")?,
+            head_collapse: f("ops", "head_collapse")?,
+            set_index_gate: f("ops", "set_index_gate")?,
+            compressor_step: f("attention", "compressor_step")?,
+            index_q_prep: f("attention", "index_q_prep")?,
+            index_scores: f("attention", "index_scores")?,
+            index_topk: f("attention", "index_topk")?,
+            attention: f("attention", "attention")?,
+            fill_random: f("gemv", "fill_random")?,
+            fix_scales: f("gemv", "fix_scales")?,
+            profile: std::sync::Mutex::new(None),
+        })
+    }
+
+    pub fn device(&self) -> &Arc<Device> {
+        &self.dev
+    }
+
+    fn launch(
+        &self,
+        name: &'static str,
+        f: sys::CUfunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        params: &mut [*mut c_void],
+    ) -> Result<(), Error> {
+        if smem > 48 * 1024 {
+            // SAFETY: sets a launch limit attribute on a valid function handle.
+            unsafe {
+                result::function::set_function_attribute(
+                    f,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )
+            }
+            .map_err(|e| Error::driver(name, e))?;
+        }
+        let mut prof = self.profile.lock().unwrap_or_else(|e| e.into_inner());
+        let events = match prof.as_mut() {
+            Some(list) => {
+                let ev = |_| result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT);
+                let (a, b) = (
+                    ev(0).map_err(|e| Error::driver(name, e))?,
+                    ev(1).map_err(|e| Error::driver(name, e))?,
+                );
+                // SAFETY: fresh events recorded on our stream.
+                unsafe { result::event::record(a, self.dev.cu_stream()) }
+                    .map_err(|e| Error::driver(name, e))?;
+                list.push((format!("{name} {grid:?}x{block}"), a, b));
+                Some(b)
+            }
+            None => None,
+        };
+        // SAFETY: every caller passes `params` pointing at live values whose types match the
+        // kernel's C signature (see each wrapper), device pointers of live buffers sized by the
+        // wrapper's checks, and a grid computed from the same sizes.
+        unsafe {
+            result::launch_kernel(f, grid, (block, 1, 1), smem, self.dev.cu_stream(), params)
+        }
+        .map_err(|e| Error::driver(name, e))?;
+        if let Some(b) = events {
+            // SAFETY: as above.
+            unsafe { result::event::record(b, self.dev.cu_stream()) }
+                .map_err(|e| Error::driver(name, e))?;
+        }
+        Ok(())
+    }
+
+    /// Starts recording a GPU time for every following (eager) launch.
+    pub fn profile_start(&self) {
+        *self.profile.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+    }
+
+    /// Stops recording and returns `(launch name, milliseconds)` per launch, in launch order.
+    pub fn profile_take(&self) -> Result<Vec<(String, f32)>, Error> {
+        let list = self
+            .profile
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default();
+        self.dev.synchronize()?;
+        let mut out = Vec::with_capacity(list.len());
+        for (name, a, b) in list {
+            // SAFETY: both events were recorded on our stream, which has drained.
+            let ms = unsafe { result::event::elapsed(a, b) }
+                .map_err(|e| Error::driver("cuEventElapsedTime", e))?;
+            // SAFETY: events created above, no longer used.
+            unsafe {
+                let _ = result::event::destroy(a);
+                let _ = result::event::destroy(b);
+            }
+            out.push((name, ms));
+        }
+        Ok(out)
+    }
+
+    // ---- matrix-vector products --------------------------------------------------------------
+
+    /// Launches one GEMV (see [`GemvMode`]). `a.n_in`, `a.n_rows`, `a.row_bytes` describe one
+    /// matrix; `n_slots` is the grid's expert dimension (1 unless Swiglu over selected experts).
+    pub fn gemv(
+        &self,
+        ty: TensorType,
+        mode: GemvMode,
+        mut a: GemvArgs,
+        n_slots: u32,
+    ) -> Result<(), Error> {
+        let n_in = a.n_in as usize;
+        let ie = item_elems(ty);
+        assert!(
+            n_in.is_multiple_of(ie) && n_in > 0,
+            "invariant: gemv {ty} row of {n_in} is not a whole number of {ie}-element items"
+        );
+        assert_eq!(
+            ty.row_bytes(n_in as u64),
+            Some(a.row_bytes),
+            "invariant: gemv {ty} row bytes"
+        );
+        assert!(
+            a.w != 0 && a.x != 0 && a.y != 0,
+            "invariant: gemv pointers set"
+        );
+        let f = self
+            .gemv
+            .iter()
+            .find(|(t, m, _)| *t == ty && *m == mode)
+            .map(|g| g.2)
+            .ok_or_else(|| Error::MissingKernel(format!("gemv {ty} {mode:?}")))?;
+        // Warps per row: enough blocks to cover the 132 SMs twice; tall matrices use 1.
+        let rows = a.n_rows as usize * n_slots as usize;
+        let mut wpr = 1;
+        while wpr < 8 && rows * wpr / 8 < 264 && n_in / ie >= 64 * wpr {
+            wpr *= 2;
+        }
+        a.wpr = wpr as i32;
+        let rows_per_block = 8 / wpr;
+        let grid = (
+            (a.n_rows as usize).div_ceil(rows_per_block) as u32,
+            n_slots,
+            1,
+        );
+        let mut p = args![a];
+        let name = match mode {
+            GemvMode::Plain => "gemv",
+            GemvMode::Swiglu => "gemv_swiglu",
+            GemvMode::Down => "gemv_down",
+        };
+        self.launch(name, f, grid, 256, 0, &mut p)
+    }
+
+    // ---- small ops ----------------------------------------------------------------------------
+
+    pub fn embed(
+        &self,
+        token_embd: DPtr,
+        step: DPtr,
+        x: DPtr,
+        n_embd: usize,
+        n_hc: usize,
+    ) -> Result<(), Error> {
+        let (n, h) = (n_embd as i32, n_hc as i32);
+        let mut p = args![token_embd, step, x, n, h];
+        self.launch(
+            "embed",
+            self.embed,
+            ((n_embd as u32).div_ceil(256), 1, 1),
+            256,
+            0,
+            &mut p,
+        )
+    }
+
+    pub fn rms_scale(&self, x: DPtr, n: usize, eps: f32, out: DPtr) -> Result<(), Error> {
+        let n = n as i32;
+        let mut p = args![x, n, eps, out];
+        self.launch("rms_scale", self.rms_scale, (1, 1, 1), 1024, 0, &mut p)
+    }
+
+    /// RMSNorm of `n_slices` consecutive `n`-slices; `w` = 0 for the unweighted form.
+    pub fn rms_norm(
+        &self,
+        x: DPtr,
+        w: DPtr,
+        out: DPtr,
+        n: usize,
+        n_slices: usize,
+        eps: f32,
+    ) -> Result<(), Error> {
+        let n = n as i32;
+        let mut p = args![x, w, out, n, eps];
+        self.launch(
+            "rms_norm",
+            self.rms_norm,
+            (n_slices as u32, 1, 1),
+            256,
+            0,
+            &mut p,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn hc_pre(
+        &self,
+        mix: DPtr,
+        scale: DPtr,
+        base: DPtr,
+        x: DPtr,
+        norm_w: DPtr,
+        hcw: DPtr,
+        xa: DPtr,
+        cfg: &ds4_model::Config,
+    ) -> Result<(), Error> {
+        assert!(
+            cfg.n_hc <= 8,
+            "invariant: the HC kernels hold at most 8 streams"
+        );
+        let (n_embd, n_hc, iters) = (
+            cfg.n_embd as i32,
+            cfg.n_hc as i32,
+            cfg.sinkhorn_iters as i32,
+        );
+        let (he, re) = (cfg.hc_eps, cfg.rms_eps);
+        let mut p = args![mix, scale, base, x, norm_w, hcw, xa, n_embd, n_hc, iters, he, re];
+        self.launch(
+            "hc_pre",
+            self.hc_pre,
+            (1, 1, 1),
+            1024,
+            (cfg.n_embd * 4) as u32,
+            &mut p,
+        )
+    }
+
+    pub fn hc_post(
+        &self,
+        x: DPtr,
+        y: DPtr,
+        hcw: DPtr,
+        n_embd: usize,
+        n_hc: usize,
+    ) -> Result<(), Error> {
+        let (n, h) = (n_embd as i32, n_hc as i32);
+        let mut p = args![x, y, hcw, n, h];
+        self.launch(
+            "hc_post",
+            self.hc_post,
+            ((n_embd as u32).div_ceil(256), 1, 1),
+            256,
+            0,
+            &mut p,
+        )
+    }
+
+    pub fn head_norm_rope(
+        &self,
+        q: DPtr,
+        n_head: usize,
+        head_dim: usize,
+        rope: RopeArgs,
+        step: DPtr,
+        eps: f32,
+    ) -> Result<(), Error> {
+        let hd = head_dim as i32;
+        let mut p = args![q, hd, rope, step, eps];
+        self.launch(
+            "head_norm_rope",
+            self.head_norm_rope,
+            (n_head as u32, 1, 1),
+            128,
+            0,
+            &mut p,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn kv_finish(
+        &self,
+        kv_raw: DPtr,
+        norm_w: DPtr,
+        rope: RopeArgs,
+        step: DPtr,
+        ring: DPtr,
+        raw_cap: usize,
+        head_dim: usize,
+        eps: f32,
+    ) -> Result<(), Error> {
+        assert!(
+            (head_dim - rope.n_rot as usize).is_multiple_of(64),
+            "invariant: FP8 blocks of 64 (spec §1.5)"
+        );
+        let (rc, hd) = (raw_cap as i32, head_dim as i32);
+        let mut p = args![kv_raw, norm_w, rope, step, ring, rc, hd, eps];
+        self.launch(
+            "kv_finish",
+            self.kv_finish,
+            (1, 1, 1),
+            256,
+            (head_dim * 4) as u32,
+            &mut p,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn route(
+        &self,
+        logits: DPtr,
+        bias: DPtr,
+        tid2eid: DPtr,
+        step: DPtr,
+        n_expert: usize,
+        n_used: usize,
+        weight_scale: f32,
+        sel: DPtr,
+        route_w: DPtr,
+    ) -> Result<(), Error> {
+        assert!(n_used <= 16, "invariant: at most 16 experts per token");
+        let (ne, nu) = (n_expert as i32, n_used as i32);
+        let mut p = args![
+            logits,
+            bias,
+            tid2eid,
+            step,
+            ne,
+            nu,
+            weight_scale,
+            sel,
+            route_w
+        ];
+        self.launch(
+            "route",
+            self.route,
+            (1, 1, 1),
+            256,
+            (n_expert * 4) as u32,
+            &mut p,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn head_collapse(
+        &self,
+        pw: DPtr,
+        scale: DPtr,
+        base: DPtr,
+        x: DPtr,
+        norm_w: DPtr,
+        out: DPtr,
+        cfg: &ds4_model::Config,
+    ) -> Result<(), Error> {
+        let (n, h, he, re) = (cfg.n_embd as i32, cfg.n_hc as i32, cfg.hc_eps, cfg.rms_eps);
+        let mut p = args![pw, scale, base, x, norm_w, out, n, h, he, re];
+        self.launch(
+            "head_collapse",
+            self.head_collapse,
+            (1, 1, 1),
+            1024,
+            (cfg.n_embd * 4) as u32,
+            &mut p,
+        )
+    }
+
+    pub fn set_index_gate(
+        &self,
+        step: DPtr,
+        ratio: usize,
+        top_k: usize,
+        gate: DPtr,
+    ) -> Result<(), Error> {
+        let (r, k) = (ratio as i32, top_k as i32);
+        let mut p = args![step, r, k, gate];
+        self.launch(
+            "set_index_gate",
+            self.set_index_gate,
+            (1, 1, 1),
+            32,
+            0,
+            &mut p,
+        )
+    }
+
+    // ---- compressor, indexer, attention -------------------------------------------------------
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn compressor_step(
+        &self,
+        kvp: DPtr,
+        scp: DPtr,
+        ape: DPtr,
+        norm_w: DPtr,
+        state_kv: DPtr,
+        state_sc: DPtr,
+        cache: DPtr,
+        rope: RopeArgs,
+        step: DPtr,
+        ratio: usize,
+        coff: usize,
+        dim: usize,
+        qat: bool,
+        eps: f32,
+    ) -> Result<(), Error> {
+        assert!(
+            !qat || dim == 128,
+            "invariant: the indexer QAT Hadamard is 128 wide (spec §1.5)"
+        );
+        let (r, c, d, q) = (ratio as i32, coff as i32, dim as i32, qat as i32);
+        let mut p =
+            args![kvp, scp, ape, norm_w, state_kv, state_sc, cache, rope, step, r, c, d, q, eps];
+        self.launch(
+            "compressor_step",
+            self.compressor_step,
+            (1, 1, 1),
+            256,
+            (dim * 4) as u32,
+            &mut p,
+        )
+    }
+
+    pub fn index_q_prep(
+        &self,
+        qi: DPtr,
+        n_idx_head: usize,
+        rope: RopeArgs,
+        step: DPtr,
+        gate: DPtr,
+    ) -> Result<(), Error> {
+        let mut p = args![qi, rope, step, gate];
+        self.launch(
+            "index_q_prep",
+            self.index_q_prep,
+            (n_idx_head as u32, 1, 1),
+            128,
+            0,
+            &mut p,
+        )
+    }
+
+    /// Scores every compressed index row; `cap_rows` is the cache capacity (grid size: the
+    /// kernel reads how many rows exist from the step).
+    #[allow(clippy::too_many_arguments)]
+    pub fn index_scores(
+        &self,
+        cache: DPtr,
+        qi: DPtr,
+        w: DPtr,
+        step: DPtr,
+        gate: DPtr,
+        ratio: usize,
+        n_idx_head: usize,
+        scores: DPtr,
+        cap_rows: usize,
+    ) -> Result<(), Error> {
+        let (r, h) = (ratio as i32, n_idx_head as i32);
+        let mut p = args![cache, qi, w, step, gate, r, h, scores];
+        self.launch(
+            "index_scores",
+            self.index_scores,
+            ((cap_rows as u32).div_ceil(8).max(1), 1, 1),
+            256,
+            0,
+            &mut p,
+        )
+    }
+
+    pub fn index_topk(
+        &self,
+        scores: DPtr,
+        step: DPtr,
+        ratio: usize,
+        top_k: usize,
+        list: DPtr,
+    ) -> Result<(), Error> {
+        let (r, k) = (ratio as i32, top_k as i32);
+        let mut p = args![scores, step, r, k, list];
+        self.launch("index_topk", self.index_topk, (1, 1, 1), 1024, 0, &mut p)
+    }
+
+    /// `max_rows`: most rows one head can see (raw window + visible compressed rows).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &self,
+        q: DPtr,
+        ring: DPtr,
+        raw_cap: usize,
+        comp: DPtr,
+        list: DPtr,
+        sinks: DPtr,
+        step: DPtr,
+        cfg: &ds4_model::Config,
+        ratio: usize,
+        rope: RopeArgs,
+        out: DPtr,
+        max_rows: usize,
+    ) -> Result<(), Error> {
+        let (rc, swa, r, k, hd) = (
+            raw_cap as i32,
+            cfg.n_swa as i32,
+            ratio as i32,
+            cfg.idx_top_k as i32,
+            cfg.head_dim as i32,
+        );
+        let kq = cfg.kq_scale();
+        let mut p = args![q, ring, rc, comp, list, sinks, step, swa, r, k, hd, kq, rope, out];
+        let smem = ((cfg.head_dim + max_rows) * 4) as u32;
+        self.launch(
+            "attention",
+            self.attention,
+            (cfg.n_head as u32, 1, 1),
+            256,
+            smem,
+            &mut p,
+        )
+    }
+
+    // ---- synthetic weights --------------------------------------------------------------------
+
+    /// Fills `bytes` at `dst` with random valid weights of type `ty`: F16/F32 uniform in ±scale;
+    /// quantized blocks with random quants and super-scale d near `scale`, dmin = dmin_ratio·d.
+    pub fn fill_random(
+        &self,
+        dst: DPtr,
+        bytes: usize,
+        ty: TensorType,
+        seed: u64,
+        scale: f32,
+        dmin_ratio: f32,
+    ) -> Result<(), Error> {
+        let (n, t) = (bytes as u64, ty.code() as i32);
+        let mut p = args![dst, n, seed, t, scale];
+        self.launch(
+            "fill_random",
+            self.fill_random,
+            (1024, 1, 1),
+            256,
+            0,
+            &mut p,
+        )?;
+        if ty.is_quantized() {
+            let blocks = (bytes / ty.block_bytes()) as u64;
+            let mut p = args![dst, blocks, t, scale, dmin_ratio];
+            self.launch("fix_scales", self.fix_scales, (1024, 1, 1), 256, 0, &mut p)?;
+        }
+        Ok(())
+    }
+}
