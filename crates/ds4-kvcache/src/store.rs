@@ -384,7 +384,8 @@ impl DiskCache {
             reason: reason.into(),
         };
         if path.file_name().and_then(|n| n.to_str()) != Some(file_name(&key).as_str()) {
-            return Err(key_mismatch("key text does not hash to the file name"));
+            // Only a damaged (or renamed) file gets here: lookup matched the name to the prompt.
+            return Err(self.corrupt(path, "key text does not hash to the file name".into()));
         }
         if !prompt.starts_with(&key) {
             return Err(key_mismatch("key text is not a prefix of the prompt"));
