@@ -532,3 +532,33 @@ proptest! {
         }
     }
 }
+
+/// A long streamed parameter costs linear time: 256 KiB in 3-byte pushes (quadratic rescans
+/// would take minutes here).
+#[test]
+fn long_parameter_streams_in_linear_time() {
+    let body = "fn main() { println!(\"&lt;ok&gt;\"); }\n".repeat(256 * 1024 / 40);
+    let text = format!("<｜DSML｜tool_calls><｜DSML｜invoke name=\"write\"><｜DSML｜parameter name=\"src\" string=\"true\">{body}</｜DSML｜parameter></｜DSML｜invoke></｜DSML｜tool_calls>");
+    let start = std::time::Instant::now();
+    let (events, p) = run(
+        StreamConfig {
+            thinking: false,
+            tools_active: true,
+        },
+        &text.as_bytes().chunks(3).collect::<Vec<_>>(),
+    );
+    assert!(p.block_closed());
+    let args: String = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::ToolArguments { fragment, .. } => Some(fragment.as_str()),
+            _ => None,
+        })
+        .collect();
+    let v: serde_json::Value = serde_json::from_str(&args).unwrap();
+    assert_eq!(
+        v["src"].as_str().unwrap(),
+        body.replace("&lt;", "<").replace("&gt;", ">")
+    );
+    assert!(start.elapsed().as_secs() < 10, "{:?}", start.elapsed());
+}

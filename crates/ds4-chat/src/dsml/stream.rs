@@ -11,6 +11,8 @@ use crate::tokenizer::utf8_stream_safe_len;
 
 const THINK_OPEN: &[u8] = b"<think>";
 const THINK_CLOSE: &[u8] = b"</think>";
+/// Longest block closer, `</｜DSML｜tool_calls>`.
+const MAX_CLOSER: usize = Syntax::Full.block_close().len();
 
 /// What the request asked for; fixed for one generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +78,8 @@ pub struct StreamParser {
     suppressed_from: Option<usize>,
     /// Block bytes after the opener.
     block: Vec<u8>,
+    /// Block bytes already searched for a closer.
+    closer_scanned: usize,
     syntax: Syntax,
     proj: Projector,
 }
@@ -94,6 +98,7 @@ impl StreamParser {
             pending: Vec::new(),
             suppressed_from: None,
             block: Vec::new(),
+            closer_scanned: 0,
             syntax: Syntax::Full,
             proj: Projector::default(),
         }
@@ -181,9 +186,13 @@ impl StreamParser {
         self.proj.advance(&self.block, self.syntax, out);
         // The stop condition is textual: any closer after the opener (spec §3.2), whether or not
         // the projection understood what came before it.
+        // Only the bytes a closer could newly end in are scanned: a long streamed parameter must
+        // not make each token cost the whole block.
+        let from = self.closer_scanned.saturating_sub(MAX_CLOSER - 1);
         let closed = Syntax::ALL
             .iter()
-            .any(|s| find(&self.block, s.block_close().as_bytes()).is_some());
+            .any(|s| find(&self.block[from..], s.block_close().as_bytes()).is_some());
+        self.closer_scanned = self.block.len();
         if closed {
             self.phase = Phase::Done;
         }

@@ -16,7 +16,7 @@ impl Syntax {
     }
 
     /// The block opener, e.g. `<｜DSML｜tool_calls>`.
-    pub(crate) fn block_open(self) -> &'static str {
+    pub(crate) const fn block_open(self) -> &'static str {
         match self {
             Syntax::Full => "<｜DSML｜tool_calls>",
             Syntax::Short => "<DSML｜tool_calls>",
@@ -25,7 +25,7 @@ impl Syntax {
     }
 
     /// The block closer, e.g. `</｜DSML｜tool_calls>`.
-    pub(crate) fn block_close(self) -> &'static str {
+    pub(crate) const fn block_close(self) -> &'static str {
         match self {
             Syntax::Full => "</｜DSML｜tool_calls>",
             Syntax::Short => "</DSML｜tool_calls>",

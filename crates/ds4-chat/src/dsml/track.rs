@@ -45,8 +45,8 @@ pub struct DsmlTracker {
     buf: Vec<u8>,
 }
 
-/// Longest opener, `<｜DSML｜tool_calls>`: 20 bytes.
-const MAX_OPENER: usize = 20;
+/// Longest opener, `<｜DSML｜tool_calls>`.
+const MAX_OPENER: usize = Syntax::Full.block_open().len();
 
 impl DsmlTracker {
     /// Starts Outside.
@@ -98,13 +98,11 @@ impl DsmlTracker {
                     } else if b == b'"' {
                         *in_string = false;
                     }
-                    return;
-                }
-                if b == b'"' {
+                } else if b == b'"' {
                     *in_string = true;
-                    self.buf.clear();
-                    return;
                 }
+                // The parser ends the value at the first closer even inside a JSON string
+                // (spec §3.1), so the tracker does too.
                 self.buf.push(b);
                 self.check_body_closer();
             }
@@ -222,6 +220,28 @@ mod tests {
         assert_eq!(state_after(&done), DecodeState::Outside);
         // Only the first block is tracked.
         assert_eq!(state_after(&format!("{done}{open}")), DecodeState::Outside);
+    }
+
+    #[test]
+    fn opener_after_long_text_is_found_at_any_offset() {
+        for n in 0..100 {
+            let text = format!("{}<｜DSML｜tool_calls>", "x".repeat(n));
+            let mut t = DsmlTracker::new();
+            for b in text.bytes() {
+                t.push(&[b]);
+            }
+            assert_eq!(t.state(), DecodeState::Structural, "prefix {n}");
+        }
+        let mut t = DsmlTracker::new();
+        t.push(
+            "<tool_calls><invoke name=\"f\"><parameter name=\"k\">\"unterminated </parameter>"
+                .as_bytes(),
+        );
+        assert_eq!(
+            t.state(),
+            DecodeState::Structural,
+            "closer ends a JSON body even inside a string"
+        );
     }
 
     #[test]
