@@ -18,8 +18,8 @@ __device__ void hadamard_fp4_128(float* v) {
     __syncthreads();
     for (int i = threadIdx.x; i < 128; i += blockDim.x) v[i] *= 0.08838834764831845f;
     __syncthreads();
-    if (threadIdx.x < 4) fp4_sim_block(v + 32 * threadIdx.x, 32);
-    __syncthreads();
+    __shared__ float scales[4];
+    quant_sim_blocks(v, 4, 32, 6.0f, 7.052966104933725e-38f, scales);
 }
 
 // One compressor step (spec §3.5 C1-C9) for stream width D, ratio R, coff = 1 or 2 (W = coff·D).
@@ -83,8 +83,8 @@ extern "C" __global__ void compressor_step(const float* kvp, const float* scp, c
         hadamard_fp4_128(row);
     } else {
         const int n_fp8 = (D - rope.n_rot) / 64;
-        if ((int)threadIdx.x < n_fp8) fp8_sim_block(row + 64 * threadIdx.x, 64);
-        __syncthreads();
+        __shared__ float scales[64];
+        quant_sim_blocks(row, n_fp8, 64, 448.0f, 1e-4f, scales);
     }
     // C8: the current window's rows become the next window's "previous" rows.
     if (coff == 2) {
@@ -224,16 +224,25 @@ extern "C" __global__ void index_topk(const float* scores, const Step* step, int
     }
 }
 
-// spec §3.5 A11-A12 for one head (block per head): rows = raw window (oldest first) then the
-// visible compressed rows; softmax with the sink in the denominator; value = key; then the inverse
-// RoPE at pos. Dynamic shared memory: (head_dim + max_rows) floats.
-extern "C" __global__ void attention(const float* q, const float* ring, int raw_cap, const float* comp,
+// spec §3.5 A11-A12 for one head (block per head, 8 warps): rows = raw window (oldest first) then
+// the visible compressed rows; softmax with the sink in the denominator; value = key; then the
+// inverse RoPE at pos. Warps take rows round-robin for both the scores and the weighted sum (q and
+// the partial outputs stay in registers; loads are 16 bytes and coalesced); the 8 partial outputs
+// are added in warp order. head_dim is a multiple of 128, at most 512.
+// Dynamic shared memory: (8·head_dim + max_rows) floats.
+__device__ __forceinline__ const float* attn_row(int j, int n_raw, int pos, int raw_cap, int head_dim,
+                                                 const float* ring, const float* comp, const int* list, int ratio) {
+    if (j < n_raw) return ring + (size_t)((pos - n_raw + 1 + j) % raw_cap) * head_dim;
+    return comp + (size_t)(ratio == 4 ? list[j - n_raw] : j - n_raw) * head_dim;
+}
+
+extern "C" __global__ void __launch_bounds__(256) attention(const float* q, const float* ring, int raw_cap, const float* comp,
                                      const int* list, const float* sinks, const Step* step, int n_swa, int ratio,
                                      int top_k, int head_dim, float kq_scale, RopeArgs rope, float* out) {
     extern __shared__ float sm[];
     __shared__ float red[32];
-    float* qs = sm;
-    float* sc = sm + head_dim;
+    float* part = sm;                 // [8][head_dim]
+    float* sc = sm + 8 * head_dim;    // [n_rows]
     const int h = blockIdx.x;
     const int pos = step->pos;
     const int n_raw = min(pos + 1, n_swa);
@@ -243,17 +252,21 @@ extern "C" __global__ void attention(const float* q, const float* ring, int raw_
         if (ratio == 4) n_comp = min(n_comp, top_k);
     }
     const int n_rows = n_raw + n_comp;
-    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) qs[i] = q[(size_t)h * head_dim + i];
-    __syncthreads();
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warp = blockDim.x >> 5;
-    for (int j = warp; j < n_rows; j += n_warp) {
-        const float* k;
-        if (j < n_raw) k = ring + (size_t)((pos - n_raw + 1 + j) % raw_cap) * head_dim;
-        else k = comp + (size_t)(ratio == 4 ? list[j - n_raw] : j - n_raw) * head_dim;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int n_chunk = head_dim / 128;  // float4 per lane per row
+    float4 qv[4];
+#pragma unroll
+    for (int c = 0; c < 4; c++)
+        qv[c] = c < n_chunk ? *((const float4*)(q + (size_t)h * head_dim) + c * 32 + lane) : make_float4(0, 0, 0, 0);
+    for (int j = warp; j < n_rows; j += 8) {
+        const float4* k = (const float4*)attn_row(j, n_raw, pos, raw_cap, head_dim, ring, comp, list, ratio);
         float s = 0.0f;
-        for (int i = lane * 4; i < head_dim; i += 128) {
-            const float4 a = *(const float4*)(k + i), b = *(const float4*)(qs + i);
-            s += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            if (c < n_chunk) {
+                const float4 a = __ldg(k + c * 32 + lane);
+                s += a.x * qv[c].x + a.y * qv[c].y + a.z * qv[c].z + a.w * qv[c].w;
+            }
         }
         s = warp_sum(s);
         if (lane == 0) sc[j] = s * kq_scale;
@@ -264,27 +277,43 @@ extern "C" __global__ void attention(const float* q, const float* ring, int raw_
     for (int j = threadIdx.x; j < n_rows; j += blockDim.x) m = fmaxf(m, sc[j]);
     const float mx = block_max(m, red);
     __syncthreads();
-    float part = 0.0f;
+    float psum = 0.0f;
     for (int j = threadIdx.x; j < n_rows; j += blockDim.x) {
         const float e = expf(sc[j] - mx);
         sc[j] = e;
-        part += e;
+        psum += e;
     }
-    const float den = expf(sink - mx) + block_sum(part, red);
+    const float den = expf(sink - mx) + block_sum(psum, red);
+    __syncthreads();
+    float4 acc[4];
+#pragma unroll
+    for (int c = 0; c < 4; c++) acc[c] = make_float4(0, 0, 0, 0);
+    for (int j = warp; j < n_rows; j += 8) {
+        const float4* k = (const float4*)attn_row(j, n_raw, pos, raw_cap, head_dim, ring, comp, list, ratio);
+        const float p = sc[j];
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            if (c < n_chunk) {
+                const float4 a = __ldg(k + c * 32 + lane);
+                acc[c].x += p * a.x;
+                acc[c].y += p * a.y;
+                acc[c].z += p * a.z;
+                acc[c].w += p * a.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int c = 0; c < 4; c++)
+        if (c < n_chunk) *((float4*)(part + warp * head_dim) + c * 32 + lane) = acc[c];
     __syncthreads();
     const float inv = 1.0f / den;
     for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
-        float acc = 0.0f;
-        for (int j = 0; j < n_rows; j++) {
-            const float* k;
-            if (j < n_raw) k = ring + (size_t)((pos - n_raw + 1 + j) % raw_cap) * head_dim;
-            else k = comp + (size_t)(ratio == 4 ? list[j - n_raw] : j - n_raw) * head_dim;
-            acc += sc[j] * k[i];
-        }
-        qs[i] = acc * inv;
+        float o = 0.0f;
+        for (int w = 0; w < 8; w++) o += part[w * head_dim + i];
+        sc[i] = o * inv;  // scores are no longer needed: reuse as the output row
     }
     __syncthreads();
-    rope_tail_block(qs, head_dim, rope, (float)pos, true);
+    rope_tail_block(sc, head_dim, rope, (float)pos, true);
     __syncthreads();
-    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) out[(size_t)h * head_dim + i] = qs[i];
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) out[(size_t)h * head_dim + i] = sc[i];
 }

@@ -81,62 +81,45 @@ __device__ __forceinline__ float sigmoid_stable(float z) {
     return e / (1.0f + e);
 }
 
-// spec §3.2 P6: E4M3 value of a code index 0..126.
-__device__ __forceinline__ float e4m3_value(int i) {
-    const int e = i >> 3, m = i & 7;
-    if (e == 0) return (float)m * 0.001953125f;  // m * 2^-9
-    return (1.0f + (float)m * 0.125f) * exp2f((float)(e - 7));
-}
-
-// Nearest E4M3 magnitude to v (0 <= v <= 448), ties to the even code.
+// spec §3.2 P6: nearest E4M3 magnitude to v (0 <= v <= 448), ties to the even code. Within a
+// binade the codes are evenly spaced, and the code index has the parity of the quotient by that
+// spacing, so rintf (ties to even) on the quotient is exactly the spec's rule; below 2^-6 the
+// spacing is the subnormal 2^-9.
 __device__ __forceinline__ float e4m3_round_mag(float v) {
-    // Binary search for the largest code with value <= v.
-    int lo = 0, hi = 126;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) >> 1;
-        if (e4m3_value(mid) <= v) lo = mid; else hi = mid - 1;
-    }
-    if (lo == 126) return e4m3_value(126);
-    const float a = e4m3_value(lo), b = e4m3_value(lo + 1);
-    const float da = v - a, db = b - v;
-    if (db < da || (db == da && ((lo + 1) & 1) == 0)) return b;
-    return a;
+    if (v < 0.015625f) return rintf(v * 512.0f) * 0.001953125f;
+    int e;
+    frexpf(v, &e);  // v = f·2^e, f in [0.5, 1): the binade is [2^(e-1), 2^e), spacing 2^(e-4)
+    const float step = ldexpf(1.0f, e - 4);
+    return fminf(rintf(v / step) * step, 448.0f);
 }
 
-// spec §3.2 P6 on one block of `n` values (64), in place, by one thread.
-__device__ __forceinline__ void fp8_sim_block(float* x, int n) {
-    float amax = 0.0f;
-    for (int i = 0; i < n; i++) amax = fmaxf(amax, fabsf(x[i]));
-    amax = fmaxf(amax, 1e-4f);
-    const float scale = exp2f(ceilf(log2f(amax / 448.0f)));
-    for (int i = 0; i < n; i++) {
-        float v = fminf(fmaxf(x[i] / scale, -448.0f), 448.0f);
-        const float r = e4m3_round_mag(fabsf(v));
-        x[i] = copysignf(r, v) * scale;
-    }
-}
-
-// spec §3.2 P7: nearest E2M1 magnitude of {0,.5,1,1.5,2,3,4,6}, ties to the even code.
+// spec §3.2 P7: nearest of {0, .5, 1, 1.5, 2, 3, 4, 6}, ties to the even code (same argument).
 __device__ __forceinline__ float e2m1_round_mag(float v) {
-    const float vals[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
-    int lo = 0;
-#pragma unroll
-    for (int i = 1; i < 8; i++) if (vals[i] <= v) lo = i;
-    if (lo == 7) return 6.0f;
-    const float da = v - vals[lo], db = vals[lo + 1] - v;
-    if (db < da || (db == da && ((lo + 1) & 1) == 0)) return vals[lo + 1];
-    return vals[lo];
+    if (v < 2.0f) return rintf(v * 2.0f) * 0.5f;
+    if (v < 4.0f) return rintf(v);
+    return fminf(rintf(v * 0.5f) * 2.0f, 6.0f);
 }
 
-__device__ __forceinline__ void fp4_sim_block(float* x, int n) {
-    float amax = 0.0f;
-    for (int i = 0; i < n; i++) amax = fmaxf(amax, fabsf(x[i]));
-    amax = fmaxf(amax, 7.052966104933725e-38f);
-    const float scale = exp2f(ceilf(log2f(amax / 6.0f)));
-    for (int i = 0; i < n; i++) {
-        const float v = fminf(fmaxf(x[i] / scale, -6.0f), 6.0f);
-        x[i] = copysignf(e2m1_round_mag(fabsf(v)), v) * scale;
+// spec §3.2 P6/P7 on `n_blocks` blocks of `bs` values of a shared-memory vector, by the whole
+// block: power-of-two scale 2^ceil(log2(amax/qmax)), clamp, round to the nearest code (E4M3 when
+// qmax = 448, E2M1 when qmax = 6). `scales` holds n_blocks floats of shared memory.
+__device__ __forceinline__ void quant_sim_blocks(float* v, int n_blocks, int bs, float qmax, float amax_floor,
+                                                 float* scales) {
+    __syncthreads();
+    for (int b = threadIdx.x; b < n_blocks; b += blockDim.x) {
+        float amax = 0.0f;
+        for (int i = 0; i < bs; i++) amax = fmaxf(amax, fabsf(v[b * bs + i]));
+        amax = fmaxf(amax, amax_floor);
+        scales[b] = exp2f(ceilf(log2f(amax / qmax)));
     }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n_blocks * bs; i += blockDim.x) {
+        const float scale = scales[i / bs];
+        const float x = fminf(fmaxf(v[i] / scale, -qmax), qmax);
+        const float r = qmax == 6.0f ? e2m1_round_mag(fabsf(x)) : e4m3_round_mag(fabsf(x));
+        v[i] = copysignf(r, x) * scale;
+    }
+    __syncthreads();
 }
 
 // ---- RoPE (spec §3.2 P5) ------------------------------------------------------------------------

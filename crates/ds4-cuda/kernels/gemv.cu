@@ -174,15 +174,73 @@ struct GemvArgs {
     int wpr;                // warps per row: 1, 2, 4 or 8
     float clamp;            // SwiGLU clamp (spec §3.6 F5)
     float alpha;            // constant output scale
-    int pad;
+    int pad;                // bit 0: Q8_0 rows are 16-byte aligned (staged loads)
 };
 
-template <int TY>
-__device__ __forceinline__ float row_dot(const uint8_t* row, const float* x, int n_items, int t, int stride) {
-    float acc = 0.0f;
-#pragma unroll 4
-    for (int it = t; it < n_items; it += stride) acc += dot_item<TY>(row, it, x);
-    return acc;
+// Q8_0 rows whose length is a multiple of 8 blocks are 16-byte aligned: a warp then stages 32
+// blocks (1088 bytes) per row with coalesced 16-byte loads into shared memory and each lane decodes
+// one block from there. Reading the 34-byte blocks straight from global memory lane by lane makes
+// every load instruction touch ~9 cache lines; this way each touches 4.
+constexpr int Q8_CHUNK_BYTES = 32 * 34;
+constexpr int Q8_CHUNK_U4 = Q8_CHUNK_BYTES / 16;  // 68
+
+__device__ __forceinline__ float q8_0_block_dot_smem(const uint8_t* b, const float (&xv)[32]) {
+    const uint16_t* q = (const uint16_t*)b;
+    const float d = h2f(q[0]);
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        const uint32_t w = q[1 + i];
+        s += (float)(int8_t)(w & 0xff) * xv[2 * i] + (float)(int8_t)(w >> 8) * xv[2 * i + 1];
+    }
+    return d * s;
+}
+
+// acc[j] += rows[j]·x over this thread's share of the row, for N rows sharing one x. `t`/`stride`:
+// this thread's index and count among the threads sharing the rows (wpr warps).
+template <int TY, int N>
+__device__ __forceinline__ void multi_dot(const uint8_t* const (&rows)[N], const float* __restrict__ x, int n_in,
+                                          int t, int stride, bool staged, float (&acc)[N]) {
+    if constexpr (TY == TY_Q8_0) {
+        if (staged) {
+            __shared__ uint4 stage[8][N][Q8_CHUNK_U4];
+            const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+            const int n_blocks = n_in / 32;
+            for (int c0 = (t >> 5) * 32; c0 < n_blocks; c0 += (stride >> 5) * 32) {
+                const int nb = min(32, n_blocks - c0);
+                const int n16 = nb * 34 / 16;
+#pragma unroll
+                for (int j = 0; j < N; j++) {
+                    const uint4* src = (const uint4*)(rows[j] + (size_t)c0 * 34);
+                    for (int i = lane; i < n16; i += 32) stage[warp][j][i] = __ldg(src + i);
+                }
+                __syncwarp();
+                if (lane < nb) {
+                    float xv[32];
+                    const float4* xp = (const float4*)(x + (size_t)(c0 + lane) * 32);
+#pragma unroll
+                    for (int i = 0; i < 8; i++) {
+                        const float4 v = __ldg(xp + i);
+                        xv[4 * i] = v.x;
+                        xv[4 * i + 1] = v.y;
+                        xv[4 * i + 2] = v.z;
+                        xv[4 * i + 3] = v.w;
+                    }
+#pragma unroll
+                    for (int j = 0; j < N; j++)
+                        acc[j] += q8_0_block_dot_smem((const uint8_t*)stage[warp][j] + lane * 34, xv);
+                }
+                __syncwarp();
+            }
+            return;
+        }
+    }
+    const int n_items = n_in / Traits<TY>::BLOCK_ELEMS * Traits<TY>::ITEMS;
+#pragma unroll 2
+    for (int it = t; it < n_items; it += stride) {
+#pragma unroll
+        for (int j = 0; j < N; j++) acc[j] += dot_item<TY>(rows[j], it, x);
+    }
 }
 
 // Sums one value per warp of a row's warp group in a fixed order; result valid in the group's lane 0
@@ -191,6 +249,7 @@ __device__ __forceinline__ float row_reduce(float v, int wpr, float* red) {
     v = warp_sum(v);
     if (wpr == 1) return v;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __syncthreads();
     if (lane == 0) red[warp] = v;
     __syncthreads();
     float t = 0.0f;
@@ -199,90 +258,117 @@ __device__ __forceinline__ float row_reduce(float v, int wpr, float* red) {
     return t;
 }
 
-template <int TY, int MODE>
+// R rows per warp group (R > 1 only with wpr == 1): the R (or 2R for SwiGLU) rows share every x load.
+template <int TY, int MODE, int R>
 __device__ void gemv_body(const GemvArgs& a) {
-    __shared__ float red[2][32];
+    __shared__ float red[32];
     if (a.gate && *a.gate == 0) return;
     if (TY == TY_IQ2_XXS) {
         for (int i = threadIdx.x; i < 256; i += blockDim.x) s_iq2_grid[i] = IQ2XXS_GRID[i];
         __syncthreads();
     }
-    constexpr int ITEMS = Traits<TY>::ITEMS;
-    const int n_items = a.n_in / Traits<TY>::BLOCK_ELEMS * ITEMS;
+    const bool staged = (a.pad & 1) != 0;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int rows_per_block = (blockDim.x >> 5) / a.wpr;
-    const int o = blockIdx.x * rows_per_block + warp / a.wpr;
+    const int groups_per_block = (blockDim.x >> 5) / a.wpr;
+    const int o0 = (blockIdx.x * groups_per_block + warp / a.wpr) * R;
     const int t = (warp % a.wpr) * 32 + lane, stride = a.wpr * 32;
-    const bool live = o < a.n_rows;
     const int k = blockIdx.y;  // expert slot (MODE_SWIGLU with sel)
+    int orow[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) orow[r] = min(o0 + r, a.n_rows - 1);  // clamped: dead rows recompute the last
     if (MODE == MODE_PLAIN) {
-        const float* x = a.x + (a.rows_per_group > 0 && live ? (size_t)(o / a.rows_per_group) * a.n_in : 0);
-        float v = live ? row_dot<TY>(a.w + (size_t)o * a.row_bytes, x, n_items, t, stride) : 0.0f;
-        v = row_reduce(v, a.wpr, red[0]);
-        if (live && t == 0) {
-            float r = v * a.alpha;
-            if (a.xscale) r *= *a.xscale;
-            if (a.add) r = a.add[o] + r;
-            a.y[o] = r;
+        const float* x = a.x + (a.rows_per_group > 0 ? (size_t)(orow[0] / a.rows_per_group) * a.n_in : 0);
+        const uint8_t* rows[R];
+        float acc[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            rows[r] = a.w + (size_t)orow[r] * a.row_bytes;
+            acc[r] = 0.0f;
+        }
+        multi_dot<TY, R>(rows, x, a.n_in, t, stride, staged, acc);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const float v = row_reduce(acc[r], a.wpr, red);
+            if (o0 + r < a.n_rows && t == 0) {
+                float y = v * a.alpha;
+                if (a.xscale) y *= *a.xscale;
+                if (a.add) y = a.add[o0 + r] + y;
+                a.y[o0 + r] = y;
+            }
         }
     } else if (MODE == MODE_SWIGLU) {
-        size_t eoff = 0;
-        if (a.sel) eoff = (size_t)a.sel[k] * a.expert_bytes;
-        float g = 0.0f, u = 0.0f;
-        if (live) {
-            g = row_dot<TY>(a.w + eoff + (size_t)o * a.row_bytes, a.x, n_items, t, stride);
-            u = row_dot<TY>(a.w2 + eoff + (size_t)o * a.row_bytes, a.x, n_items, t, stride);
+        const size_t eoff = a.sel ? (size_t)a.sel[k] * a.expert_bytes : 0;
+        const uint8_t* rows[2 * R];
+        float acc[2 * R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            rows[2 * r] = a.w + eoff + (size_t)orow[r] * a.row_bytes;
+            rows[2 * r + 1] = a.w2 + eoff + (size_t)orow[r] * a.row_bytes;
+            acc[2 * r] = acc[2 * r + 1] = 0.0f;
         }
-        g = row_reduce(g, a.wpr, red[0]);
-        u = row_reduce(u, a.wpr, red[1]);
-        if (live && t == 0) {
-            // spec §3.6 F5: gate clamped from above only, up clamped both ways; route weight last.
-            g = fminf(g, a.clamp);
-            u = fminf(fmaxf(u, -a.clamp), a.clamp);
-            float h = g * sigmoid_stable(g) * u;
-            if (a.route_w) h = h * a.route_w[k];
-            a.y[(size_t)k * a.n_rows + o] = h;
+        multi_dot<TY, 2 * R>(rows, a.x, a.n_in, t, stride, staged, acc);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float g = row_reduce(acc[2 * r], a.wpr, red);
+            float u = row_reduce(acc[2 * r + 1], a.wpr, red);
+            if (o0 + r < a.n_rows && t == 0) {
+                // spec §3.6 F5: gate clamped from above only, up clamped both ways; route weight last.
+                g = fminf(g, a.clamp);
+                u = fminf(fmaxf(u, -a.clamp), a.clamp);
+                float h = g * sigmoid_stable(g) * u;
+                if (a.route_w) h = h * a.route_w[k];
+                a.y[(size_t)k * a.n_rows + o0 + r] = h;
+            }
         }
     } else {  // MODE_DOWN: y[o] = sum over experts in selection order
-        float acc = 0.0f;
+        float total[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) total[r] = 0.0f;
         for (int s = 0; s < a.n_sel; s++) {
-            float v = 0.0f;
-            if (live) {
-                const uint8_t* row = a.w + (size_t)a.sel[s] * a.expert_bytes + (size_t)o * a.row_bytes;
-                v = row_dot<TY>(row, a.x + (size_t)s * a.n_in, n_items, t, stride);
+            const uint8_t* rows[R];
+            float acc[R];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                rows[r] = a.w + (size_t)a.sel[s] * a.expert_bytes + (size_t)orow[r] * a.row_bytes;
+                acc[r] = 0.0f;
             }
-            v = row_reduce(v, a.wpr, red[s & 1]);
-            acc += v;
+            multi_dot<TY, R>(rows, a.x + (size_t)s * a.n_in, a.n_in, t, stride, staged, acc);
+#pragma unroll
+            for (int r = 0; r < R; r++) total[r] += row_reduce(acc[r], a.wpr, red);
         }
-        if (live && t == 0) {
-            float r = acc * a.alpha;
-            if (a.add) r = r + a.add[o];
-            a.y[o] = r;
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            if (o0 + r < a.n_rows && t == 0) {
+                float y = total[r] * a.alpha;
+                if (a.add) y = y + a.add[o0 + r];
+                a.y[o0 + r] = y;
+            }
         }
     }
 }
 
-#define GEMV_KERNEL(NAME, TY, MODE) \
-    extern "C" __global__ void __launch_bounds__(256) NAME(GemvArgs a) { gemv_body<TY, MODE>(a); }
+#define GEMV_KERNELS(SUFFIX, TY)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(256) gemv_##SUFFIX##_r1(GemvArgs a) { gemv_body<TY, MODE_PLAIN, 1>(a); } \
+    extern "C" __global__ void __launch_bounds__(256) gemv_##SUFFIX##_r4(GemvArgs a) { gemv_body<TY, MODE_PLAIN, 4>(a); } \
+    extern "C" __global__ void __launch_bounds__(256) gemv_swiglu_##SUFFIX##_r1(GemvArgs a) {                      \
+        gemv_body<TY, MODE_SWIGLU, 1>(a);                                                                          \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256) gemv_swiglu_##SUFFIX##_r2(GemvArgs a) {                      \
+        gemv_body<TY, MODE_SWIGLU, 2>(a);                                                                          \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256) gemv_down_##SUFFIX##_r1(GemvArgs a) {                        \
+        gemv_body<TY, MODE_DOWN, 1>(a);                                                                            \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256) gemv_down_##SUFFIX##_r2(GemvArgs a) {                        \
+        gemv_body<TY, MODE_DOWN, 2>(a);                                                                            \
+    }
 
-GEMV_KERNEL(gemv_f32, TY_F32, MODE_PLAIN)
-GEMV_KERNEL(gemv_f16, TY_F16, MODE_PLAIN)
-GEMV_KERNEL(gemv_q8_0, TY_Q8_0, MODE_PLAIN)
-GEMV_KERNEL(gemv_q2_k, TY_Q2_K, MODE_PLAIN)
-GEMV_KERNEL(gemv_q4_k, TY_Q4_K, MODE_PLAIN)
-GEMV_KERNEL(gemv_iq2_xxs, TY_IQ2_XXS, MODE_PLAIN)
-GEMV_KERNEL(gemv_swiglu_q8_0, TY_Q8_0, MODE_SWIGLU)
-GEMV_KERNEL(gemv_swiglu_q2_k, TY_Q2_K, MODE_SWIGLU)
-GEMV_KERNEL(gemv_swiglu_q4_k, TY_Q4_K, MODE_SWIGLU)
-GEMV_KERNEL(gemv_swiglu_iq2_xxs, TY_IQ2_XXS, MODE_SWIGLU)
-GEMV_KERNEL(gemv_swiglu_f16, TY_F16, MODE_SWIGLU)
-GEMV_KERNEL(gemv_swiglu_f32, TY_F32, MODE_SWIGLU)
-GEMV_KERNEL(gemv_down_q8_0, TY_Q8_0, MODE_DOWN)
-GEMV_KERNEL(gemv_down_q2_k, TY_Q2_K, MODE_DOWN)
-GEMV_KERNEL(gemv_down_q4_k, TY_Q4_K, MODE_DOWN)
-GEMV_KERNEL(gemv_down_iq2_xxs, TY_IQ2_XXS, MODE_DOWN)
-GEMV_KERNEL(gemv_down_f16, TY_F16, MODE_DOWN)
-GEMV_KERNEL(gemv_down_f32, TY_F32, MODE_DOWN)
+GEMV_KERNELS(f32, TY_F32)
+GEMV_KERNELS(f16, TY_F16)
+GEMV_KERNELS(q8_0, TY_Q8_0)
+GEMV_KERNELS(q2_k, TY_Q2_K)
+GEMV_KERNELS(q4_k, TY_Q4_K)
+GEMV_KERNELS(iq2_xxs, TY_IQ2_XXS)
 
 // ---- synthetic weights (ds4-bench --synthetic) --------------------------------------------------
 

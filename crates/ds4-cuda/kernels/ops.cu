@@ -38,41 +38,52 @@ extern "C" __global__ void hc_pre(const float* mix, const float* scale, const fl
     extern __shared__ float u[];
     __shared__ float w[2 * 8 + 64];
     __shared__ double red[32];
-    if (threadIdx.x == 0) {
-        const int n = n_hc;
-        for (int h = 0; h < n; h++) {
+    // Warp 0 computes the split; lane e owns combine entries e and e+32 (n_hc <= 8). Every sum
+    // runs over the index in ascending order, as the CPU reference does.
+    if (threadIdx.x < 32) {
+        const int n = n_hc, nn = n_hc * n_hc, lane = threadIdx.x;
+        for (int h = lane; h < n; h += 32) {
             w[h] = 1.0f / (1.0f + expf(-(mix[h] * scale[0] + base[h]))) + hc_eps;
             w[n + h] = 2.0f * (1.0f / (1.0f + expf(-(mix[n + h] * scale[1] + base[n + h]))));
         }
         float* M = w + 2 * n;
-        for (int r = 0; r < n; r++) {
+        for (int e = lane; e < nn; e += 32) M[e] = mix[2 * n + e] * scale[2] + base[2 * n + e];
+        __syncwarp();
+        float v[2];
+        for (int q = 0; q < 2; q++) {
+            const int e = lane + 32 * q;
+            if (e >= nn) continue;
+            const int r = e / n;
             float mx = -3.0e38f;
-            for (int c = 0; c < n; c++) {
-                M[r * n + c] = mix[2 * n + r * n + c] * scale[2] + base[2 * n + r * n + c];
-                mx = fmaxf(mx, M[r * n + c]);
-            }
+            for (int c = 0; c < n; c++) mx = fmaxf(mx, M[r * n + c]);
             float sum = 0.0f;
-            for (int c = 0; c < n; c++) {
-                M[r * n + c] = expf(M[r * n + c] - mx);
-                sum += M[r * n + c];
-            }
-            for (int c = 0; c < n; c++) M[r * n + c] = M[r * n + c] / sum + hc_eps;
+            for (int c = 0; c < n; c++) sum += expf(M[r * n + c] - mx);
+            v[q] = expf(M[e] - mx) / sum + hc_eps;
         }
+        __syncwarp();
+        for (int q = 0; q < 2; q++)
+            if (lane + 32 * q < nn) M[lane + 32 * q] = v[q];
+        __syncwarp();
         for (int it = 0; it < sinkhorn_iters; it++) {
-            if (it > 0) {
-                for (int r = 0; r < n; r++) {
+            for (int pass = (it == 0 ? 1 : 0); pass < 2; pass++) {  // 0: rows, 1: columns
+                for (int q = 0; q < 2; q++) {
+                    const int e = lane + 32 * q;
+                    if (e >= nn) continue;
+                    const int r = e / n, c = e % n;
                     float sum = 0.0f;
-                    for (int c = 0; c < n; c++) sum += M[r * n + c];
-                    for (int c = 0; c < n; c++) M[r * n + c] = M[r * n + c] / (sum + hc_eps);
+                    if (pass == 0)
+                        for (int k = 0; k < n; k++) sum += M[r * n + k];
+                    else
+                        for (int k = 0; k < n; k++) sum += M[k * n + c];
+                    v[q] = M[e] / (sum + hc_eps);
                 }
-            }
-            for (int c = 0; c < n; c++) {
-                float sum = 0.0f;
-                for (int r = 0; r < n; r++) sum += M[r * n + c];
-                for (int r = 0; r < n; r++) M[r * n + c] = M[r * n + c] / (sum + hc_eps);
+                __syncwarp();
+                for (int q = 0; q < 2; q++)
+                    if (lane + 32 * q < nn) M[lane + 32 * q] = v[q];
+                __syncwarp();
             }
         }
-        for (int i = 0; i < 2 * n + n * n; i++) hcw[i] = w[i];
+        for (int i = lane; i < 2 * n + nn; i += 32) hcw[i] = w[i];
     }
     __syncthreads();
     for (int d = threadIdx.x; d < n_embd; d += blockDim.x) {
@@ -123,7 +134,8 @@ extern "C" __global__ void kv_finish(const float* kv_raw, const float* norm_w, R
     rope_tail_block(v, head_dim, rope, (float)step->pos, false);
     __syncthreads();
     const int n_fp8 = (head_dim - rope.n_rot) / 64;
-    if ((int)threadIdx.x < n_fp8) fp8_sim_block(v + 64 * threadIdx.x, 64);
+    __shared__ float scales[64];
+    quant_sim_blocks(v, n_fp8, 64, 448.0f, 1e-4f, scales);
     __syncthreads();
     float* row = ring + (size_t)(step->pos % raw_cap) * head_dim;
     for (int i = threadIdx.x; i < head_dim; i += blockDim.x) row[i] = f16_round(v[i]);
@@ -134,32 +146,58 @@ extern "C" __global__ void kv_finish(const float* kv_raw, const float* norm_w, R
 extern "C" __global__ void route(const float* logits, const float* bias, const int* tid2eid, const Step* step,
                                  int n_expert, int n_used, float weight_scale, int* sel, float* route_w) {
     extern __shared__ float p[];
+    __shared__ float wbest[32];
+    __shared__ int widx[32];
+    __shared__ int chosen[16];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warp = blockDim.x >> 5;
     for (int e = threadIdx.x; e < n_expert; e += blockDim.x) {
         const float z = logits[e];
         const float sp = z > 20.0f ? z : (z < -20.0f ? expf(z) : log1pf(expf(z)));
         p[e] = sqrtf(sp);
     }
     __syncthreads();
-    if (threadIdx.x != 0) return;
-    int chosen[16];
-    for (int k = 0; k < n_used; k++) {
-        if (tid2eid) {
-            chosen[k] = tid2eid[(size_t)step->token * n_used + k];
-        } else {
+    if (tid2eid) {
+        if ((int)threadIdx.x < n_used) chosen[threadIdx.x] = tid2eid[(size_t)step->token * n_used + threadIdx.x];
+    } else {
+        // Biased top-k, one block-wide argmax per pick; ties go to the lower expert index.
+        for (int k = 0; k < n_used; k++) {
             float best = -3.0e38f;
-            int bi = 0;
-            for (int e = 0; e < n_expert; e++) {
+            int bi = 0x7fffffff;
+            for (int e = threadIdx.x; e < n_expert; e += blockDim.x) {
                 bool taken = false;
                 for (int j = 0; j < k; j++) taken |= chosen[j] == e;
                 const float sc = p[e] + (bias ? bias[e] : 0.0f);
-                if (!taken && sc > best) {
+                if (!taken && (sc > best || (sc == best && e < bi))) {
                     best = sc;
                     bi = e;
                 }
             }
-            chosen[k] = bi;
+            for (int o = 16; o > 0; o >>= 1) {
+                const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+                const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+                if (ob > best || (ob == best && oi < bi)) {
+                    best = ob;
+                    bi = oi;
+                }
+            }
+            if (lane == 0) {
+                wbest[warp] = best;
+                widx[warp] = bi;
+            }
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                for (int w = 1; w < n_warp; w++)
+                    if (wbest[w] > best || (wbest[w] == best && widx[w] < bi)) {
+                        best = wbest[w];
+                        bi = widx[w];
+                    }
+                chosen[k] = bi;
+            }
+            __syncthreads();
         }
     }
+    __syncthreads();
+    if (threadIdx.x != 0) return;
     float sum = 0.0f;
     for (int k = 0; k < n_used; k++) sum += p[chosen[k]];
     sum = fmaxf(sum, 6.103515625e-5f);

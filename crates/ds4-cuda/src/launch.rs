@@ -112,7 +112,8 @@ fn item_elems(ty: TensorType) -> usize {
 /// Every kernel function, looked up once.
 pub struct Kernels {
     dev: Arc<Device>,
-    gemv: Vec<(TensorType, GemvMode, sys::CUfunction)>,
+    /// `(type, mode, rows per warp, function)`
+    gemv: Vec<(TensorType, GemvMode, usize, sys::CUfunction)>,
     embed: sys::CUfunction,
     rms_scale: sys::CUfunction,
     rms_norm: sys::CUfunction,
@@ -148,13 +149,15 @@ impl Kernels {
     pub fn new(dev: &Arc<Device>) -> Result<Kernels, Error> {
         let mut gemv = Vec::new();
         for ty in TYPES {
-            for (mode, prefix) in [
-                (GemvMode::Plain, "gemv_"),
-                (GemvMode::Swiglu, "gemv_swiglu_"),
-                (GemvMode::Down, "gemv_down_"),
+            for (mode, prefix, r_big) in [
+                (GemvMode::Plain, "gemv_", 4),
+                (GemvMode::Swiglu, "gemv_swiglu_", 2),
+                (GemvMode::Down, "gemv_down_", 2),
             ] {
-                let name = format!("{prefix}{}", type_suffix(ty));
-                gemv.push((ty, mode, dev.function("gemv", &name)?));
+                for r in [1, r_big] {
+                    let name = format!("{prefix}{}_r{r}", type_suffix(ty));
+                    gemv.push((ty, mode, r, dev.function("gemv", &name)?));
+                }
             }
         }
         let f = |m: &str, n: &str| dev.function(m, n);
@@ -292,20 +295,31 @@ impl Kernels {
             a.w != 0 && a.x != 0 && a.y != 0,
             "invariant: gemv pointers set"
         );
-        let f = self
-            .gemv
-            .iter()
-            .find(|(t, m, _)| *t == ty && *m == mode)
-            .map(|g| g.2)
-            .ok_or_else(|| Error::MissingKernel(format!("gemv {ty} {mode:?}")))?;
-        // Warps per row: enough blocks to cover the 132 SMs twice; tall matrices use 1.
+        // Rows per warp: several rows share each activation load when that still leaves 256+
+        // blocks of 8 warps; otherwise 1 row per warp group, and `wpr` warps per row when the
+        // matrix has too few rows to fill the GPU (the HC mixers: 24 rows).
         let rows = a.n_rows as usize * n_slots as usize;
+        let r_big = if mode == GemvMode::Plain { 4 } else { 2 };
+        let group_ok = a.rows_per_group == 0 || a.rows_per_group as usize % r_big == 0;
+        let r = if rows / (8 * r_big) >= 256 && group_ok {
+            r_big
+        } else {
+            1
+        };
         let mut wpr = 1;
-        while wpr < 8 && rows * wpr / 8 < 264 && n_in / ie >= 64 * wpr {
+        while r == 1 && wpr < 8 && rows * wpr / 8 < 264 && n_in / ie >= 64 * wpr {
             wpr *= 2;
         }
         a.wpr = wpr as i32;
-        let rows_per_block = 8 / wpr;
+        // Q8_0 rows of a multiple of 8 blocks are 16-byte aligned: staged coalesced loads.
+        a.pad = (ty == TensorType::Q8_0 && a.row_bytes % 16 == 0) as i32;
+        let f = self
+            .gemv
+            .iter()
+            .find(|g| g.0 == ty && g.1 == mode && g.2 == r)
+            .map(|g| g.3)
+            .ok_or_else(|| Error::MissingKernel(format!("gemv {ty} {mode:?} r{r}")))?;
+        let rows_per_block = 8 / wpr * r;
         let grid = (
             (a.n_rows as usize).div_ceil(rows_per_block) as u32,
             n_slots,
@@ -672,7 +686,13 @@ impl Kernels {
         );
         let kq = cfg.kq_scale();
         let mut p = args![q, ring, rc, comp, list, sinks, step, swa, r, k, hd, kq, rope, out];
-        let smem = ((cfg.head_dim + max_rows) * 4) as u32;
+        assert!(
+            cfg.head_dim.is_multiple_of(128) && cfg.head_dim <= 512,
+            "invariant: attention reads rows as 32 lanes × up to 4 float4 (head_dim {})",
+            cfg.head_dim
+        );
+        // 8 partial outputs, then the scores (reused for the output row: max_rows >= head_dim).
+        let smem = ((8 * cfg.head_dim + max_rows.max(cfg.head_dim)) * 4) as u32;
         self.launch(
             "attention",
             self.attention,

@@ -64,7 +64,8 @@ fn gemv_matches_dequantized_rows_for_every_type() {
     let Some((dev, k)) = device() else { return };
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     // Tall (1 warp per row), short (8 warps per row), grouped input (attn_output_a).
-    for (n_in, n_rows, group) in [(4096usize, 1000usize, 0usize), (1024, 24, 0), (512, 64, 16)] {
+    // 8200 rows: 4 rows per warp with a partial last block; 24 rows: 8 warps per row; grouped.
+    for (n_in, n_rows, group) in [(2048usize, 8200usize, 0usize), (1024, 24, 0), (512, 64, 16)] {
         for ty in TYPES {
             let (bytes, deq) = random_matrix(ty, n_in, n_rows, rng.gen());
             let n_groups = n_rows.checked_div(group).unwrap_or(1);
@@ -118,7 +119,8 @@ fn gemv_matches_dequantized_rows_for_every_type() {
 fn expert_swiglu_and_down_match_host_in_selection_order() {
     let Some((dev, k)) = device() else { return };
     let mut rng = ChaCha8Rng::seed_from_u64(2);
-    let (n_embd, n_ff, n_expert, sel) = (512usize, 768usize, 8usize, [5i32, 0, 7, 2]);
+    // Large enough for 2 rows per warp in both launches.
+    let (n_embd, n_ff, n_expert, sel) = (4096usize, 1536usize, 8usize, [5i32, 0, 7, 2]);
     let route_w = [0.7f32, 0.2, 0.05, 0.55];
     for (gate_ty, down_ty) in [
         (TensorType::Iq2Xxs, TensorType::Q2K),
