@@ -562,3 +562,20 @@ fn long_parameter_streams_in_linear_time() {
     );
     assert!(start.elapsed().as_secs() < 10, "{:?}", start.elapsed());
 }
+
+/// Found by the `dsml_parse` fuzz target: a closer of another spelling inside a string body stops
+/// the block, and the events must not depend on the push boundaries around it.
+#[test]
+fn foreign_closer_inside_a_body_stops_identically_for_any_chunking() {
+    let text = "<｜DSML｜tool_calls><｜DSML｜invoke name=\"f\"><｜DSML｜parameter name=\"c\" string=\"true\">R</DSML｜tool_calls>｜DSML｜invoke>\n</｜DSML｜tool_calls>";
+    let cfg = StreamConfig {
+        thinking: false,
+        tools_active: true,
+    };
+    let (whole, p) = run(cfg, &[text.as_bytes()]);
+    assert!(p.block_closed());
+    for n in 1..12 {
+        let (split, _) = run(cfg, &text.as_bytes().chunks(n).collect::<Vec<_>>());
+        assert_eq!(collapse(&split), collapse(&whole), "chunk {n}");
+    }
+}

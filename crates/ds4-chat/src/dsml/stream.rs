@@ -183,17 +183,25 @@ impl StreamParser {
     }
 
     fn advance_block(&mut self, out: &mut Vec<StreamEvent>) {
-        self.proj.advance(&self.block, self.syntax, out);
         // The stop condition is textual: any closer after the opener (spec §3.2), whether or not
-        // the projection understood what came before it.
-        // Only the bytes a closer could newly end in are scanned: a long streamed parameter must
-        // not make each token cost the whole block.
+        // the projection understood what came before it. Bytes after it are cut before projecting,
+        // so the events do not depend on how the bytes were split into pushes. Only the bytes a
+        // closer could newly end in are scanned: a long streamed parameter must not make each
+        // token cost the whole block.
         let from = self.closer_scanned.saturating_sub(MAX_CLOSER - 1);
-        let closed = Syntax::ALL
+        let closer_end = Syntax::ALL
             .iter()
-            .any(|s| find(&self.block[from..], s.block_close().as_bytes()).is_some());
+            .filter_map(|s| {
+                let close = s.block_close().as_bytes();
+                find(&self.block[from..], close).map(|at| from + at + close.len())
+            })
+            .min();
+        if let Some(end) = closer_end {
+            self.block.truncate(end);
+        }
         self.closer_scanned = self.block.len();
-        if closed {
+        self.proj.advance(&self.block, self.syntax, out);
+        if closer_end.is_some() {
             self.phase = Phase::Done;
         }
     }
