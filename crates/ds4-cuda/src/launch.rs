@@ -300,7 +300,7 @@ impl Kernels {
         // matrix has too few rows to fill the GPU (the HC mixers: 24 rows).
         let rows = a.n_rows as usize * n_slots as usize;
         let r_big = if mode == GemvMode::Plain { 4 } else { 2 };
-        let group_ok = a.rows_per_group == 0 || a.rows_per_group as usize % r_big == 0;
+        let group_ok = (a.rows_per_group as usize).is_multiple_of(r_big);
         let r = if rows / (8 * r_big) >= 256 && group_ok {
             r_big
         } else {
@@ -312,7 +312,7 @@ impl Kernels {
         }
         a.wpr = wpr as i32;
         // Q8_0 rows of a multiple of 8 blocks are 16-byte aligned: staged coalesced loads.
-        a.pad = (ty == TensorType::Q8_0 && a.row_bytes % 16 == 0) as i32;
+        a.pad = (ty == TensorType::Q8_0 && a.row_bytes.is_multiple_of(16)) as i32;
         let f = self
             .gemv
             .iter()
