@@ -1,6 +1,8 @@
 //! Decode and prefill speed of the CPU backend on a GGUF file.
 //!
 //! `cargo run --release -p ds4-cpu --example decode_bench -- MODEL.gguf [N_DECODE] [N_PREFILL]`
+//! `cargo run --release -p ds4-cpu --example decode_bench -- --synth-full 2 [N_DECODE] [N_PREFILL]`
+//! (full-width synthetic model with that many layers, built in memory).
 //!
 //! Prints tokens/s and the GB/s of weights read per decoded token: every tensor once, except that
 //! only `n_expert_used` of the routed experts, one embedding row, and the indexer query path only
@@ -11,6 +13,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use ds4_cpu::CpuBackend;
+use ds4_model::synth::{build_model, Preset, SynthSpec};
 use ds4_model::{Backend, LayerAttnExtra, Logits, Model};
 
 fn weight_bytes_per_token(m: &Model) -> usize {
@@ -71,12 +74,31 @@ fn weight_bytes_per_token(m: &Model) -> usize {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let path = args
-        .get(1)
-        .context("usage: decode_bench MODEL.gguf [N_DECODE] [N_PREFILL]")?;
-    let n_decode: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(64);
-    let n_prefill: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(256);
-    let model = Arc::new(Model::open(path).with_context(|| format!("opening {path}"))?);
+    let usage = "usage: decode_bench (MODEL.gguf | --synth-full LAYERS) [N_DECODE] [N_PREFILL]";
+    let mut rest = &args[1..];
+    let model = match rest.first().map(String::as_str) {
+        Some("--synth-full") => {
+            let layers: usize = rest.get(1).context(usage)?.parse()?;
+            rest = &rest[2..];
+            let mut spec = SynthSpec::new(Preset::Full, 7);
+            spec.layers = Some(layers);
+            let t0 = Instant::now();
+            let m = build_model(&spec)?;
+            println!(
+                "built full-width {layers}-layer synthetic model in {:.1} s",
+                t0.elapsed().as_secs_f64()
+            );
+            m
+        }
+        Some(path) => {
+            rest = &rest[1..];
+            Model::open(path).with_context(|| format!("opening {path}"))?
+        }
+        None => anyhow::bail!(usage),
+    };
+    let model = Arc::new(model);
+    let n_decode: usize = rest.first().map(|s| s.parse()).transpose()?.unwrap_or(64);
+    let n_prefill: usize = rest.get(1).map(|s| s.parse()).transpose()?.unwrap_or(256);
     let cfg = model.config.clone();
     let bytes = weight_bytes_per_token(&model);
     let tokens: Vec<u32> = (0..n_decode.max(n_prefill))

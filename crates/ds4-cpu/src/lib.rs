@@ -37,6 +37,8 @@ pub struct CpuBackend {
     kv: KvState,
     scratch: Scratch,
     logits_buf: Vec<f32>,
+    /// Chunk tokens whose logits are computed (scratch).
+    which: Vec<usize>,
     probe: Option<LayerProbe>,
 }
 
@@ -69,6 +71,7 @@ impl CpuBackend {
             kv,
             scratch,
             logits_buf: vec![0.0; cfg.n_vocab],
+            which: Vec::with_capacity(16),
             probe: None,
             model,
         })
@@ -111,12 +114,15 @@ impl CpuBackend {
         self.n_past += n_tok;
 
         // Which chunk tokens need logits: what the caller asked for, plus probed tokens.
-        let mut which: Vec<usize> = match logits {
-            Logits::None => Vec::new(),
-            Logits::Last(_) if last_chunk => vec![n_tok - 1],
-            Logits::Last(_) => Vec::new(),
-            Logits::All(_) => (0..n_tok).collect(),
-        };
+        // Reused across calls: decode allocates nothing per token.
+        let mut which = std::mem::take(&mut self.which);
+        which.clear();
+        match logits {
+            Logits::None => {}
+            Logits::Last(_) if last_chunk => which.push(n_tok - 1),
+            Logits::Last(_) => {}
+            Logits::All(_) => which.extend(0..n_tok),
+        }
         for (t, _) in &recs {
             if !which.contains(t) {
                 which.push(*t);
@@ -124,6 +130,7 @@ impl CpuBackend {
         }
         which.sort_unstable();
         if which.is_empty() {
+            self.which = which;
             return;
         }
         if self.logits_buf.len() < which.len() * n_vocab {
@@ -145,6 +152,7 @@ impl CpuBackend {
                 r.extend_from_slice(row);
             }
         }
+        self.which = which;
         if let Some(p) = &mut self.probe {
             p.records
                 .extend(recs.into_iter().map(|(t, r)| (pos0 + t, r)));

@@ -126,6 +126,12 @@ pub fn matmul(w: Mat, x: &[f32], n_tok: usize, y: &mut [f32]) {
 pub fn dot_many(w: &[f32], x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), w.len() * out.len(), "dot_many: shapes");
     #[cfg(target_arch = "x86_64")]
+    if has_avx512f() {
+        // SAFETY: AVX-512F was detected at run time; the shapes are asserted above.
+        unsafe { x86::dot_many_avx512(w, x, out) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: AVX2 and FMA were detected at run time; the shapes are asserted above.
         unsafe { x86::dot_many_avx2(w, x, out) };
@@ -143,8 +149,64 @@ fn has_avx2_fma() -> bool {
 }
 
 #[cfg(target_arch = "x86_64")]
+fn has_avx512f() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
+}
+
+#[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// See [`super::dot_many`]. Four tokens per pass over `w`, sixteen lanes, FMA.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `x.len() == w.len() * out.len()`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_many_avx512(w: &[f32], x: &[f32], out: &mut [f32]) {
+        let n = w.len();
+        let n16 = n / 16 * 16;
+        let wp = w.as_ptr();
+        let tail = |xp: *const f32, mut s: f32| {
+            for j in n16..n {
+                s += *wp.add(j) * *xp.add(j);
+            }
+            s
+        };
+        let mut t = 0;
+        while t + 4 <= out.len() {
+            let xs = [
+                x.as_ptr().add(t * n),
+                x.as_ptr().add((t + 1) * n),
+                x.as_ptr().add((t + 2) * n),
+                x.as_ptr().add((t + 3) * n),
+            ];
+            let mut acc = [_mm512_setzero_ps(); 4];
+            let mut i = 0;
+            while i < n16 {
+                let wv = _mm512_loadu_ps(wp.add(i));
+                for k in 0..4 {
+                    acc[k] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xs[k].add(i)), acc[k]);
+                }
+                i += 16;
+            }
+            for k in 0..4 {
+                out[t + k] = tail(xs[k], _mm512_reduce_add_ps(acc[k]));
+            }
+            t += 4;
+        }
+        while t < out.len() {
+            let xp = x.as_ptr().add(t * n);
+            let mut a = _mm512_setzero_ps();
+            let mut i = 0;
+            while i < n16 {
+                a = _mm512_fmadd_ps(_mm512_loadu_ps(wp.add(i)), _mm512_loadu_ps(xp.add(i)), a);
+                i += 16;
+            }
+            out[t] = tail(xp, _mm512_reduce_add_ps(a));
+            t += 1;
+        }
+    }
 
     /// Horizontal sum of eight lanes.
     #[target_feature(enable = "avx2,fma")]
