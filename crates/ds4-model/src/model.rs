@@ -54,6 +54,20 @@ impl Model {
         }
     }
 
+    /// "Quant bits" of the routed experts, detected from layer 0's gate tensor as ds4 does
+    /// (spec/server.md §1.9; recorded in disk cache files): 2 for IQ2_XXS/Q2_K, 4 for Q4_K, and the
+    /// storage width (8, 16, 32) for small models with Q8_0/F16/F32 experts.
+    pub fn expert_quant_bits(&self) -> u32 {
+        use ds4_gguf::TensorType::*;
+        match self.weights.layers.first().map(|l| l.ffn_gate_exps.ty()) {
+            Some(Iq2Xxs | Q2K) => 2,
+            Some(Q4K) => 4,
+            Some(Q8_0 | Q8K) => 8,
+            Some(F16 | Bf16) => 16,
+            Some(F32 | I32) | None => 32,
+        }
+    }
+
     /// Which rule set this model passed.
     pub fn check_mode(&self) -> CheckMode {
         if self.config.is_real_width() {

@@ -1,15 +1,16 @@
-//! The independent Python generator's tiny file (`shared/tools/synth_gguf.py --preset tiny`) loads
-//! and binds. Generated once (about 15 s) and cached under the target dir; skipped with a message
-//! when python3 with numpy is not available.
+//! Files from the independent Python generator (`shared/tools/synth_gguf.py`) load and bind: the
+//! golden tiny model (built and sha256-checked once by `ds4-testdata`, shared with the backends'
+//! golden tests) and, ignored by default, a real-layout header-only file.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use ds4_model::{AttnKind, CheckMode, LayerAttnExtra, Model};
 
-fn py_tiny() -> Option<PathBuf> {
+/// Runs the Python generator once with `args`, caching the output under the target dir.
+fn py_synth(file: &str, args: &[&str]) -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let out = dir.join("py_tiny_seed1234.gguf");
+    let out = dir.join(file);
     if out.exists() {
         return Some(out);
     }
@@ -19,10 +20,11 @@ fn py_tiny() -> Option<PathBuf> {
         eprintln!("skipped: {} not found", script.display());
         return None;
     }
-    let tmp = dir.join(format!("py_tiny_seed1234.{}.tmp", std::process::id()));
+    let tmp = dir.join(format!("{file}.{}.tmp", std::process::id()));
     let status = Command::new("python3")
         .arg(&script)
-        .args(["--preset", "tiny", "--seed", "1234", "--out"])
+        .args(args)
+        .arg("--out")
         .arg(&tmp)
         .status();
     match status {
@@ -39,7 +41,8 @@ fn py_tiny() -> Option<PathBuf> {
 
 #[test]
 fn python_tiny_file_loads_and_binds_every_layer_kind() {
-    let Some(path) = py_tiny() else { return };
+    let path = ds4_testdata::tiny_s777_gguf()
+        .unwrap_or_else(|e| panic!("building the golden tiny GGUF: {e:#}"));
     let model = match Model::open(&path) {
         Ok(m) => m,
         Err(e) => panic!("{e}"),
@@ -74,4 +77,21 @@ fn python_tiny_file_loads_and_binds_every_layer_kind() {
     assert!(model.weights.layers[3].ffn_gate_tid2eid.is_none());
     assert!(model.weights.layers[3].exp_probs_b.is_some());
     assert_eq!(model.weights.token_embd.dims(), &[512, 3000]);
+}
+
+/// The Python generator's real-layout file (2 layers, header only, sparse) passes strict
+/// validation: an independent writer agrees with our layout table. Ignored by default (about 25 s
+/// of Python): `cargo test -p ds4-model --release --test py_tiny -- --ignored`
+#[test]
+#[ignore]
+fn python_full_width_header_only_file_validates_strictly() {
+    let Some(path) = py_synth(
+        "py_full2_header.gguf",
+        &["--preset", "full", "--n-layer", "2", "--header-only"],
+    ) else {
+        return;
+    };
+    let model = Model::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(model.check_mode(), CheckMode::Strict);
+    assert_eq!(model.config.n_layer, 2);
 }

@@ -188,3 +188,76 @@ fn written_tiny_file_equals_in_memory_bytes() {
     let _ = std::fs::remove_file(&path);
     assert!(on_disk == spec.plan().expect("plan").to_bytes().expect("bytes"));
 }
+
+/// spec §1.4 type rules: floats accept F32/F64/U32/I32, u64 accepts U64/U32, ratio arrays u32 or
+/// i32, clamp arrays f32 or f64; the group keys may be absent; u32 keys must be UINT32.
+#[test]
+fn metadata_type_rules_follow_the_loader() {
+    use ds4_gguf::ValueType;
+    let mut plan = full_plan(3);
+    set_meta(&mut plan, "deepseek4.rope.freq_base", Value::U32(10000));
+    set_meta(&mut plan, "deepseek4.rope.scaling.factor", Value::I32(16));
+    set_meta(&mut plan, "deepseek4.expert_weights_scale", Value::F64(1.5));
+    set_meta(
+        &mut plan,
+        "deepseek4.rope.scaling.original_context_length",
+        Value::U32(65536),
+    );
+    set_meta(
+        &mut plan,
+        "deepseek4.attention.compress_ratios",
+        Value::Array(
+            ValueType::I32,
+            [0, 0, 4].iter().map(|&r| Value::I32(r)).collect(),
+        ),
+    );
+    set_meta(
+        &mut plan,
+        "deepseek4.swiglu_clamp_exp",
+        Value::Array(ValueType::F64, vec![Value::F64(10.0); 43]),
+    );
+    plan.metadata
+        .retain(|(k, _)| !k.starts_with("deepseek4.expert_group"));
+    // The router bias is optional in the main model (spec §8 pitfall 28).
+    plan.tensors
+        .retain(|t| t.spec.name != "blk.2.exp_probs_b.bias");
+    let m = load_header_only(&plan, "typerules").unwrap_or_else(|e| panic!("{e}"));
+    assert!(m.weights.layers[2].exp_probs_b.is_none());
+    assert_eq!(m.config.rope_scale_factor, 16.0);
+
+    let mut plan = full_plan(1);
+    set_meta(&mut plan, "deepseek4.attention.head_count", Value::I32(64));
+    set_meta(&mut plan, "deepseek4.expert_group_count", Value::U32(8));
+    set_meta(
+        &mut plan,
+        "deepseek4.expert_weights_norm",
+        Value::Bool(false),
+    );
+    let err = load_header_only(&plan, "typerules2").expect_err("must fail");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("\"deepseek4.attention.head_count\": expected type u32, found i32"),
+        "{msg}"
+    );
+    assert!(msg.contains("expert_group_count"), "{msg}");
+    assert!(msg.contains("expert_weights_norm"), "{msg}");
+    assert_eq!(err.problems().len(), 3, "{msg}");
+}
+
+#[test]
+fn hash_table_with_out_of_range_expert_is_rejected() {
+    let plan = SynthSpec::tiny(2).plan().expect("plan");
+    let mut bytes = plan.to_bytes().expect("bytes");
+    let file = ds4_gguf::GgufFile::from_bytes(bytes.clone()).expect("parse");
+    let info = file
+        .tensor("blk.1.ffn_gate_tid2eid.weight")
+        .expect("hash table")
+        .clone();
+    let at = info.offset as usize + 4 * 5;
+    bytes[at..at + 4].copy_from_slice(&99i32.to_le_bytes());
+    let err = Model::from_bytes(bytes).expect_err("must fail");
+    assert!(
+        err.to_string().contains("element 5 is expert id 99"),
+        "{err}"
+    );
+}

@@ -629,6 +629,13 @@ mod tests {
             assert_eq!(l.ffn_gate_exps.ty(), TensorType::Q4K);
             assert_eq!(l.ffn_down_exps.ty(), TensorType::Q4K);
         }
+        assert_eq!(m.expert_quant_bits(), 4);
+        assert_eq!(
+            build_model(&SynthSpec::tiny(1))
+                .expect("tiny")
+                .expert_quant_bits(),
+            2
+        );
     }
 
     #[test]
