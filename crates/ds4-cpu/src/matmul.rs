@@ -57,6 +57,9 @@ impl<'a> Mat<'a> {
     }
 }
 
+/// Tokens per activation tile in a batched matmul (64 tokens × 4096 f32 = 1 MiB, about L2).
+const TOKEN_TILE: usize = 64;
+
 /// Rows per rayon task: big enough to amortize scheduling, small enough to balance.
 fn rows_per_task(n_out: usize) -> usize {
     (n_out / (rayon::current_num_threads() * 8)).clamp(4, 256)
@@ -104,9 +107,15 @@ pub fn matmul(w: Mat, x: &[f32], n_tok: usize, y: &mut [f32]) {
             let (r0, r1) = (c * per, ((c + 1) * per).min(w.n_out));
             let mut wrow = vec![0.0f32; w.n_in];
             let mut out = vec![0.0f32; (r1 - r0) * n_tok];
-            for (i, o) in (r0..r1).enumerate() {
-                ds4_quant::dequantize_row(w.ty, w.row(o), &mut wrow);
-                dot_many(&wrow, x, &mut out[i * n_tok..(i + 1) * n_tok]);
+            // Token tiles keep the activations in cache while this task's rows stream past; the
+            // task's quantized rows (≤ 256) stay cached across tiles, so memory reads each once.
+            for t0 in (0..n_tok).step_by(TOKEN_TILE) {
+                let t1 = (t0 + TOKEN_TILE).min(n_tok);
+                let xt = &x[t0 * w.n_in..t1 * w.n_in];
+                for (i, o) in (r0..r1).enumerate() {
+                    ds4_quant::dequantize_row(w.ty, w.row(o), &mut wrow);
+                    dot_many(&wrow, xt, &mut out[i * n_tok + t0..i * n_tok + t1]);
+                }
             }
             out
         })
