@@ -11,6 +11,7 @@ use ds4_model::{AttnKind, CompressorFrontier, Config, KvSnapshot, LayerKvSnapsho
 
 /// "DSV4" as a little-endian u32.
 pub const PAYLOAD_MAGIC: u32 = 0x3456_5344;
+/// The payload version written and read (the original's version 1 layout).
 pub const PAYLOAD_VERSION: u32 = 1;
 /// 13 header words.
 pub const PAYLOAD_HEADER_BYTES: u64 = 13 * 4;
@@ -73,8 +74,11 @@ pub enum PayloadError {
 /// What a payload holds once decoded: the checkpoint tokens, the logits after them, the KV state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionState {
+    /// The checkpoint token list (`kv.n_past` tokens).
     pub tokens: Vec<u32>,
+    /// Next-token logits after the last token (`n_vocab`).
     pub logits: Vec<f32>,
+    /// Per-layer KV state in logical order.
     pub kv: KvSnapshot,
 }
 
@@ -82,8 +86,11 @@ pub struct SessionState {
 /// the prefill chunk cap (spec §4.3 word 3: 2048 when ctx > 2048, else ctx).
 #[derive(Debug, Clone, Copy)]
 pub struct Runtime<'a> {
+    /// The model shape.
     pub cfg: &'a Config,
+    /// Context size of the session.
     pub ctx: usize,
+    /// Prefill chunk cap of the backend's graph (must match between save and load).
     pub prefill_cap: usize,
 }
 

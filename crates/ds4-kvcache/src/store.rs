@@ -56,7 +56,9 @@ impl CacheOptions {
 /// Which model wrote a checkpoint: routed-expert quant bits and a fingerprint of the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelIdentity {
+    /// Routed-expert quant bits (2 or 4); see [`crate::model_identity`].
     pub quant_bits: u8,
+    /// [`crate::model_fingerprint`] of the model file.
     pub fingerprint: u64,
 }
 
@@ -94,20 +96,28 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
 /// A listed checkpoint file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// `<dir>/<sha1 of key text>.kv`.
     pub path: PathBuf,
     pub header: KvcHeader,
+    /// Bytes of key text (the prompt prefix this checkpoint covers).
     pub key_len: u64,
+    /// Size of the file on disk (what counts against the budget).
     pub file_bytes: u64,
 }
 
 /// A checkpoint to save: the live session at its current position.
 #[derive(Debug, Clone, Copy)]
 pub struct Checkpoint<'a> {
+    /// The rendered text the checkpoint stands for; its SHA-1 names the file, and a later prompt
+    /// that starts with it can reuse the state.
     pub key_text: &'a [u8],
     pub key_kind: KeyKind,
     pub reason: SaveReason,
+    /// The live checkpoint tokens (`kv.n_past` of them).
     pub tokens: &'a [u32],
+    /// Next-token logits after `tokens` (`n_vocab`).
     pub logits: &'a [f32],
+    /// The backend's snapshot at `tokens.len()`.
     pub kv: &'a KvSnapshot,
     /// Tool calls whose DSML blocks occur in the key text (the caller selects them).
     pub tool_map: &'a [ToolMemory],
@@ -116,32 +126,26 @@ pub struct Checkpoint<'a> {
 /// What [`DiskCache::save`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SaveOutcome {
-    Written {
-        path: PathBuf,
-        bytes: u64,
-    },
+    /// A new file of `bytes` bytes is in place (other files may have been evicted for it).
+    Written { path: PathBuf, bytes: u64 },
     /// The same key was already stored for this model: only its tool map was rewritten.
-    ToolMapUpdated {
-        path: PathBuf,
-    },
+    ToolMapUpdated { path: PathBuf },
     /// The file would exceed the budget (with 1% slack).
-    TooLarge {
-        bytes: u64,
-        budget: u64,
-    },
+    TooLarge { bytes: u64, budget: u64 },
     /// Fewer tokens than `min_tokens`.
-    TooShort {
-        n_tokens: usize,
-    },
+    TooShort { n_tokens: usize },
 }
 
 /// A loaded checkpoint.
 #[derive(Debug, Clone)]
 pub struct Loaded {
+    /// Tokens, logits and KV state to restore into the live session.
     pub state: SessionState,
     /// Bytes of the prompt the checkpoint covers; tokenize the rest of the prompt on its own.
     pub key_len: usize,
+    /// Whether the key text was a visible transcript (spec/server.md §5.3) rather than token text.
     pub key_kind: KeyKind,
+    /// Remembered tool calls stored with the checkpoint.
     pub tool_map: Vec<ToolMemory>,
     /// The file was deleted after loading (longer than `consume_above_tokens`).
     pub consumed: bool,
@@ -196,6 +200,7 @@ impl DiskCache {
         Ok(cache)
     }
 
+    /// The settings the store was opened with.
     pub fn options(&self) -> &CacheOptions {
         &self.opts
     }
