@@ -39,7 +39,7 @@ use crate::worker::Worker;
 pub fn start(
     cfg: ServerConfig,
     session: Session,
-    tokenizer: Arc<Tokenizer>,
+    tokenizer: &'static Tokenizer,
     trace: trace::Trace,
 ) -> std::io::Result<AppState> {
     let metrics = Arc::new(metrics::Metrics::default());
@@ -47,7 +47,7 @@ pub fn start(
     let shutdown = Arc::new(AtomicBool::new(false));
     let worker = Worker::new(
         session,
-        tokenizer.clone(),
+        tokenizer,
         metrics.clone(),
         trace.clone(),
         cfg.prefill_chunk,

@@ -2,7 +2,6 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -188,6 +187,8 @@ fn main() -> Result<()> {
         Some(m) => Tokenizer::from_gguf(&m.file).context("reading the tokenizer from the model")?,
         None => bail!("engine has no model file to read the tokenizer from"),
     };
+    // One tokenizer for the life of the process, shared by every handler and the worker.
+    let tokenizer: &'static Tokenizer = Box::leak(Box::new(tokenizer));
     let session = engine
         .new_session(r.cfg.ctx)
         .context("creating the session")?;
@@ -200,8 +201,8 @@ fn main() -> Result<()> {
         .build()
         .context("starting tokio")?;
     rt.block_on(async move {
-        let state = ds4_server::start(r.cfg, session, Arc::new(tokenizer), trace)
-            .context("starting the worker")?;
+        let state =
+            ds4_server::start(r.cfg, session, tokenizer, trace).context("starting the worker")?;
         let listener = tokio::net::TcpListener::bind((r.host, r.port))
             .await
             .with_context(|| format!("failed to listen on {}:{}", r.host, r.port))?;

@@ -59,7 +59,7 @@ impl Default for ServerConfig {
 /// Everything handlers share.
 pub struct Inner {
     pub cfg: ServerConfig,
-    pub tokenizer: Arc<Tokenizer>,
+    pub tokenizer: &'static Tokenizer,
     pub jobs: Mutex<std::sync::mpsc::Sender<Job>>,
     pub metrics: Arc<Metrics>,
     pub trace: Arc<Trace>,

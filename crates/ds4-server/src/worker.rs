@@ -137,7 +137,7 @@ struct ThinkingBinding {
 /// Everything the worker thread owns.
 pub struct Worker {
     pub session: Session,
-    pub tokenizer: Arc<Tokenizer>,
+    pub tokenizer: &'static Tokenizer,
     pub metrics: Arc<Metrics>,
     pub trace: Arc<Trace>,
     pub prefill_chunk: usize,
@@ -189,7 +189,7 @@ fn find_stop(text: &[u8], stops: &[String]) -> Option<usize> {
 impl Worker {
     pub fn new(
         session: Session,
-        tokenizer: Arc<Tokenizer>,
+        tokenizer: &'static Tokenizer,
         metrics: Arc<Metrics>,
         trace: Arc<Trace>,
         prefill_chunk: usize,

@@ -299,15 +299,33 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// TEST ONLY: the forced output of `x-ds4-test-output`, when the server allows it.
+/// TEST ONLY: the forced output of the `x-ds4-test-output` header (percent-encoded UTF-8, since
+/// header values are ASCII), when the server runs with `--test-forced-output`.
 pub fn forced_output(state: &AppState, headers: &HeaderMap) -> Option<Vec<u32>> {
     if !state.cfg.test_forced_output {
         return None;
     }
-    let text = headers.get("x-ds4-test-output")?.to_str().ok()?;
-    // Header values are ASCII; the test client percent-encodes nothing but `\n` as `\\n`.
-    let text = text.replace("\\n", "\n");
-    Some(state.tokenizer.encode_rendered(text.as_bytes()))
+    let text = percent_decode(headers.get("x-ds4-test-output")?.as_bytes());
+    Some(state.tokenizer.encode_rendered(&text))
+}
+
+/// `%XX` → byte; everything else verbatim (a malformed escape is kept as text).
+pub fn percent_decode(s: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' && i + 2 < s.len() {
+            if let (Some(h), Some(l)) = (hex(s[i + 1]), hex(s[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+    out
 }
 
 /// 400 when the rendered prompt does not fit (spec §4.3: checked before queueing).
