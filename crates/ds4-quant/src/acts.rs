@@ -38,6 +38,8 @@ pub struct QuantizedActs {
     format: ActFormat,
     n_elems: usize,
     q8_0: Vec<ActQ8_0>,
+    /// The Q8_0 scales again, contiguous, so SIMD kernels load eight with one instruction.
+    q8_0_d: Vec<f32>,
     q8k: Vec<BlockQ8K>,
 }
 
@@ -60,6 +62,7 @@ impl QuantizedActs {
             format,
             n_elems: 0,
             q8_0: Vec::new(),
+            q8_0_d: Vec::new(),
             q8k: Vec::new(),
         }
     }
@@ -81,6 +84,8 @@ impl QuantizedActs {
             ActFormat::Q8_0 => {
                 self.q8_0.clear();
                 self.q8_0.extend(x.chunks_exact(32).map(ActQ8_0::quantize));
+                self.q8_0_d.clear();
+                self.q8_0_d.extend(self.q8_0.iter().map(|b| b.d));
             }
             ActFormat::Q8K => {
                 self.q8k.clear();
@@ -103,6 +108,14 @@ impl QuantizedActs {
     pub fn q8_0_blocks(&self) -> &[ActQ8_0] {
         match self.format {
             ActFormat::Q8_0 => &self.q8_0,
+            ActFormat::Q8K => &[],
+        }
+    }
+
+    /// The Q8_0 block scales (`q8_0_blocks()[b].d`), contiguous.
+    pub fn q8_0_scales(&self) -> &[f32] {
+        match self.format {
+            ActFormat::Q8_0 => &self.q8_0_d,
             ActFormat::Q8K => &[],
         }
     }

@@ -10,10 +10,12 @@ use std::sync::LazyLock;
 
 /// `Σ w·x` of a row (whole blocks) with f32 activations.
 pub type DotF32 = unsafe fn(&[u8], &[f32]) -> f32;
-/// Integer dot of a row with Q8_0 activations.
-pub type DotQ8_0 = unsafe fn(&[u8], &[ActQ8_0]) -> f32;
+/// Integer dot of a row with Q8_0 activations (blocks, and their scales contiguous).
+pub type DotQ8_0 = unsafe fn(&[u8], &[ActQ8_0], &[f32]) -> f32;
 /// Integer dot of a row with Q8_K activations.
 pub type DotQ8K = unsafe fn(&[u8], &[BlockQ8K]) -> f32;
+/// Q8_0 matrix (`n_rows` rows of `row_bytes`) times Q8_0 activations into `out[..n_rows]`.
+pub type MatvecQ8_0 = unsafe fn(&[u8], usize, usize, &[ActQ8_0], &[f32], &mut [f32]);
 /// Dequantize a row (whole blocks) into f32.
 pub type Dequant = unsafe fn(&[u8], &mut [f32]);
 
@@ -31,6 +33,7 @@ pub struct Kernels {
     pub q4_k_f32: DotF32,
     pub iq2_xxs_f32: DotF32,
     pub q8_0_q: DotQ8_0,
+    pub q8_0_matvec_q: MatvecQ8_0,
     pub q2_k_q: DotQ8K,
     pub q4_k_q: DotQ8K,
     pub iq2_xxs_q: DotQ8K,
@@ -52,7 +55,12 @@ impl Kernels {
             q2_k_f32: |r, x| scalar::dot_f32_blocks::<BlockQ2K>(r, x),
             q4_k_f32: |r, x| scalar::dot_f32_blocks::<BlockQ4K>(r, x),
             iq2_xxs_f32: |r, x| scalar::dot_f32_blocks::<BlockIq2Xxs>(r, x),
-            q8_0_q: |r, a| scalar::dot_q_blocks::<BlockQ8_0>(r, a),
+            q8_0_q: |r, a, _| scalar::dot_q_blocks::<BlockQ8_0>(r, a),
+            q8_0_matvec_q: |w, rb, n, a, _, out| {
+                for (row, o) in w.chunks_exact(rb).take(n).zip(out) {
+                    *o = scalar::dot_q_blocks::<BlockQ8_0>(row, a);
+                }
+            },
             q2_k_q: |r, a| scalar::dot_q_blocks::<BlockQ2K>(r, a),
             q4_k_q: |r, a| scalar::dot_q_blocks::<BlockQ4K>(r, a),
             iq2_xxs_q: |r, a| scalar::dot_q_blocks::<BlockIq2Xxs>(r, a),
@@ -81,6 +89,7 @@ impl Kernels {
                 q4_k_f32: k::dot_f32_q4_k,
                 iq2_xxs_f32: k::dot_f32_iq2_xxs,
                 q8_0_q: k::dot_q_q8_0,
+                q8_0_matvec_q: k::matvec_q_q8_0,
                 q2_k_q: k::dot_q_q2_k,
                 q4_k_q: k::dot_q_q4_k,
                 iq2_xxs_q: k::dot_q_iq2_xxs,
@@ -151,12 +160,66 @@ impl Kernels {
         // and that row holds exactly as many whole blocks as the activations.
         unsafe {
             match ty {
-                TensorType::Q8_0 => (self.q8_0_q)(row, acts.q8_0_blocks()),
+                TensorType::Q8_0 => (self.q8_0_q)(row, acts.q8_0_blocks(), acts.q8_0_scales()),
                 TensorType::Q2K => (self.q2_k_q)(row, acts.q8k_blocks()),
                 TensorType::Q4K => (self.q4_k_q)(row, acts.q8k_blocks()),
                 TensorType::Iq2Xxs => (self.iq2_xxs_q)(row, acts.q8k_blocks()),
                 _ => unreachable!("check_for accepts only formats with an activation format"),
             }
+        }
+    }
+
+    /// [`crate::matvec_q`] with this table's kernels (rows interleaved where a kernel is bound by
+    /// one row's serial sum); each `y[o]` equals `self.dot_q(ty, row o, acts)` exactly.
+    ///
+    /// # Panics
+    /// As [`crate::matvec_q`].
+    pub fn matvec_q(
+        &self,
+        ty: TensorType,
+        w: &[u8],
+        row_bytes: usize,
+        n_rows: usize,
+        acts: &QuantizedActs,
+        y: &mut [f32],
+    ) {
+        acts.check_for(ty, row_bytes);
+        crate::check_matvec(ty, w.len(), row_bytes, n_rows, acts.n_elems(), y.len());
+        if ty == TensorType::Q8_0 {
+            // SAFETY: the table matches the CPU; the asserts above checked w, y and the activations.
+            unsafe {
+                (self.q8_0_matvec_q)(
+                    w,
+                    row_bytes,
+                    n_rows,
+                    acts.q8_0_blocks(),
+                    acts.q8_0_scales(),
+                    y,
+                )
+            };
+            return;
+        }
+        for (o, yo) in y.iter_mut().enumerate() {
+            *yo = self.dot_q(ty, &w[o * row_bytes..(o + 1) * row_bytes], acts);
+        }
+    }
+
+    /// [`crate::matvec_f32`] with this table's kernels.
+    ///
+    /// # Panics
+    /// As [`crate::matvec_f32`].
+    pub fn matvec_f32(
+        &self,
+        ty: TensorType,
+        w: &[u8],
+        row_bytes: usize,
+        n_rows: usize,
+        x: &[f32],
+        y: &mut [f32],
+    ) {
+        crate::check_matvec(ty, w.len(), row_bytes, n_rows, x.len(), y.len());
+        for (o, yo) in y.iter_mut().enumerate() {
+            *yo = self.dot_f32(ty, &w[o * row_bytes..(o + 1) * row_bytes], x);
         }
     }
 

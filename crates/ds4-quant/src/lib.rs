@@ -142,7 +142,14 @@ pub fn dot_q(ty: TensorType, row: &[u8], acts: &QuantizedActs) -> f32 {
     Kernels::best().dot_q(ty, row, acts)
 }
 
-fn check_matvec(ty: TensorType, w: usize, row_bytes: usize, n_rows: usize, n_x: usize, n_y: usize) {
+pub(crate) fn check_matvec(
+    ty: TensorType,
+    w: usize,
+    row_bytes: usize,
+    n_rows: usize,
+    n_x: usize,
+    n_y: usize,
+) {
     check_row(ty, row_bytes, n_x);
     assert_eq!(n_y, n_rows, "y must hold one value per row");
     let need = row_bytes
@@ -167,11 +174,7 @@ pub fn matvec_f32(
     x: &[f32],
     y: &mut [f32],
 ) {
-    check_matvec(ty, w.len(), row_bytes, n_rows, x.len(), y.len());
-    let k = Kernels::best();
-    for (o, yo) in y.iter_mut().enumerate() {
-        *yo = k.dot_f32(ty, &w[o * row_bytes..(o + 1) * row_bytes], x);
-    }
+    Kernels::best().matvec_f32(ty, w, row_bytes, n_rows, x, y)
 }
 
 /// `y[o] = W[o,:]·acts` for the `n_rows` rows of `w` with quantized activations (see [`dot_q`]).
@@ -186,10 +189,5 @@ pub fn matvec_q(
     acts: &QuantizedActs,
     y: &mut [f32],
 ) {
-    acts.check_for(ty, row_bytes);
-    check_matvec(ty, w.len(), row_bytes, n_rows, acts.n_elems(), y.len());
-    let k = Kernels::best();
-    for (o, yo) in y.iter_mut().enumerate() {
-        *yo = k.dot_q(ty, &w[o * row_bytes..(o + 1) * row_bytes], acts);
-    }
+    Kernels::best().matvec_q(ty, w, row_bytes, n_rows, acts, y)
 }

@@ -153,3 +153,27 @@ fn this_machine_has_the_expected_tables() {
     assert_eq!(Kernels::best().name, *names.last().unwrap());
     eprintln!("kernel tables on this CPU: {names:?}");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn matvec_q_rows_equal_single_row_dots(seed: u64, n_rows in 1usize..11, n_blocks in 1usize..5) {
+        let mut r = Rng(seed);
+        for ty in QUANT {
+            let nb = if ty == TensorType::Q8_0 { n_blocks * 5 } else { n_blocks };
+            let row_bytes = nb * ty.block_bytes();
+            let w: Vec<u8> = (0..n_rows).flat_map(|_| random_row(ty, nb, &mut r)).collect();
+            let a = QuantizedActs::quantize(ty, &acts(&mut r, nb * ty.block_elems()));
+            let scalar = Kernels::scalar();
+            for k in Kernels::available() {
+                let mut y = vec![0.0f32; n_rows];
+                k.matvec_q(ty, &w, row_bytes, n_rows, &a, &mut y);
+                for (o, yo) in y.iter().enumerate() {
+                    let want = scalar.dot_q(ty, &w[o * row_bytes..(o + 1) * row_bytes], &a);
+                    prop_assert_eq!(yo.to_bits(), want.to_bits(), "{} {} row {}", k.name, ty, o);
+                }
+            }
+        }
+    }
+}

@@ -170,57 +170,130 @@ unsafe fn q8_0_block_isum(w: __m256i, y: __m256i) -> __m256i {
     _mm256_madd_epi16(p, _mm256_set1_epi16(1))
 }
 
+/// Eight blocks' integer sums, `[Σ p0, Σ p1, …, Σ p7]`, from their 8-lane partial sums: a
+/// transpose-and-add tree whose first two levels are in-lane shuffles (which Ice Lake and later
+/// also run on port 1), leaving only two cross-lane shuffles on port 5.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q_q8_0(row: &[u8], y: &[ActQ8_0]) -> f32 {
-    let nb = row.len() / 34;
-    let mut acc = 0.0f32;
-    let mut b = 0;
-    // Four blocks at a time: their integer sums are reduced together, then the four f32 terms
-    // (d_w·s_x)·isum are added one by one, blocks ascending (spec/model.md §3.12).
-    while b + 4 <= nb {
-        // SAFETY: blocks b..b+4 lie in row and y (b + 4 <= nb).
-        unsafe {
-            let p = row.as_ptr().add(34 * b);
-            let s0 = q8_0_block_isum(loadu(p.add(2)), loadu(y[b].qs.as_ptr() as *const u8));
-            let s1 = q8_0_block_isum(loadu(p.add(36)), loadu(y[b + 1].qs.as_ptr() as *const u8));
-            let s2 = q8_0_block_isum(loadu(p.add(70)), loadu(y[b + 2].qs.as_ptr() as *const u8));
-            let s3 = q8_0_block_isum(loadu(p.add(104)), loadu(y[b + 3].qs.as_ptr() as *const u8));
-            let h = _mm256_hadd_epi32(_mm256_hadd_epi32(s0, s1), _mm256_hadd_epi32(s2, s3));
-            let isum = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
-            let dw = _mm_cvtph_ps(_mm_set_epi16(
-                0,
-                0,
-                0,
-                0,
-                read_u16(p.add(102)) as i16,
-                read_u16(p.add(68)) as i16,
-                read_u16(p.add(34)) as i16,
-                read_u16(p) as i16,
-            ));
-            let dx = _mm_set_ps(y[b + 3].d, y[b + 2].d, y[b + 1].d, y[b].d);
-            let t = _mm_mul_ps(_mm_mul_ps(dw, dx), _mm_cvtepi32_ps(isum));
-            let mut ts = [0.0f32; 4];
-            _mm_storeu_ps(ts.as_mut_ptr(), t);
-            acc += ts[0];
-            acc += ts[1];
-            acc += ts[2];
-            acc += ts[3];
-        }
-        b += 4;
+pub(crate) unsafe fn reduce8_i32(p: [__m256i; 8]) -> __m256i {
+    let l1 = |a: __m256i, b: __m256i| {
+        _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b))
+    };
+    let l2 = |a: __m256i, b: __m256i| {
+        _mm256_add_epi32(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b))
+    };
+    let s0123 = l2(l1(p[0], p[1]), l1(p[2], p[3]));
+    let s4567 = l2(l1(p[4], p[5]), l1(p[6], p[7]));
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(s0123, s4567),
+        _mm256_permute2x128_si256::<0x31>(s0123, s4567),
+    )
+}
+
+/// Eight Q8_0 weight scales (f16 at byte 34·i of `p`) as f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_scales8(p: *const u8) -> __m256 {
+    let off = _mm256_setr_epi32(0, 34, 68, 102, 136, 170, 204, 238);
+    // SAFETY: the caller passes 8 whole blocks (272 bytes); each gathered dword lies in them.
+    let g = unsafe { _mm256_i32gather_epi32::<1>(p as *const i32, off) };
+    // Keep the low 16 bits of each dword, packed into the low 8 bytes of each lane.
+    let pick = _mm256_setr_epi8(
+        0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8, 9, 12, 13, -1, -1,
+        -1, -1, -1, -1, -1, -1,
+    );
+    let h = _mm256_permute4x64_epi64::<0b00_00_10_00>(_mm256_shuffle_epi8(g, pick));
+    _mm256_cvtph_ps(_mm256_castsi256_si128(h))
+}
+
+/// Q8_0 row · Q8_0 activations, ds4's exact order: per block `(d_w·s_x)·isum` (isum exact), added
+/// to one f32 accumulator blocks ascending. A single row is bound by the latency of that serial
+/// add (one per 34-byte block), so [`matvec_q_q8_0`] interleaves four rows' chains.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q_q8_0(row: &[u8], y: &[ActQ8_0], yd: &[f32]) -> f32 {
+    let mut out = [0.0f32];
+    // SAFETY: forwarded contract; one row of row.len() bytes.
+    unsafe { matvec_q_q8_0(row, row.len(), 1, y, yd, &mut out) };
+    out[0]
+}
+
+/// The terms `(d_w·s_x)·isum` of eight consecutive blocks starting at `p` / activation block `b`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_terms8(p: *const u8, y: &[ActQ8_0], yd: &[f32], b: usize, out: &mut [f32; 8]) {
+    // SAFETY: the caller guarantees 8 whole blocks at p and b + 8 <= y.len(), yd.len().
+    unsafe {
+        let parts: [__m256i; 8] = std::array::from_fn(|i| {
+            q8_0_block_isum(
+                loadu(p.add(34 * i + 2)),
+                loadu(y[b + i].qs.as_ptr() as *const u8),
+            )
+        });
+        let isum = _mm256_cvtepi32_ps(reduce8_i32(parts));
+        let dd = _mm256_mul_ps(q8_0_scales8(p), _mm256_loadu_ps(yd.as_ptr().add(b)));
+        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(dd, isum));
     }
-    while b < nb {
-        // SAFETY: block b lies in row and y.
-        unsafe {
-            let p = row.as_ptr().add(34 * b);
-            let isum = hsum_i32(q8_0_block_isum(
-                loadu(p.add(2)),
-                loadu(y[b].qs.as_ptr() as *const u8),
-            ));
-            acc += (f16_to_f32(read_u16(p)) * y[b].d) * isum as f32;
+}
+
+/// `out[o] = W[o,:]·acts` for `n_rows` Q8_0 rows of `row_bytes` bytes, four rows at a time so
+/// their serial f32 sums overlap. Each row's result is exactly [`dot_q_q8_0`]'s.
+///
+/// # Safety
+/// The CPU has avx2, fma, f16c; `w` holds `n_rows` rows; `out` holds `n_rows` values; `y`/`yd`
+/// hold `row_bytes / 34` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn matvec_q_q8_0(
+    w: &[u8],
+    row_bytes: usize,
+    n_rows: usize,
+    y: &[ActQ8_0],
+    yd: &[f32],
+    out: &mut [f32],
+) {
+    let nb = row_bytes / 34;
+    let mut o = 0;
+    while o < n_rows {
+        let nr = (n_rows - o).min(4);
+        let mut acc = [0.0f32; 4];
+        let mut terms = [[0.0f32; 8]; 4];
+        let mut b = 0;
+        while b + 8 <= nb {
+            for r in 0..nr {
+                // SAFETY: row o + r exists; blocks b..b+8 lie in it (b + 8 <= nb).
+                unsafe {
+                    q8_0_terms8(
+                        w.as_ptr().add((o + r) * row_bytes + 34 * b),
+                        y,
+                        yd,
+                        b,
+                        &mut terms[r],
+                    )
+                };
+            }
+            for i in 0..8 {
+                for r in 0..4 {
+                    acc[r] += terms[r][i];
+                }
+            }
+            b += 8;
         }
-        b += 1;
+        for r in 0..nr {
+            let mut a = acc[r];
+            for bb in b..nb {
+                // SAFETY: block bb of row o + r lies in w; y[bb] exists.
+                unsafe {
+                    let p = w.as_ptr().add((o + r) * row_bytes + 34 * bb);
+                    let isum = hsum_i32(q8_0_block_isum(
+                        loadu(p.add(2)),
+                        loadu(y[bb].qs.as_ptr() as *const u8),
+                    ));
+                    a += (f16_to_f32(read_u16(p)) * y[bb].d) * isum as f32;
+                }
+            }
+            out[o + r] = a;
+        }
+        o += nr;
     }
-    acc
 }
 
 // ---- Q2_K ---------------------------------------------------------------------------------------

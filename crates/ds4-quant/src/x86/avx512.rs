@@ -23,7 +23,10 @@ pub fn supported() -> bool {
         && is_x86_feature_detected!("bmi2")
 }
 
-/// `base` (the AVX2 table) with the AVX-512 kernels swapped in.
+/// `base` (the AVX2 table) with the AVX-512 kernels swapped in where they measured faster on the
+/// dev machine (BENCHMARKS.md, ds4-quant section). 512-bit Q2_K / Q4_K integer dots (two planes
+/// or nibbles per register, `vpsrlvw` + `maddubs` + `madd`) measured 15-25 % slower than the
+/// 256-bit ones there, so the table keeps the AVX2 versions for those.
 pub fn kernels(base: Kernels) -> Kernels {
     Kernels {
         name: "avx512",
@@ -32,8 +35,6 @@ pub fn kernels(base: Kernels) -> Kernels {
         q2_k_f32: dot_f32_q2_k,
         q4_k_f32: dot_f32_q4_k,
         iq2_xxs_f32: dot_f32_iq2_xxs,
-        q2_k_q: dot_q_q2_k,
-        q4_k_q: dot_q_q4_k,
         iq2_xxs_q: dot_q_iq2_xxs,
         f16_dequant: dequant_f16,
         q8_0_dequant: dequant_q8_0,
@@ -107,14 +108,6 @@ avx512_fn! {
     unsafe fn ld512(p: *const u8) -> __m512i {
         // SAFETY: the caller passes a pointer to 64 readable bytes.
         unsafe { _mm512_loadu_si512(p as *const __m512i) }
-    }
-}
-
-avx512_fn! {
-    /// Sixteen u8 → sixteen f32.
-    #[inline]
-    unsafe fn u8x16_ps(v: __m128i) -> __m512 {
-        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v))
     }
 }
 
@@ -256,29 +249,30 @@ avx512_fn! {
 }
 
 avx512_fn! {
-    /// The 16 quants of Q2_K sub-block `sub` as f32.
-    #[inline]
-    unsafe fn q2k_sub_q(p: *const u8, sub: usize) -> __m512 {
-        let (h, j, half) = (sub / 8, (sub % 8) / 2, sub % 2);
-        // SAFETY: p points at a whole 84-byte Q2_K block; the 16 bytes lie in qs.
-        let v = _mm512_cvtepu8_epi32(unsafe { ld128(p.add(16 + 32 * h + 16 * half)) });
-        let v = _mm512_srlv_epi32(v, _mm512_set1_epi32(2 * j as i32));
-        _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(3)))
-    }
-}
-
-avx512_fn! {
+    /// Q2_K · f32. Per sub-block a 16-entry table `dl·q − ml` indexed straight from the packed
+    /// byte (`vpermps` reads only the index's low 4 bits, so planes 0/1 need no shift and planes
+    /// 2/3 one shift per 16 bytes): one permute replaces extract + convert + scale.
     pub unsafe fn dot_f32_q2_k(row: &[u8], x: &[f32]) -> f32 {
         let mut acc = [_mm512_setzero_ps(); 4];
+        let pat = q2k_patterns();
         for b in 0..row.len() / 84 {
             // SAFETY: block b is bytes 84b..84b+84 of row; x holds 256 values per block.
             unsafe {
                 let p = row.as_ptr().add(84 * b);
                 let xb = x.as_ptr().add(256 * b);
                 let (dl, ml) = q2k_dl_ml(p);
-                for sub in 0..16 {
-                    let w = _mm512_fmsub_ps(_mm512_set1_ps(dl[sub]), q2k_sub_q(p, sub), _mm512_set1_ps(ml[sub]));
-                    acc[sub & 3] = _mm512_fmadd_ps(w, ldx(xb.add(16 * sub)), acc[sub & 3]);
+                for h in 0..2 {
+                    for half in 0..2 {
+                        let v = _mm512_cvtepu8_epi32(ld128(p.add(16 + 32 * h + 16 * half)));
+                        let v4 = _mm512_srli_epi32::<4>(v);
+                        for j in 0..4 {
+                            let sub = 8 * h + 2 * j + half;
+                            let table = _mm512_fmsub_ps(_mm512_set1_ps(dl[sub]), pat[j & 1], _mm512_set1_ps(ml[sub]));
+                            let w = _mm512_permutexvar_ps(if j < 2 { v } else { v4 }, table);
+                            let e = 128 * h + 32 * j + 16 * half;
+                            acc[j] = _mm512_fmadd_ps(w, ldx(xb.add(e)), acc[j]);
+                        }
+                    }
                 }
             }
         }
@@ -287,17 +281,27 @@ avx512_fn! {
 }
 
 avx512_fn! {
+    /// Q2_K → f32 with the same tables as [`dot_f32_q2_k`], built with mul then sub so each value
+    /// is exactly the scalar's `dl·q − ml`.
     pub unsafe fn dequant_q2_k(src: &[u8], out: &mut [f32]) {
+        let pat = q2k_patterns();
         for b in 0..src.len() / 84 {
             // SAFETY: block b is bytes 84b..84b+84 of src; out holds 256 values per block.
             unsafe {
                 let p = src.as_ptr().add(84 * b);
                 let o = out.as_mut_ptr().add(256 * b);
                 let (dl, ml) = q2k_dl_ml(p);
-                for sub in 0..16 {
-                    // mul then sub (no FMA): the same rounding as the scalar and ggml.
-                    let w = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(dl[sub]), q2k_sub_q(p, sub)), _mm512_set1_ps(ml[sub]));
-                    stx(o.add(16 * sub), w);
+                for h in 0..2 {
+                    for half in 0..2 {
+                        let v = _mm512_cvtepu8_epi32(ld128(p.add(16 + 32 * h + 16 * half)));
+                        let v4 = _mm512_srli_epi32::<4>(v);
+                        for j in 0..4 {
+                            let sub = 8 * h + 2 * j + half;
+                            let table = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(dl[sub]), pat[j & 1]), _mm512_set1_ps(ml[sub]));
+                            let w = _mm512_permutexvar_ps(if j < 2 { v } else { v4 }, table);
+                            stx(o.add(128 * h + 32 * j + 16 * half), w);
+                        }
+                    }
                 }
             }
         }
@@ -305,52 +309,14 @@ avx512_fn! {
 }
 
 avx512_fn! {
-    pub unsafe fn dot_q_q2_k(row: &[u8], y: &[BlockQ8K]) -> f32 {
-        let m3 = _mm512_set1_epi8(3);
-        let m15 = _mm_set1_epi8(15);
-        // For 64-element chunk k (elements 64k..64k+64 = planes j0, j0+1 of half h = k/2), the
-        // shift of each 16-bit lane: 2·j0 in the low 256 bits, 2·j0+2 in the high ones.
-        let shift = [
-            _mm512_inserti64x4::<1>(_mm512_set1_epi16(0), _mm256_set1_epi16(2)),
-            _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(6)),
-        ];
-        // Scale of each 8-lane i16 group: chunk k covers sub-blocks 4k..4k+4, one per 128 bits.
-        let shuf: [__m512i; 4] = std::array::from_fn(|k| {
-            let mut b = [0x80u8; 64];
-            for (i, v) in b.iter_mut().enumerate() {
-                if i % 2 == 0 {
-                    *v = (4 * k + i / 16) as u8;
-                }
-            }
-            // SAFETY: b is 64 readable bytes.
-            unsafe { _mm512_loadu_si512(b.as_ptr() as *const __m512i) }
-        });
-        let mut acc = 0.0f32;
-        for (b, yb) in y.iter().enumerate().take(row.len() / 84) {
-            // SAFETY: block b is bytes 84b..84b+84 of row.
-            unsafe {
-                let p = row.as_ptr().add(84 * b);
-                let yq = yb.qs.as_ptr() as *const u8;
-                let sc = ld128(p);
-                let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(sc), m15));
-                let bs = _mm256_loadu_si256(yb.bsums.as_ptr() as *const __m256i);
-                let summs = crate::x86::avx2_hsum_i32(_mm256_madd_epi16(mins, bs));
-                let scl = _mm512_broadcast_i32x4(_mm_and_si128(sc, m15));
-                let mut isum = _mm512_setzero_si512();
-                for k in 0..4 {
-                    let q = _mm512_broadcast_i64x4(ld256(p.add(16 + 32 * (k / 2))));
-                    let q = _mm512_and_si512(_mm512_srlv_epi16(q, shift[k % 2]), m3);
-                    let p16 = _mm512_maddubs_epi16(q, ld512(yq.add(64 * k)));
-                    let s16 = _mm512_shuffle_epi8(scl, shuf[k]);
-                    isum = _mm512_add_epi32(isum, _mm512_madd_epi16(p16, s16));
-                }
-                let isum = _mm512_reduce_add_epi32(isum);
-                let d = f16_to_f32(rd16(p.add(80)));
-                let dmin = f16_to_f32(rd16(p.add(82)));
-                acc += (yb.d * d) * isum as f32 - (yb.d * dmin) * summs as f32;
-            }
-        }
-        acc
+    /// The quant each 4-bit table index stands for: `[i & 3]` (even planes, bits 0-1 of the
+    /// index) and `[i >> 2]` (odd planes, bits 2-3).
+    #[inline]
+    unsafe fn q2k_patterns() -> [__m512; 2] {
+        [
+            _mm512_setr_ps(0., 1., 2., 3., 0., 1., 2., 3., 0., 1., 2., 3., 0., 1., 2., 3.),
+            _mm512_setr_ps(0., 0., 0., 0., 1., 1., 1., 1., 2., 2., 2., 2., 3., 3., 3., 3.),
+        ]
     }
 }
 
@@ -371,31 +337,25 @@ avx512_fn! {
 }
 
 avx512_fn! {
-    /// The 16 quants `16·i .. 16·i+16` of Q4_K sub-block `j` as f32 (i = 0, 1).
-    #[inline]
-    unsafe fn q4k_q(p: *const u8, j: usize, i: usize) -> __m512 {
-        // SAFETY: p points at a whole 144-byte Q4_K block; the 16 bytes lie in qs.
-        let v = _mm512_cvtepu8_epi32(unsafe { ld128(p.add(16 + 32 * (j / 2) + 16 * i)) });
-        let v = _mm512_srlv_epi32(v, _mm512_set1_epi32(4 * (j % 2) as i32));
-        _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15)))
-    }
-}
-
-avx512_fn! {
+    /// Q4_K · f32 with a 16-entry table `dl·q − ml` per sub-block, indexed by the nibble.
     pub unsafe fn dot_f32_q4_k(row: &[u8], x: &[f32]) -> f32 {
         let mut acc = [_mm512_setzero_ps(); 4];
+        let iota = _mm512_setr_ps(0., 1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12., 13., 14., 15.);
         for b in 0..row.len() / 144 {
             // SAFETY: block b is bytes 144b..144b+144 of row; x holds 256 values per block.
             unsafe {
                 let p = row.as_ptr().add(144 * b);
                 let xb = x.as_ptr().add(256 * b);
                 let (dl, ml) = q4k_dl_ml(p);
-                for j in 0..8 {
-                    let (dl, ml) = (_mm512_set1_ps(dl[j]), _mm512_set1_ps(ml[j]));
+                for c in 0..4 {
+                    let t0 = _mm512_fmsub_ps(_mm512_set1_ps(dl[2 * c]), iota, _mm512_set1_ps(ml[2 * c]));
+                    let t1 = _mm512_fmsub_ps(_mm512_set1_ps(dl[2 * c + 1]), iota, _mm512_set1_ps(ml[2 * c + 1]));
                     for i in 0..2 {
-                        let w = _mm512_fmsub_ps(dl, q4k_q(p, j, i), ml);
-                        let a = 2 * (j & 1) + i;
-                        acc[a] = _mm512_fmadd_ps(w, ldx(xb.add(32 * j + 16 * i)), acc[a]);
+                        let v = _mm512_cvtepu8_epi32(ld128(p.add(16 + 32 * c + 16 * i)));
+                        let w0 = _mm512_permutexvar_ps(v, t0);
+                        let w1 = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), t1);
+                        acc[i] = _mm512_fmadd_ps(w0, ldx(xb.add(64 * c + 16 * i)), acc[i]);
+                        acc[2 + i] = _mm512_fmadd_ps(w1, ldx(xb.add(64 * c + 32 + 16 * i)), acc[2 + i]);
                     }
                 }
             }
@@ -405,17 +365,22 @@ avx512_fn! {
 }
 
 avx512_fn! {
+    /// Q4_K → f32 with the tables of [`dot_f32_q4_k`], built with mul then sub (exact).
     pub unsafe fn dequant_q4_k(src: &[u8], out: &mut [f32]) {
+        let iota = _mm512_setr_ps(0., 1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12., 13., 14., 15.);
         for b in 0..src.len() / 144 {
             // SAFETY: block b is bytes 144b..144b+144 of src; out holds 256 values per block.
             unsafe {
                 let p = src.as_ptr().add(144 * b);
                 let o = out.as_mut_ptr().add(256 * b);
                 let (dl, ml) = q4k_dl_ml(p);
-                for j in 0..8 {
-                    let (dl, ml) = (_mm512_set1_ps(dl[j]), _mm512_set1_ps(ml[j]));
+                for c in 0..4 {
+                    let t0 = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(dl[2 * c]), iota), _mm512_set1_ps(ml[2 * c]));
+                    let t1 = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(dl[2 * c + 1]), iota), _mm512_set1_ps(ml[2 * c + 1]));
                     for i in 0..2 {
-                        stx(o.add(32 * j + 16 * i), _mm512_sub_ps(_mm512_mul_ps(dl, q4k_q(p, j, i)), ml));
+                        let v = _mm512_cvtepu8_epi32(ld128(p.add(16 + 32 * c + 16 * i)));
+                        stx(o.add(64 * c + 16 * i), _mm512_permutexvar_ps(v, t0));
+                        stx(o.add(64 * c + 32 + 16 * i), _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), t1));
                     }
                 }
             }
@@ -423,50 +388,14 @@ avx512_fn! {
     }
 }
 
-avx512_fn! {
-    pub unsafe fn dot_q_q4_k(row: &[u8], y: &[BlockQ8K]) -> f32 {
-        let m4 = _mm512_set1_epi8(15);
-        // Low 256 bits: the low nibbles (sub-block 2c), high 256 bits: the high ones (2c+1).
-        let shift = _mm512_inserti64x4::<1>(_mm512_set1_epi16(0), _mm256_set1_epi16(4));
-        let mut acc = 0.0f32;
-        for (b, yb) in y.iter().enumerate().take(row.len() / 144) {
-            // SAFETY: block b is bytes 144b..144b+144 of row.
-            unsafe {
-                let p = row.as_ptr().add(144 * b);
-                let yq = yb.qs.as_ptr() as *const u8;
-                let (sc, m) = q4k_scales_mins(std::slice::from_raw_parts(p.add(4), 12));
-                let mm = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(
-                    _mm_loadl_epi64(m.as_ptr() as *const __m128i),
-                    _mm_loadl_epi64(m.as_ptr() as *const __m128i),
-                ));
-                let bs = _mm256_loadu_si256(yb.bsums.as_ptr() as *const __m256i);
-                let summs = crate::x86::avx2_hsum_i32(_mm256_madd_epi16(mm, bs));
-                let mut isum = _mm512_setzero_si512();
-                for c in 0..4 {
-                    let q = _mm512_broadcast_i64x4(ld256(p.add(16 + 32 * c)));
-                    let q = _mm512_and_si512(_mm512_srlv_epi16(q, shift), m4);
-                    let p16 = _mm512_maddubs_epi16(q, ld512(yq.add(64 * c)));
-                    let s16 = _mm512_inserti64x4::<1>(
-                        _mm512_set1_epi16(sc[2 * c] as i16),
-                        _mm256_set1_epi16(sc[2 * c + 1] as i16),
-                    );
-                    isum = _mm512_add_epi32(isum, _mm512_madd_epi16(p16, s16));
-                }
-                let isum = _mm512_reduce_add_epi32(isum);
-                let d = f16_to_f32(rd16(p));
-                let dmin = f16_to_f32(rd16(p.add(2)));
-                acc += (yb.d * d) * isum as f32 - (yb.d * dmin) * summs as f32;
-            }
-        }
-        acc
-    }
-}
-
 // ---- IQ2_XXS ------------------------------------------------------------------------------------
 
 avx512_fn! {
+    /// IQ2_XXS · f32: grid points come as f32 from [`IQ2XXS_GRID_F32`] (8 KiB, stays in L1),
+    /// two 8-lane entries per 16-lane register; signs are a masked negate.
     pub unsafe fn dot_f32_iq2_xxs(row: &[u8], x: &[f32]) -> f32 {
         let mut acc = [_mm512_setzero_ps(); 4];
+        let z = _mm512_setzero_ps();
         for b in 0..row.len() / 66 {
             // SAFETY: block b is bytes 66b..66b+66 of row; x holds 256 values per block.
             unsafe {
@@ -477,12 +406,12 @@ avx512_fn! {
                     let a0 = rd32(p.add(2 + 8 * sb));
                     let a1 = rd32(p.add(6 + 8 * sb));
                     let db = _mm512_set1_ps(d * (0.5 + (a1 >> 28) as f32) * 0.25);
-                    let g = iq2_grid(a0);
-                    // Signed magnitudes fit in i8 (|g| <= 43): negate in the integer domain.
-                    let w = _mm256_mask_sub_epi8(g, iq2_sign_bits(a1), _mm256_setzero_si256(), g);
+                    let (lo, hi) = iq2_grid_f32(a0);
+                    let neg = iq2_sign_bits(a1);
+                    let lo = _mm512_mask_sub_ps(lo, neg as u16, z, lo);
+                    let hi = _mm512_mask_sub_ps(hi, (neg >> 16) as u16, z, hi);
                     let e = xb.add(32 * sb);
-                    let s = _mm512_mul_ps(i8x16_ps(_mm256_castsi256_si128(w)), ldx(e));
-                    let s = _mm512_fmadd_ps(i8x16_ps(_mm256_extracti128_si256::<1>(w)), ldx(e.add(16)), s);
+                    let s = _mm512_fmadd_ps(hi, ldx(e.add(16)), _mm512_mul_ps(lo, ldx(e)));
                     acc[sb & 3] = _mm512_fmadd_ps(db, s, acc[sb & 3]);
                 }
             }
@@ -491,8 +420,43 @@ avx512_fn! {
     }
 }
 
+/// `IQ2XXS_GRID` with every lane as f32: `IQ2XXS_GRID_F32[g][k] = byte k of IQ2XXS_GRID[g]`.
+static IQ2XXS_GRID_F32: [[f32; 8]; 256] = {
+    let mut t = [[0.0f32; 8]; 256];
+    let mut g = 0;
+    while g < 256 {
+        let mut k = 0;
+        while k < 8 {
+            t[g][k] = ((IQ2XXS_GRID[g] >> (8 * k)) & 255) as u8 as f32;
+            k += 1;
+        }
+        g += 1;
+    }
+    t
+};
+
+avx512_fn! {
+    /// The 32 grid magnitudes of one IQ2_XXS sub-block as f32: lanes 0-15 and 16-31.
+    #[inline]
+    unsafe fn iq2_grid_f32(a0: u32) -> (__m512, __m512) {
+        let g = |l: u32| {
+            // SAFETY: the index is a byte, < 256 entries of 8 f32.
+            unsafe { _mm256_loadu_ps(IQ2XXS_GRID_F32[((a0 >> (8 * l)) & 255) as usize].as_ptr()) }
+        };
+        (
+            _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castpd256_pd512(_mm256_castps_pd(g(0))), _mm256_castps_pd(g(1)))),
+            _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castpd256_pd512(_mm256_castps_pd(g(2))), _mm256_castps_pd(g(3)))),
+        )
+    }
+}
+
 avx512_fn! {
     pub unsafe fn dequant_iq2_xxs(src: &[u8], out: &mut [f32]) {
+        // Flip the sign bit (not 0 − v, which would turn −0 into +0).
+        let sign = _mm512_set1_epi32(i32::MIN);
+        let flip = |v: __m512, k: u16| {
+            _mm512_castsi512_ps(_mm512_mask_xor_epi32(_mm512_castps_si512(v), k, _mm512_castps_si512(v), sign))
+        };
         for b in 0..src.len() / 66 {
             // SAFETY: block b is bytes 66b..66b+66 of src; out holds 256 values per block.
             unsafe {
@@ -504,17 +468,10 @@ avx512_fn! {
                     let a1 = rd32(p.add(6 + 8 * sb));
                     // (d·(0.5+t))·0.25, then ·grid, then the sign (exact): the scalar's rounding.
                     let db = _mm512_set1_ps(d * (0.5 + (a1 >> 28) as f32) * 0.25);
-                    let g = iq2_grid(a0);
+                    let (lo, hi) = iq2_grid_f32(a0);
                     let neg = iq2_sign_bits(a1);
-                    let lo = _mm512_mul_ps(db, u8x16_ps(_mm256_castsi256_si128(g)));
-                    let hi = _mm512_mul_ps(db, u8x16_ps(_mm256_extracti128_si256::<1>(g)));
-                    // Flip the sign bit (not 0 − v, which would turn −0 into +0).
-                    let sign = _mm512_set1_epi32(i32::MIN);
-                    let flip = |v: __m512, k: u16| {
-                        _mm512_castsi512_ps(_mm512_mask_xor_epi32(_mm512_castps_si512(v), k, _mm512_castps_si512(v), sign))
-                    };
-                    stx(o.add(32 * sb), flip(lo, neg as u16));
-                    stx(o.add(32 * sb + 16), flip(hi, (neg >> 16) as u16));
+                    stx(o.add(32 * sb), flip(_mm512_mul_ps(db, lo), neg as u16));
+                    stx(o.add(32 * sb + 16), flip(_mm512_mul_ps(db, hi), (neg >> 16) as u16));
                 }
             }
         }

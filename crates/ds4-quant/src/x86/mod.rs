@@ -24,17 +24,3 @@ pub(crate) static KEVEN_SIGNS: [u64; 128] = {
     }
     t
 };
-
-/// Horizontal i32 sum of 8 lanes (shared by the AVX2 and AVX-512 kernels).
-///
-/// # Safety
-/// The CPU must support AVX2.
-#[inline]
-#[target_feature(enable = "avx2")]
-pub(crate) unsafe fn avx2_hsum_i32(v: std::arch::x86_64::__m256i) -> i32 {
-    use std::arch::x86_64::*;
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-    _mm_cvtsi128_si32(s)
-}
