@@ -414,3 +414,27 @@ fn roles_and_ordering_edge_cases() {
     assert!(t.contains("invoke name=\"a&quot;&lt;&amp;&gt;\""));
     assert!(t.contains("parameter name=\"k&quot;\" string=\"false\">1<"));
 }
+
+/// #65 thinking_canonical_with_tools_preserves_reasoning, #66 thinking_canonical_non_thinking_mode_noop
+#[test]
+fn thinking_binding_with_tools_and_in_non_thinking_mode() {
+    let schemas = vec![r#"{"name":"bash"}"#.to_owned()];
+    let first = vec![msg(Role::User, "list")];
+    let prompt = render_chat(&first, &schemas, ThinkMode::High).text();
+    let mut next = first.clone();
+    next.push(assistant("Done.", "I should run bash", vec![]));
+    next.push(msg(Role::User, "more"));
+    let future = render_chat(&next, &schemas, ThinkMode::High).text();
+    assert!(future.contains("<think>I should run bash</think>Done."));
+    let suffix = turn_suffix(true, "I should run bash", "Done.", &[], None).text();
+    assert!(future.starts_with(&format!("{prompt}{suffix}")));
+
+    let prompt = render_chat(&first, &[], ThinkMode::None).text();
+    assert!(prompt.ends_with("<｜Assistant｜></think>"));
+    let suffix = turn_suffix(false, "ignored", "Done.", &[], None).text();
+    assert_eq!(suffix, "Done.<｜end▁of▁sentence｜>");
+    let mut next = first.clone();
+    next.push(assistant("Done.", "ignored", vec![]));
+    next.push(msg(Role::User, "more"));
+    assert!(render_chat(&next, &[], ThinkMode::None).text().starts_with(&format!("{prompt}{suffix}")));
+}
