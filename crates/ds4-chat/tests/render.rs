@@ -436,5 +436,7 @@ fn thinking_binding_with_tools_and_in_non_thinking_mode() {
     let mut next = first.clone();
     next.push(assistant("Done.", "ignored", vec![]));
     next.push(msg(Role::User, "more"));
-    assert!(render_chat(&next, &[], ThinkMode::None).text().starts_with(&format!("{prompt}{suffix}")));
+    assert!(render_chat(&next, &[], ThinkMode::None)
+        .text()
+        .starts_with(&format!("{prompt}{suffix}")));
 }
