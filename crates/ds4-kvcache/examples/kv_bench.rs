@@ -6,12 +6,17 @@
 use std::time::Instant;
 
 use ds4_kvcache::{
-    encode_payload, CacheOptions, Checkpoint, DiskCache, KeyKind, ModelIdentity, Runtime, SaveOutcome, SaveReason,
+    encode_payload, CacheOptions, Checkpoint, DiskCache, KeyKind, ModelIdentity, Runtime,
+    SaveOutcome, SaveReason,
 };
 use ds4_model::{CompressorFrontier, Config, KvSnapshot, LayerKvSnapshot};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let n: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(8192);
+    let n: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(8192);
     let dir = std::env::args()
         .nth(2)
         .map(std::path::PathBuf::from)
@@ -24,7 +29,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|&k| {
             let fr = |w: usize| {
                 let m = k.coff() * k.ratio() * k.coff() * w;
-                Some(CompressorFrontier { kv: vec![0.5; m], score: vec![-1.0; m] })
+                Some(CompressorFrontier {
+                    kv: vec![0.5; m],
+                    score: vec![-1.0; m],
+                })
             };
             let mut l = LayerKvSnapshot {
                 raw: vec![1.0; n.min(cfg.n_swa) * cfg.head_dim],
@@ -48,18 +56,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tokens: Vec<u32> = (0..n as u32).collect();
     let logits = vec![0.0f32; cfg.n_vocab];
 
-    let rt = Runtime { cfg: &cfg, ctx, prefill_cap };
+    let rt = Runtime {
+        cfg: &cfg,
+        ctx,
+        prefill_cap,
+    };
     let t = Instant::now();
     let bytes = encode_payload(&rt, &tokens, &logits, &kv)?;
     let enc = t.elapsed().as_secs_f64();
     let mb = bytes.len() as f64 / 1e6;
-    println!("payload: {n} tokens, {mb:.1} MB; encode to memory {:.3} s ({:.2} GB/s)", enc, mb / 1e3 / enc);
+    println!(
+        "payload: {n} tokens, {mb:.1} MB; encode to memory {:.3} s ({:.2} GB/s)",
+        enc,
+        mb / 1e3 / enc
+    );
     drop(bytes);
 
     let mut opts = CacheOptions::new(&dir);
     opts.min_tokens = 1;
     opts.budget_bytes = 64 << 30;
-    let model = ModelIdentity { quant_bits: 2, fingerprint: 1 };
+    let model = ModelIdentity {
+        quant_bits: 2,
+        fingerprint: 1,
+    };
     let cache = DiskCache::open(opts, cfg.clone(), ctx, prefill_cap, model)?;
     let key = vec![b'x'; 4 * n];
     let cp = Checkpoint {
@@ -74,15 +93,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let outcome = cache.save(&cp)?;
     let save = t.elapsed().as_secs_f64();
-    let SaveOutcome::Written { bytes, .. } = outcome else { return Err(format!("not written: {outcome:?}").into()) };
+    let SaveOutcome::Written { bytes, .. } = outcome else {
+        return Err(format!("not written: {outcome:?}").into());
+    };
     let fmb = bytes as f64 / 1e6;
-    println!("save (write + CRC-32C + fsync + rename): {fmb:.1} MB in {save:.3} s ({:.2} GB/s)", fmb / 1e3 / save);
+    println!(
+        "save (write + CRC-32C + fsync + rename): {fmb:.1} MB in {save:.3} s ({:.2} GB/s)",
+        fmb / 1e3 / save
+    );
     let t = Instant::now();
     let entry = cache.lookup(&key).ok_or("lookup missed")?;
     let loaded = cache.load(&entry, &key)?;
     let load = t.elapsed().as_secs_f64();
     assert_eq!(loaded.state.kv, kv);
-    println!("lookup + load (read + checks + CRC-32C), page cache warm: {load:.3} s ({:.2} GB/s)", fmb / 1e3 / load);
+    println!(
+        "lookup + load (read + checks + CRC-32C), page cache warm: {load:.3} s ({:.2} GB/s)",
+        fmb / 1e3 / load
+    );
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -348,6 +348,30 @@ impl DiskCache {
             .max_by_key(|e| (e.key_len, e.header.n_tokens))
     }
 
+    /// Remembered tool calls whose id is in `ids`, from the tool maps of every listed file
+    /// (spec/server.md §5.7, last point: consulted before rendering a request that mentions tool
+    /// ids). Reads only headers and tool maps, seeking past key text and payload; the first file
+    /// that has an id wins.
+    pub fn find_tool_memories(&self, ids: &[&str]) -> Vec<ToolMemory> {
+        let mut out: Vec<ToolMemory> = Vec::new();
+        for e in self.entries().into_iter().filter(|e| e.header.has_tool_map) {
+            let start = MIN_FILE_BYTES + e.key_len + e.header.payload_bytes;
+            let Ok(mut f) = File::open(&e.path) else {
+                continue;
+            };
+            if f.seek(SeekFrom::Start(start)).is_err() {
+                continue;
+            }
+            let map = read_tool_map(&mut BufReader::new(f), e.file_bytes.saturating_sub(start));
+            for t in map {
+                if ids.contains(&t.id.as_str()) && !out.iter().any(|o| o.id == t.id) {
+                    out.push(t);
+                }
+            }
+        }
+        out
+    }
+
     /// Loads `entry` for `prompt`: re-reads the header and key text (which must hash to the file
     /// name and be a prefix of `prompt`), reads the payload with every check, verifies the checksum
     /// and token count, reads the tool map, then records the hit (or consumes the file).

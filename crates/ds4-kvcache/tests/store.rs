@@ -399,6 +399,8 @@ fn tool_map_round_trips_and_is_rewritten_in_place() {
         .load(&only_entry(&cache, b"with tools!"), b"with tools!")
         .expect("load");
     assert_eq!(loaded.tool_map, map);
+    let found = cache.find_tool_memories(&["call_2", "call_9"]);
+    assert_eq!(found, vec![map[1].clone()]);
 
     let new_map = vec![ToolMemory {
         id: "call_3".into(),
@@ -413,6 +415,11 @@ fn tool_map_round_trips_and_is_rewritten_in_place() {
         .expect("load");
     assert_eq!(loaded.tool_map, new_map);
     assert_eq!(loaded.state.tokens, s.tokens, "the payload is untouched");
+    assert!(
+        cache.find_tool_memories(&["call_2"]).is_empty(),
+        "the old map is gone"
+    );
+    assert_eq!(cache.find_tool_memories(&["call_3"]), new_map);
 
     assert!(matches!(
         cache
