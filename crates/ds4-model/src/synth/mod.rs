@@ -363,31 +363,46 @@ impl SynthPlan {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<W, SynthError> {
         let total = self.data_bytes()?;
-        let mut w = GgufWriter::new(out, &self.metadata, &self.specs())?;
-        let mut done = 0u64;
+        let mut jobs = Vec::new();
         for t in &self.tensors {
-            let n_bytes = t.spec.n_bytes()? as usize;
-            let row_bytes = n_bytes / row_count(&t.spec);
+            let n_rows = row_count(&t.spec);
+            let row_bytes = t.spec.n_bytes()? as usize / n_rows;
             let rows_per_chunk = (CHUNK_BYTES / row_bytes).max(1);
-            let n_chunks = row_count(&t.spec).div_ceil(rows_per_chunk);
-            let tensor_seed = mix(self.seed ^ fnv1a64(t.spec.name.as_bytes()));
-            for batch in (0..n_chunks).collect::<Vec<_>>().chunks(CHUNKS_PER_BATCH) {
-                let bufs: Vec<Vec<u8>> = batch
-                    .par_iter()
-                    .map(|&ci| {
-                        let r0 = ci * rows_per_chunk;
-                        let rows = rows_per_chunk.min(row_count(&t.spec) - r0);
-                        gen_chunk(t, mix(tensor_seed.wrapping_add(ci as u64)), rows, row_bytes)
-                    })
-                    .collect();
+            let n_chunks = n_rows.div_ceil(rows_per_chunk);
+            let seed = mix(self.seed ^ fnv1a64(t.spec.name.as_bytes()));
+            jobs.push((t, n_rows, row_bytes, rows_per_chunk, n_chunks, seed));
+        }
+        let mut w = GgufWriter::new(out, &self.metadata, &self.specs())?;
+        // Generation (rayon, a batch of chunks at a time) runs one batch ahead of the writer, so
+        // a disk-bound run costs max(generate, write), not their sum.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(1);
+        std::thread::scope(|scope| -> Result<W, SynthError> {
+            scope.spawn(move || {
+                for &(t, n_rows, row_bytes, rows_per_chunk, n_chunks, seed) in &jobs {
+                    for b0 in (0..n_chunks).step_by(CHUNKS_PER_BATCH) {
+                        let bufs: Vec<Vec<u8>> = (b0..n_chunks.min(b0 + CHUNKS_PER_BATCH))
+                            .into_par_iter()
+                            .map(|ci| {
+                                let rows = rows_per_chunk.min(n_rows - ci * rows_per_chunk);
+                                gen_chunk(t, mix(seed.wrapping_add(ci as u64)), rows, row_bytes)
+                            })
+                            .collect();
+                        if tx.send(bufs).is_err() {
+                            return; // the writer failed and hung up
+                        }
+                    }
+                }
+            });
+            let mut done = 0u64;
+            for bufs in rx {
                 for b in &bufs {
                     w.write_data(b)?;
                     done += b.len() as u64;
                 }
                 progress(done, total);
             }
-        }
-        Ok(w.finish()?)
+            Ok(w.finish()?)
+        })
     }
 
     /// The whole file in memory.
