@@ -165,13 +165,26 @@ fn by_logit_desc(a: &Candidate, b: &Candidate) -> Ordering {
         .then(a.id.cmp(&b.id))
 }
 
+/// How many of the sorted `cands` the top_p walk keeps (always at least one), and their mass.
+/// Returns `cands.len()` when the mass never reached `top_p` inside the slice.
+fn top_p_prefix(cands: &[Candidate], top_p: f32) -> (usize, f32) {
+    let mut cum = 0.0f32;
+    let mut n_kept = 0usize;
+    for c in cands {
+        if n_kept > 0 && cum >= top_p {
+            break;
+        }
+        cum += c.prob;
+        n_kept += 1;
+    }
+    (n_kept, cum)
+}
+
 /// A seeded sampler with its own scratch buffers (sized on first use, then reused).
 #[derive(Clone, Debug)]
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
-    /// Relative probabilities in vocabulary order (the min_p-only path).
-    probs: Vec<f32>,
     /// Candidates of the sorted path.
     cands: Vec<Candidate>,
 }
@@ -182,7 +195,6 @@ impl Sampler {
         Sampler {
             params: params.sanitized(),
             rng: Rng::new(seed),
-            probs: Vec::new(),
             cands: Vec::new(),
         }
     }
@@ -238,33 +250,42 @@ impl Sampler {
             min_p,
             ..
         } = self.params;
-        self.probs.clear();
-        self.probs.resize(logits.len(), 0.0);
+        // Most of the vocabulary is far below the floor: compare logits against the floor in log
+        // space first and compute exp only near or above it. The 1e-3 margin (0.1% in
+        // probability) is far wider than exp's rounding, so the exact `p >= min_p` test below
+        // still decides every token, and the kept set is the reference's.
+        let cutoff = if min_p > 0.0 {
+            max + t * (min_p.ln() - 1e-3)
+        } else {
+            f32::NEG_INFINITY
+        };
+        self.cands.clear();
         let mut sum = 0.0f32;
-        let mut last_kept = 0usize;
         for (i, &l) in logits.iter().enumerate() {
-            if !l.is_finite() {
+            if !(l.is_finite() && l >= cutoff) {
                 continue;
             }
             let p = ((l - max) / t).exp();
             if p >= min_p {
-                self.probs[i] = p;
+                self.cands.push(Candidate {
+                    id: i as u32,
+                    logit: l,
+                    prob: p,
+                });
                 sum += p;
-                last_kept = i;
             }
         }
+        // Candidates were pushed in vocabulary order: the draw walks them in that order.
         let r = self.rng.next_f32() * sum;
         let mut acc = 0.0f32;
-        for (i, &p) in self.probs.iter().enumerate() {
-            if p > 0.0 {
-                acc += p;
-                if r < acc {
-                    return i as u32;
-                }
+        for c in &self.cands {
+            acc += c.prob;
+            if r < acc {
+                return c.id;
             }
         }
         // Rounding can leave r == sum; the last kept token is then the proportional answer.
-        last_kept as u32
+        self.cands.last().map_or_else(|| argmax(logits), |c| c.id)
     }
 
     /// §4.4 general path: top_k candidates (or all finite), sorted by logit, cut by min_p and
@@ -313,16 +334,22 @@ impl Sampler {
             c.prob /= sum;
             c.prob >= floor
         });
-        self.cands.sort_unstable_by(by_logit_desc);
-        let mut cum = 0.0f32;
-        let mut n_kept = 0usize;
-        for c in &self.cands {
-            if n_kept > 0 && cum >= top_p {
-                break;
+        // The walk stops once the mass reaches top_p, usually within the first few hundred
+        // candidates: sort a growing prefix (selected in O(n)) instead of the whole vocabulary.
+        let mut m = 256usize;
+        let (n_kept, cum) = loop {
+            if m >= self.cands.len() {
+                self.cands.sort_unstable_by(by_logit_desc);
+                break top_p_prefix(&self.cands, top_p);
             }
-            cum += c.prob;
-            n_kept += 1;
-        }
+            self.cands.select_nth_unstable_by(m - 1, by_logit_desc);
+            self.cands[..m].sort_unstable_by(by_logit_desc);
+            let (n, cum) = top_p_prefix(&self.cands[..m], top_p);
+            if n < m {
+                break (n, cum);
+            }
+            m *= 4;
+        };
         let kept = &self.cands[..n_kept.max(1)];
         let r = self.rng.next_f32() * cum;
         let mut acc = 0.0f32;
@@ -362,6 +389,132 @@ mod tests {
                 (f - e).abs() < 0.015,
                 "token {i}: frequency {f:.4}, expected {e:.4} (hist {h:?})"
             );
+        }
+    }
+
+    /// spec/server.md §4.4 written out literally (every exp, a full sort), as the oracle for the
+    /// shortcuts the sampler takes.
+    fn reference_sample(logits: &[f32], p: SamplingParams, rng: &mut Rng) -> u32 {
+        let p = p.sanitized();
+        if p.is_greedy() {
+            return argmax(logits);
+        }
+        let max = logits
+            .iter()
+            .copied()
+            .filter(|l| l.is_finite())
+            .fold(f32::NEG_INFINITY, f32::max);
+        if p.top_k == 0 && p.top_p >= 1.0 {
+            let probs: Vec<f32> = logits
+                .iter()
+                .map(|&l| {
+                    if l.is_finite() {
+                        ((l - max) / p.temperature).exp()
+                    } else {
+                        0.0
+                    }
+                })
+                .map(|x| if x >= p.min_p && x > 0.0 { x } else { 0.0 })
+                .collect();
+            let sum: f32 = probs.iter().filter(|&&x| x > 0.0).fold(0.0, |a, &x| a + x);
+            let r = rng.next_f32() * sum;
+            let mut acc = 0.0f32;
+            let mut last = 0;
+            for (i, &x) in probs.iter().enumerate() {
+                if x > 0.0 {
+                    acc += x;
+                    last = i;
+                    if r < acc {
+                        return i as u32;
+                    }
+                }
+            }
+            return last as u32;
+        }
+        let mut c: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.is_finite())
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
+        c.sort_by(|a, b| {
+            b.1.partial_cmp(&a.1)
+                .unwrap_or(Ordering::Equal)
+                .then(a.0.cmp(&b.0))
+        });
+        if p.top_k > 0 {
+            c.truncate(p.top_k as usize);
+        }
+        let top = c[0].1;
+        let e: Vec<f32> = c
+            .iter()
+            .map(|x| ((x.1 - top) / p.temperature).exp())
+            .collect();
+        let sum: f32 = e.iter().sum();
+        let q: Vec<f32> = e.iter().map(|x| x / sum).collect();
+        let mut cum = 0.0f32;
+        let mut n = 0;
+        for &qi in &q {
+            if n > 0 && (cum >= p.top_p || qi < q[0] * p.min_p) {
+                break;
+            }
+            cum += qi;
+            n += 1;
+        }
+        let r = rng.next_f32() * cum;
+        let mut acc = 0.0f32;
+        for i in 0..n {
+            acc += q[i];
+            if r < acc {
+                return c[i].0;
+            }
+        }
+        c[n - 1].0
+    }
+
+    #[test]
+    fn shortcuts_pick_the_same_tokens_as_the_literal_spec() {
+        let mut g = Rng::new(77);
+        // 5000 tokens: big enough that the top_p walk outgrows the first 256-candidate prefix.
+        let logits: Vec<f32> = (0..5000).map(|_| g.next_f32() * 6.0).collect();
+        let cases = [
+            SamplingParams::default(),
+            SamplingParams {
+                min_p: 0.0,
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                temperature: 0.3,
+                min_p: 0.2,
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                top_p: 0.9,
+                min_p: 0.0,
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                top_p: 0.5,
+                min_p: 0.05,
+                temperature: 2.0,
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                top_k: 50,
+                top_p: 0.95,
+                ..SamplingParams::default()
+            },
+        ];
+        for params in cases {
+            let mut s = Sampler::new(params, 1234);
+            let mut r = Rng::new(1234);
+            for i in 0..300 {
+                assert_eq!(
+                    s.sample(&logits),
+                    reference_sample(&logits, params, &mut r),
+                    "draw {i} with {params:?}"
+                );
+            }
         }
     }
 
@@ -586,6 +739,63 @@ mod tests {
             let h = histogram(&mut s, &logits, 2000);
             assert_eq!((h[0], h[2], h[4]), (0, 0, 0), "{h:?}");
             assert!(h[1] > 0 && h[3] > 0);
+        }
+    }
+
+    /// Timing of one sample over the real vocabulary size, for BENCHMARKS.md. Run with
+    /// `cargo test -p ds4-engine --release sampler_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn sampler_speed_on_a_129280_token_vocabulary() {
+        let n_vocab = 129_280;
+        let mut rng = Rng::new(12345);
+        // Roughly model-like logits: a broad base with a few strong candidates.
+        let logits: Vec<f32> = (0..n_vocab)
+            .map(|i| {
+                let base = rng.next_f32() * 8.0 - 4.0;
+                if i % 9973 == 0 {
+                    base + 12.0
+                } else {
+                    base
+                }
+            })
+            .collect();
+        let cases = [
+            ("greedy", SamplingParams::GREEDY),
+            ("default (min_p 0.05)", SamplingParams::default()),
+            (
+                "top_p 0.95 + min_p 0.05",
+                SamplingParams {
+                    top_p: 0.95,
+                    ..SamplingParams::default()
+                },
+            ),
+            (
+                "top_p 0.95, min_p 0",
+                SamplingParams {
+                    top_p: 0.95,
+                    min_p: 0.0,
+                    ..SamplingParams::default()
+                },
+            ),
+            (
+                "top_k 40",
+                SamplingParams {
+                    top_k: 40,
+                    ..SamplingParams::default()
+                },
+            ),
+        ];
+        for (name, params) in cases {
+            let mut s = Sampler::new(params, 1);
+            let iters = 200;
+            let mut sink = 0u64;
+            let t = std::time::Instant::now();
+            for _ in 0..iters {
+                sink = sink.wrapping_add(s.sample(&logits) as u64);
+            }
+            let us = t.elapsed().as_secs_f64() * 1e6 / iters as f64;
+            println!("sampler {name:<26} {us:8.1} us/token (checksum {sink})");
         }
     }
 }
