@@ -9,7 +9,7 @@ use ds4_model::{Config, LayerAttnExtra, LayerWeights, Routing, Tensor, Weights};
 use rayon::prelude::*;
 
 use crate::kv::{CompressedRows, Compressor, KvState, LayerKv, RawWindow};
-use crate::matmul::{axpy, dot, matmul, Mat};
+use crate::matmul::{axpy, dot, dot_seq, matmul, matvec_exact, Mat};
 use crate::ops::{self, HcMix, RopeAngles};
 
 // ---- Small f32 parameters, read once ----------------------------------------------------------
@@ -241,6 +241,33 @@ pub struct ModelRef<'a> {
     pub w: &'a Weights,
     pub layers: &'a [LayerParams],
     pub head: &'a HeadParams,
+    /// ds4's CPU arithmetic (int8 activations, left-to-right sums, f32 RoPE angles; spec §3.12)
+    /// instead of the float model semantics.
+    pub exact: bool,
+}
+
+/// `y[t] = W·x[t]` in the pass's arithmetic mode (see [`ModelRef::exact`]).
+fn mm(m: &ModelRef, w: Mat, x: &[f32], n_tok: usize, y: &mut [f32]) {
+    if m.exact {
+        for (xt, yt) in x
+            .chunks_exact(w.n_in)
+            .zip(y.chunks_exact_mut(w.n_out))
+            .take(n_tok)
+        {
+            matvec_exact(w, xt, yt);
+        }
+    } else {
+        matmul(w, x, n_tok, y);
+    }
+}
+
+/// RoPE angles at `pos` in the pass's arithmetic mode.
+fn angles(m: &ModelRef, pos: usize, rope: &ds4_model::RopeParams) -> RopeAngles {
+    if m.exact {
+        RopeAngles::new_exact(pos, m.cfg.n_rot, rope)
+    } else {
+        RopeAngles::new(pos as f64, m.cfg.n_rot, rope)
+    }
 }
 
 /// Runs `tokens` at positions `pos0..` through every layer, updating `kv`. Leaves the final HC
@@ -301,7 +328,8 @@ fn hc_pre_norm(
     for f in s.flat[..n_tok * hcd].chunks_exact_mut(hcd) {
         ops::rms_norm_unweighted_inplace(f, cfg.rms_eps);
     }
-    matmul(
+    mm(
+        m,
         Mat::of(&hc.fn_),
         &s.flat[..n_tok * hcd],
         n_tok,
@@ -368,7 +396,7 @@ fn attention_sublayer(
         .zip(s.kv[..n_tok * hd].par_chunks_mut(hd))
         .enumerate()
         .for_each(|(t, (q, k))| {
-            let a = RopeAngles::new((pos0 + t) as f64, cfg.n_rot, &rope);
+            let a = angles(m, pos0 + t, &rope);
             for head in q.chunks_exact_mut(hd) {
                 a.apply(head, false);
             }
@@ -386,11 +414,11 @@ fn attention_sublayer(
         LayerAttnExtra::CompressedN { compressor } => (Some(compressor), None),
     };
     if let Some(c) = compressor {
-        compressor_projections(s, n_tok, c, false); // A9 C1 (projection part)
+        compressor_projections(m, s, n_tok, c, false); // A9 C1 (projection part)
     }
     if let Some(ix) = indexer {
-        compressor_projections(s, n_tok, &ix.compressor, true); // A10.1 C1
-                                                                // A10.2: the indexer query is only needed once more than top_k rows exist.
+        compressor_projections(m, s, n_tok, &ix.compressor, true); // A10.1 C1
+                                                                   // A10.2: the indexer query is only needed once more than top_k rows exist.
         if (pos0 + n_tok) / kind.ratio() > cfg.idx_top_k {
             indexer_query(m, ix, s, n_tok, pos0, &rope);
         }
@@ -407,7 +435,8 @@ fn attention_sublayer(
 fn q_lora(m: &ModelRef, lw: &LayerWeights, lp: &LayerParams, s: &mut Scratch, n_tok: usize) {
     let cfg = m.cfg;
     let (n, r, qd) = (cfg.n_embd, cfg.q_lora_rank, cfg.q_dim());
-    matmul(
+    mm(
+        m,
         Mat::of(&lw.attn_q_a),
         &s.xa[..n_tok * n],
         n_tok,
@@ -416,7 +445,8 @@ fn q_lora(m: &ModelRef, lw: &LayerWeights, lp: &LayerParams, s: &mut Scratch, n_
     for qa in s.qa[..n_tok * r].chunks_exact_mut(r) {
         ops::rms_norm_inplace(qa, &lp.attn_q_a_norm, cfg.rms_eps);
     }
-    matmul(
+    mm(
+        m,
         Mat::of(&lw.attn_q_b),
         &s.qa[..n_tok * r],
         n_tok,
@@ -431,7 +461,8 @@ fn q_lora(m: &ModelRef, lw: &LayerWeights, lp: &LayerParams, s: &mut Scratch, n_
 fn kv_projection(m: &ModelRef, lw: &LayerWeights, lp: &LayerParams, s: &mut Scratch, n_tok: usize) {
     let cfg = m.cfg;
     let (n, hd) = (cfg.n_embd, cfg.head_dim);
-    matmul(
+    mm(
+        m,
         Mat::of(&lw.attn_kv),
         &s.xa[..n_tok * n],
         n_tok,
@@ -445,6 +476,7 @@ fn kv_projection(m: &ModelRef, lw: &LayerWeights, lp: &LayerParams, s: &mut Scra
 /// C1 projection part: `kvp = compressor_kv · xa`, `scp = compressor_gate · xa` (APE added at the
 /// store, where the phase is known). Into `comp_*` (attention) or `idx_*` (indexer).
 fn compressor_projections(
+    m: &ModelRef,
     s: &mut Scratch,
     n_tok: usize,
     c: &ds4_model::CompressorWeights,
@@ -457,8 +489,8 @@ fn compressor_projections(
     } else {
         (&mut s.comp_kv, &mut s.comp_sc)
     };
-    matmul(kvm, &s.xa[..n_tok * n], n_tok, &mut dk[..n_tok * w]);
-    matmul(gm, &s.xa[..n_tok * n], n_tok, &mut ds[..n_tok * w]);
+    mm(m, kvm, &s.xa[..n_tok * n], n_tok, &mut dk[..n_tok * w]);
+    mm(m, gm, &s.xa[..n_tok * n], n_tok, &mut ds[..n_tok * w]);
 }
 
 /// A10.2 query side for every token: `qi = indexer.attn_q_b · qn` per 128-wide head, RoPE at pos,
@@ -480,7 +512,8 @@ fn indexer_query(
         cfg.n_idx_head,
     );
     // spec pitfall 8: the query comes from the normalised Q latent qn, not from xa.
-    matmul(
+    mm(
+        m,
         Mat::of(&ix.attn_q_b),
         &s.qa[..n_tok * r],
         n_tok,
@@ -490,13 +523,14 @@ fn indexer_query(
         .par_chunks_mut(iqd)
         .enumerate()
         .for_each(|(t, q)| {
-            let a = RopeAngles::new((pos0 + t) as f64, cfg.n_rot, rope);
+            let a = angles(m, pos0 + t, rope);
             for head in q.chunks_exact_mut(ihd) {
                 a.apply(head, false);
                 ops::indexer_qat(head);
             }
         });
-    matmul(
+    mm(
+        m,
         Mat::of(&ix.proj),
         &s.xa[..n_tok * n],
         n_tok,
@@ -521,10 +555,11 @@ fn compressor_step(
     scp: &[f32],
     pos: usize,
     out: &mut [f32],
-    cfg: &Config,
+    m: &ModelRef,
     rope: &ds4_model::RopeParams,
     indexer: bool,
 ) -> bool {
+    let cfg = m.cfg;
     let (r, w) = (f.ratio, f.width());
     let phase = pos % r;
     let t = if f.overlap { r + phase } else { phase }; // C2
@@ -543,7 +578,7 @@ fn compressor_step(
     ops::compressor_pool(row, &f.kv, &f.score, r, f.overlap); // C4
     ops::rms_norm_inplace(row, &p.norm, cfg.rms_eps); // C5
                                                       // C6: spec pitfall 3: rotate at the first position of the window, not the emitting token's.
-    RopeAngles::new((pos + 1 - r) as f64, cfg.n_rot, rope).apply(row, false);
+    angles(m, pos + 1 - r, rope).apply(row, false);
     if indexer {
         ops::indexer_qat(row); // C7 (D = 128)
     } else {
@@ -594,7 +629,7 @@ fn attention_cache_step(
             &s.comp_sc[t * cw..(t + 1) * cw],
             pos,
             &mut s.comp_row,
-            cfg,
+            m,
             rope,
             false,
         );
@@ -612,13 +647,13 @@ fn attention_cache_step(
                 &s.idx_sc[t * iw..(t + 1) * iw],
                 pos,
                 &mut s.comp_row,
-                cfg,
+                m,
                 rope,
                 true,
             );
             // A10: with more than top_k rows, this token's own query picks top_k of them.
             if irows.len() > cfg.idx_top_k {
-                indexer_select(cfg, irows, s, t);
+                indexer_select(cfg, irows, s, t, m.exact);
                 allowed_all = false;
             }
         }
@@ -640,7 +675,8 @@ fn attention_cache_step(
     let (raw, comp) = (&kv.raw, kv.comp.as_ref().map(|c| &c.attn_rows));
     let visible = &s.visible;
     let q = &s.q[t * qd..(t + 1) * qd];
-    let a = RopeAngles::new(pos as f64, cfg.n_rot, rope);
+    let a = angles(m, pos, rope);
+    let exact = m.exact;
     let scale = cfg.kq_scale();
     s.heads[t * qd..(t + 1) * qd]
         .par_chunks_mut(hd)
@@ -656,6 +692,7 @@ fn attention_cache_step(
                 scale,
                 sc,
                 out,
+                exact,
             );
             a.apply(out, true); // A12: spec pitfall 1, K = V carries the rotated tail; rotate back.
         });
@@ -682,10 +719,12 @@ fn attend_head(
     scale: f32,
     sc: &mut [f32],
     out: &mut [f32],
+    exact: bool,
 ) {
+    let dotf = if exact { dot_seq } else { dot };
     let mut mx = sink;
     for (j, &v) in visible.iter().enumerate() {
-        sc[j] = dot(q, row_of(v, raw, comp)) * scale;
+        sc[j] = dotf(q, row_of(v, raw, comp)) * scale;
         mx = mx.max(sc[j]);
     }
     let mut den = (sink - mx).exp();
@@ -703,7 +742,8 @@ fn attend_head(
 
 /// A10.2 selection for chunk token `t`: `score_c = Σ_h ReLU(K_c·qi_h)·w_h` over the visible index
 /// rows; `s.top` = the top_k rows, ascending (ties to the lower row).
-fn indexer_select(cfg: &Config, irows: &CompressedRows, s: &mut Scratch, t: usize) {
+fn indexer_select(cfg: &Config, irows: &CompressedRows, s: &mut Scratch, t: usize, exact: bool) {
+    let dotf = if exact { dot_seq } else { dot };
     let (iqd, ihd, nh) = (cfg.idx_q_dim(), cfg.idx_head_dim, cfg.n_idx_head);
     let qi = &s.idx_q[t * iqd..(t + 1) * iqd];
     let wh = &s.idx_w[t * nh..(t + 1) * nh];
@@ -716,7 +756,7 @@ fn indexer_select(cfg: &Config, irows: &CompressedRows, s: &mut Scratch, t: usiz
             let k = irows.row(c);
             let mut acc = 0.0f32;
             for (h, &w) in wh.iter().enumerate() {
-                acc += dot(k, &qi[h * ihd..(h + 1) * ihd]).max(0.0) * w;
+                acc += dotf(k, &qi[h * ihd..(h + 1) * ihd]).max(0.0) * w;
             }
             *sc = acc;
         });
@@ -738,13 +778,14 @@ fn grouped_output(m: &ModelRef, lw: &LayerWeights, s: &mut Scratch, n_tok: usize
                 .copy_from_slice(&s.heads[t * qd + g * gd..t * qd + (g + 1) * gd]);
         }
         let yo = &mut s.grp_out[..n_tok * ol];
-        matmul(a.rows(g * ol, ol), xin, n_tok, yo);
+        mm(m, a.rows(g * ol, ol), xin, n_tok, yo);
         for t in 0..n_tok {
             s.low[t * lowd + g * ol..t * lowd + (g + 1) * ol]
                 .copy_from_slice(&yo[t * ol..(t + 1) * ol]);
         }
     }
-    matmul(
+    mm(
+        m,
         Mat::of(&lw.attn_output_b),
         &s.low[..n_tok * lowd],
         n_tok,
@@ -803,7 +844,8 @@ fn route_experts(
     let cfg = m.cfg;
     let (n, ne, used) = (cfg.n_embd, cfg.n_expert, cfg.n_expert_used);
     let n_tok = tokens.len();
-    matmul(
+    mm(
+        m,
         Mat::of(&lw.ffn_gate_inp),
         &s.xa[..n_tok * n],
         n_tok,
@@ -874,13 +916,15 @@ fn routed_experts(m: &ModelRef, lw: &LayerWeights, s: &mut Scratch, n_tok: usize
         for (b, &(t, _)) in s.by_expert[e].iter().enumerate() {
             s.xe[b * n..(b + 1) * n].copy_from_slice(&s.xa[t * n..(t + 1) * n]);
         }
-        matmul(
+        mm(
+            m,
             Mat::expert(&lw.ffn_gate_exps, e),
             &s.xe[..nb * n],
             nb,
             &mut s.ge[..nb * ff],
         );
-        matmul(
+        mm(
+            m,
             Mat::expert(&lw.ffn_up_exps, e),
             &s.xe[..nb * n],
             nb,
@@ -896,7 +940,8 @@ fn routed_experts(m: &ModelRef, lw: &LayerWeights, s: &mut Scratch, n_tok: usize
                 w,
             );
         }
-        matmul(
+        mm(
+            m,
             Mat::expert(&lw.ffn_down_exps, e),
             &s.ge[..nb * ff],
             nb,
@@ -913,13 +958,15 @@ fn routed_experts(m: &ModelRef, lw: &LayerWeights, s: &mut Scratch, n_tok: usize
 fn shared_expert(m: &ModelRef, lw: &LayerWeights, s: &mut Scratch, n_tok: usize) {
     let cfg = m.cfg;
     let (n, ff) = (cfg.n_embd, cfg.n_ff_exp);
-    matmul(
+    mm(
+        m,
         Mat::of(&lw.ffn_gate_shexp),
         &s.xa[..n_tok * n],
         n_tok,
         &mut s.gs[..n_tok * ff],
     );
-    matmul(
+    mm(
+        m,
         Mat::of(&lw.ffn_up_shexp),
         &s.xa[..n_tok * n],
         n_tok,
@@ -931,7 +978,8 @@ fn shared_expert(m: &ModelRef, lw: &LayerWeights, s: &mut Scratch, n_tok: usize)
         cfg.swiglu_clamp,
         1.0,
     );
-    matmul(
+    mm(
+        m,
         Mat::of(&lw.ffn_down_shexp),
         &s.gs[..n_tok * ff],
         n_tok,
@@ -956,7 +1004,13 @@ pub fn output_head(m: &ModelRef, s: &mut Scratch, which: &[usize], out: &mut [f3
         ops::rms_norm_unweighted_inplace(f, cfg.rms_eps);
     }
     let pw = &mut s.mix_m[..nw * nh];
-    matmul(Mat::of(&m.w.head.output_hc_fn), &s.flat[..nw * hcd], nw, pw);
+    mm(
+        m,
+        Mat::of(&m.w.head.output_hc_fn),
+        &s.flat[..nw * hcd],
+        nw,
+        pw,
+    );
     for (i, &t) in which.iter().enumerate() {
         let mut wts = [0.0f32; ops::MAX_HC];
         for h in 0..nh {
@@ -968,7 +1022,8 @@ pub fn output_head(m: &ModelRef, s: &mut Scratch, which: &[usize], out: &mut [f3
         ops::hc_weighted_sum(e, &s.x[t * hcd..(t + 1) * hcd], &wts[..nh]);
         ops::rms_norm_inplace(e, &m.head.output_norm, cfg.rms_eps);
     }
-    matmul(
+    mm(
+        m,
         Mat::of(&m.w.head.output),
         &s.head_e[..nw * n],
         nw,

@@ -37,6 +37,8 @@ pub struct CpuBackend {
     kv: KvState,
     scratch: Scratch,
     logits_buf: Vec<f32>,
+    /// ds4 CPU arithmetic (spec §3.12) instead of the float model semantics.
+    exact: bool,
     /// Chunk tokens whose logits are computed (scratch).
     which: Vec<usize>,
     probe: Option<LayerProbe>,
@@ -72,9 +74,17 @@ impl CpuBackend {
             scratch,
             logits_buf: vec![0.0; cfg.n_vocab],
             which: Vec::with_capacity(16),
+            exact: false,
             probe: None,
             model,
         })
+    }
+
+    /// Switches to ds4's CPU arithmetic (`ds4 logits --exact`, spec §3.12): int8 activations for
+    /// Q8_0 and routed-expert weights, left-to-right f32 sums, f32 incremental RoPE angles. It
+    /// targets the golden `*_ds4cpu_strict` data; the default is the float model semantics.
+    pub fn set_exact(&mut self, on: bool) {
+        self.exact = on;
     }
 
     /// Sets the prefill chunk (tokens per layer-major batch); at least 1.
@@ -109,6 +119,7 @@ impl CpuBackend {
             w: &self.model.weights,
             layers: &self.layers,
             head: &self.head,
+            exact: self.exact,
         };
         forward_chunk(&m, &mut self.kv, &mut self.scratch, tokens, pos0, &mut recs);
         self.n_past += n_tok;

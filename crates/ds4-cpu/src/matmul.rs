@@ -83,6 +83,49 @@ pub fn matvec(w: Mat, x: &[f32], y: &mut [f32]) {
     });
 }
 
+/// `y = W·x` with ds4's CPU arithmetic (spec/model.md §3.12, the `--exact` mode): Q8_0 and the
+/// routed formats dot against int8 activations quantized once per call (P3a / P3b) with integer
+/// block dots; F16 rows sum left to right in f32; F32 rows accumulate in f64.
+pub fn matvec_exact(w: Mat, x: &[f32], y: &mut [f32]) {
+    assert!(
+        x.len() == w.n_in && y.len() == w.n_out,
+        "matvec_exact: shapes"
+    );
+    let per = rows_per_task(w.n_out);
+    if ds4_quant::ActFormat::for_weights(w.ty).is_some() {
+        let acts = ds4_quant::QuantizedActs::quantize(w.ty, x);
+        y.par_chunks_mut(per).enumerate().for_each(|(c, ys)| {
+            for (i, yo) in ys.iter_mut().enumerate() {
+                *yo = ds4_quant::dot_q(w.ty, w.row(c * per + i), &acts);
+            }
+        });
+        return;
+    }
+    y.par_chunks_mut(per).enumerate().for_each(|(c, ys)| {
+        let mut wrow = vec![0.0f32; w.n_in];
+        for (i, yo) in ys.iter_mut().enumerate() {
+            ds4_quant::dequantize_row(w.ty, w.row(c * per + i), &mut wrow);
+            *yo = if w.ty == TensorType::F32 {
+                wrow.iter()
+                    .zip(x)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum::<f64>() as f32
+            } else {
+                dot_seq(&wrow, x)
+            };
+        }
+    });
+}
+
+/// `Σ a_i b_i` left to right in f32, each product rounded before the add (spec §3.12).
+pub fn dot_seq(a: &[f32], b: &[f32]) -> f32 {
+    let mut s = 0.0f32;
+    for (&x, &y) in a.iter().zip(b) {
+        s += x * y;
+    }
+    s
+}
+
 /// `y[t] = W·x[t]` for `n_tok` tokens: `x` is `[n_tok][n_in]`, `y` is `[n_tok][n_out]`.
 pub fn matmul(w: Mat, x: &[f32], n_tok: usize, y: &mut [f32]) {
     assert!(

@@ -236,6 +236,44 @@ impl RopeAngles {
         a
     }
 
+    /// Angles as ds4's CPU computes them (spec §3.12, `--exact` mode): f32 throughout, `θ_ext`
+    /// from `(float)pos` times `powf(base, −2/n_rot)` once per pair, YaRN mixed as
+    /// `θ_int·(1−ramp) + θ_ext·ramp`, then glibc `cosf`/`sinf`.
+    pub fn new_exact(pos: usize, n_rot: usize, p: &RopeParams) -> RopeAngles {
+        assert!(
+            n_rot.is_multiple_of(2) && n_rot / 2 <= MAX_ROT_PAIRS,
+            "RopeAngles: n_rot must be even and ≤ 128"
+        );
+        let n_pairs = n_rot / 2;
+        let step = p.base.powf(-2.0 / n_rot as f32);
+        let (low, high) = if p.yarn {
+            yarn_corr_dims(n_rot, p)
+        } else {
+            (0.0, 0.0)
+        };
+        let (low, high) = (low as f32, high as f32);
+        let mut a = RopeAngles {
+            n_pairs,
+            cos: [0.0; MAX_ROT_PAIRS],
+            sin: [0.0; MAX_ROT_PAIRS],
+        };
+        let mut theta_ext = pos as f32;
+        for k in 0..n_pairs {
+            let theta_int = p.freq_scale * theta_ext;
+            let theta = if p.yarn {
+                let y = (k as f32 - low) / (high - low).max(0.001);
+                let ramp = 1.0 - y.clamp(0.0, 1.0);
+                theta_int * (1.0 - ramp) + theta_ext * ramp
+            } else {
+                theta_int
+            };
+            a.cos[k] = theta.cos();
+            a.sin[k] = theta.sin();
+            theta_ext *= step;
+        }
+        a
+    }
+
     /// Rotates the last `2·n_pairs` dims of `x` by +θ (or −θ when `inverse`), adjacent pairs.
     pub fn apply(&self, x: &mut [f32], inverse: bool) {
         let tail = x.len() - 2 * self.n_pairs;
@@ -348,24 +386,26 @@ pub fn hc_split(
             c[r][j] = (z(j) - mx).exp();
             sum += c[r][j];
         }
+        let inv = 1.0 / sum;
         for j in 0..n_hc {
-            c[r][j] = c[r][j] / sum + eps;
+            c[r][j] = c[r][j] * inv + eps;
         }
     }
     let col_norm = |c: &mut [[f32; MAX_HC]; MAX_HC]| {
         for j in 0..n_hc {
-            let s: f32 = (0..n_hc).map(|r| c[r][j]).sum::<f32>() + eps;
+            // ds4's CPU multiplies by the reciprocal (spec §3.4 step 5).
+            let inv = 1.0 / ((0..n_hc).map(|r| c[r][j]).sum::<f32>() + eps);
             for row in c.iter_mut().take(n_hc) {
-                row[j] /= s;
+                row[j] *= inv;
             }
         }
     };
     col_norm(c);
     for _ in 1..sinkhorn_iters {
         for row in c.iter_mut().take(n_hc) {
-            let s: f32 = row[..n_hc].iter().sum::<f32>() + eps;
+            let inv = 1.0 / (row[..n_hc].iter().sum::<f32>() + eps);
             for v in row[..n_hc].iter_mut() {
-                *v /= s;
+                *v *= inv;
             }
         }
         col_norm(c);
@@ -422,28 +462,40 @@ pub fn compressor_pool(out: &mut [f32], kv: &[f32], score: &[f32], ratio: usize,
         kv.len() == coff * ratio * width && score.len() == kv.len(),
         "compressor_pool: shapes"
     );
-    let candidates = |j: usize| {
-        (0..coff * ratio).map(move |i| {
-            if overlap && i >= ratio {
-                (i * width + d_out + j, i)
-            } else {
-                (i * width + j, i)
-            }
-        })
-    };
     for (j, o) in out.iter_mut().enumerate() {
-        let mx = candidates(j)
-            .map(|(at, _)| score[at])
-            .fold(f32::NEG_INFINITY, f32::max);
+        // Candidate i of the current window, and (R = 4) of the previous window's first half.
+        let cur = |i: usize| {
+            if overlap {
+                (ratio + i) * width + d_out + j
+            } else {
+                i * width + j
+            }
+        };
+        let prev = |i: usize| i * width + j;
+        let mut mx = f32::NEG_INFINITY;
+        for i in 0..ratio {
+            mx = mx.max(score[cur(i)]);
+            if overlap {
+                mx = mx.max(score[prev(i)]);
+            }
+        }
         if mx <= -5e29 {
             *o = 0.0;
             continue;
         }
+        // ds4's order (spec §3.5 C4): per i, the previous-window term then the current one; for
+        // R = 4 the denominator takes their sum as one term.
         let (mut num, mut den) = (0.0f32, 0.0f32);
-        for (at, _) in candidates(j) {
-            let w = (score[at] - mx).exp();
-            num += w * kv[at];
-            den += w;
+        for i in 0..ratio {
+            let wc = (score[cur(i)] - mx).exp();
+            if overlap {
+                let wp = (score[prev(i)] - mx).exp();
+                den += wp + wc;
+                num += wp * kv[prev(i)];
+            } else {
+                den += wc;
+            }
+            num += wc * kv[cur(i)];
         }
         *o = num / den;
     }
