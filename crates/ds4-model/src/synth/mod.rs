@@ -406,9 +406,29 @@ impl SynthPlan {
     }
 
     /// The whole file in memory.
+    /// The whole file in memory, allocated once at its exact size (a full-shape model is tens of
+    /// GiB: growing a `Vec` by doubling would need twice that).
     pub fn to_bytes(&self) -> Result<Vec<u8>, SynthError> {
-        let cap = self.data_bytes()? as usize + (1 << 20);
-        self.write_to(Vec::with_capacity(cap), &mut |_, _| {})
+        let cap = self.file_bytes()?;
+        let cap = usize::try_from(cap)
+            .map_err(|_| SynthError::Spec(format!("{cap} bytes do not fit in memory")))?;
+        let bytes = self.write_to(Vec::with_capacity(cap), &mut |_, _| {})?;
+        debug_assert_eq!(bytes.len(), cap);
+        Ok(bytes)
+    }
+
+    /// Size of the whole file: the aligned header (metadata and tensor directory) plus the data.
+    pub fn file_bytes(&self) -> Result<u64, SynthError> {
+        let mut counter = CountingWriter {
+            inner: std::io::sink(),
+            n: 0,
+        };
+        drop(GgufWriter::new(
+            &mut counter,
+            &self.metadata,
+            &self.specs(),
+        )?);
+        Ok(counter.n + self.data_bytes()?)
     }
 
     /// Writes `path` atomically (temporary file + rename). `header_only` writes the header and
@@ -439,13 +459,10 @@ impl SynthPlan {
     ) -> Result<(), SynthError> {
         let file = std::fs::File::create(tmp).map_err(io_err(tmp))?;
         if header_only {
-            let mut counter = CountingWriter { inner: &file, n: 0 };
             // The writer has emitted the aligned header once `new` returns; the data is left as
             // a hole. Its tensors are deliberately not written, so `finish` is not called.
-            let w = GgufWriter::new(&mut counter, &self.metadata, &self.specs())?;
-            drop(w);
-            let len = counter.n + self.data_bytes()?;
-            file.set_len(len).map_err(io_err(tmp))?;
+            drop(GgufWriter::new(&file, &self.metadata, &self.specs())?);
+            file.set_len(self.file_bytes()?).map_err(io_err(tmp))?;
             progress(0, 0);
         } else {
             let buf = std::io::BufWriter::with_capacity(8 << 20, &file);
@@ -601,6 +618,11 @@ mod tests {
         let b = build_bytes(&SynthSpec::tiny(7)).expect("build");
         let c = build_bytes(&SynthSpec::tiny(8)).expect("build");
         assert!(a == b, "same seed, same bytes");
+        let planned = SynthSpec::tiny(7)
+            .plan()
+            .and_then(|p| p.file_bytes())
+            .expect("plan");
+        assert_eq!(a.len() as u64, planned, "file_bytes is the exact size");
         assert!(a != c, "another seed, other bytes");
         let m = Model::from_bytes(a).expect("tiny loads");
         assert_eq!(m.config.n_layer, 5);
