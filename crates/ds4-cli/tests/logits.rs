@@ -185,3 +185,33 @@ fn tempfile_dir(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+#[test]
+fn logits_exact_is_bit_exact_with_the_strict_reference() {
+    let model = tiny_gguf();
+    let dir = tempfile_dir("exact");
+    let n = 12;
+    let toks = std::fs::read(golden().join("tokens.i32")).unwrap();
+    let tok_path = dir.join("t.i32");
+    std::fs::write(&tok_path, &toks[..n * 4]).unwrap();
+    let out_path = dir.join("exact.f32");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let out = ds4(&[
+        "logits",
+        "-m",
+        &s(&model),
+        "--tokens",
+        &s(&tok_path),
+        "--out",
+        &s(&out_path),
+        "--exact",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let strict = f32s(&golden().join("logits_ds4cpu_strict.f32"));
+    assert_eq!(f32s(&out_path), strict[..n * N_VOCAB].to_vec());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -31,6 +31,10 @@ struct Args {
     /// Feed the whole sequence as batched prefill chunks instead of one token at a time.
     #[arg(long)]
     prefill: bool,
+    /// ds4's CPU arithmetic (int8 activations, its f32 operation order; spec/model.md §3.12),
+    /// bit-exact with the golden `*_ds4cpu_strict` files. Default: the float model semantics.
+    #[arg(long)]
+    exact: bool,
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     backend: String,
@@ -60,6 +64,7 @@ struct Options {
     tokens: Vec<u32>,
     out: PathBuf,
     prefill: bool,
+    exact: bool,
     backend: BackendKind,
     ctx: usize,
     chunk: Option<usize>,
@@ -151,6 +156,7 @@ impl Args {
             tokens,
             out: self.out,
             prefill: self.prefill,
+            exact: self.exact,
             backend,
             ctx,
             chunk: self.chunk,
@@ -176,6 +182,7 @@ fn run(o: Options) -> anyhow::Result<()> {
     );
     let n_vocab = model.config.n_vocab;
     let mut be = CpuBackend::new(model, o.ctx).context("creating the CPU backend")?;
+    be.set_exact(o.exact);
     if let Some(c) = o.chunk {
         be.set_prefill_chunk(c);
     }
