@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release -p ds4-cpu --example decode_bench -- MODEL.gguf [N_DECODE] [N_PREFILL]`
 //! `cargo run --release -p ds4-cpu --example decode_bench -- --synth-full 2 [N_DECODE] [N_PREFILL]`
-//! (full-width synthetic model with that many layers, built in memory).
+//! (full-width synthetic model with that many layers, built in memory). `--exact` first measures
+//! the ds4-CPU-arithmetic mode.
 //!
 //! Prints tokens/s and the GB/s of weights read per decoded token: every tensor once, except that
 //! only `n_expert_used` of the routed experts, one embedding row, and the indexer query path only
@@ -74,8 +75,13 @@ fn weight_bytes_per_token(m: &Model) -> usize {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: decode_bench (MODEL.gguf | --synth-full LAYERS) [N_DECODE] [N_PREFILL]";
+    let usage =
+        "usage: decode_bench [--exact] (MODEL.gguf | --synth-full LAYERS) [N_DECODE] [N_PREFILL]";
     let mut rest = &args[1..];
+    let exact = rest.first().map(String::as_str) == Some("--exact");
+    if exact {
+        rest = &rest[1..];
+    }
     let model = match rest.first().map(String::as_str) {
         Some("--synth-full") => {
             let layers: usize = rest.get(1).context(usage)?.parse()?;
@@ -106,6 +112,7 @@ fn main() -> Result<()> {
         .collect();
     let mut logits = vec![0.0f32; cfg.n_vocab];
     let mut be = CpuBackend::new(model.clone(), n_decode.max(n_prefill) + 8)?;
+    be.set_exact(exact);
     be.eval(&tokens[..1], Logits::Last(&mut logits))?; // warm-up: page in the weights
     be.reset();
     let t0 = Instant::now();

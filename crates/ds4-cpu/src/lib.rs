@@ -5,9 +5,12 @@
 //! weight-times-activation loops (`matmul.rs`) and one session's KV state (`kv.rs`, spec §4.1).
 //! Refuses: sampling, tokens and policy (engine), in-block math (`ds4-quant`).
 //!
-//! Design decision: activations stay f32 against quantized weights (the model's own semantics,
-//! spec §3.10/§3.13), not ds4's int8 activation step, so this backend is validated statistically
-//! against the float64 golden logits; weights are never copied (views into the mapped file).
+//! Design decision: by default activations stay f32 against quantized weights (the model's own
+//! semantics, spec §3.10/§3.13), validated statistically against the float64 golden logits. An
+//! `exact` mode ([`CpuBackend::set_exact`]) reproduces ds4's CPU arithmetic instead (int8
+//! activations, left-to-right f32 sums, f32 RoPE angles, glibc libm; spec §3.12) and matches the
+//! golden `*_ds4cpu_strict` logits bit for bit. Weights are never copied (views into the mapped
+//! file); only the few-KiB norm/bias vectors are read into f32 once.
 
 pub mod forward;
 pub mod kv;
