@@ -81,8 +81,14 @@ fn main() {
             let row_bytes = ty.row_bytes(N_IN as u64).expect("whole blocks") as usize;
             let n_rows = total / row_bytes;
             let mut w = vec![0u8; n_rows * row_bytes];
-            synth_blocks(ty, 7, n_rows * N_IN, 0.02, &mut w);
             let gb = w.len() as f64 / 1e9;
+            let (wall, cpu) = best_of(reps, || synth_blocks(ty, 7, n_rows * N_IN, 0.02, &mut w));
+            println!(
+                "{:<8} synth_blocks {:6.2} | {:6.2}",
+                ty.name(),
+                gb / wall,
+                gb / cpu
+            );
             let mut y = vec![0.0f32; n_rows];
             let size = if total >= 1 << 30 {
                 "1GiB".to_string()

@@ -98,6 +98,11 @@ pub const KSIGNS_IQ2XS: [u8; 128] = {
     t
 };
 
+/// Statics the kernels index at run time: indexing a `const` array with a run-time index can
+/// materialize a fresh copy of it on the stack at every use.
+pub(crate) static GRID: [u64; 256] = IQ2XXS_GRID;
+pub(crate) static KSIGNS: [u8; 128] = KSIGNS_IQ2XS;
+
 /// `kmask_iq2xs[k] = 1 << k`: the sign bit of lane `k`.
 pub const KMASK_IQ2XS: [u8; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
 
@@ -124,14 +129,10 @@ impl Block for BlockIq2Xxs {
             // Same operation order as ggml / gguf-py: (d·(0.5+t))·0.25, then ·grid, then ·sign.
             let db = d * (0.5 + (a1 >> 28) as f32) * 0.25;
             for l in 0..4 {
-                let grid = IQ2XXS_GRID[(a0 >> (8 * l)) as usize & 255].to_le_bytes();
-                let signs = KSIGNS_IQ2XS[(a1 >> (7 * l)) as usize & 127];
+                let grid = GRID[(a0 >> (8 * l)) as usize & 255].to_le_bytes();
+                let signs = KSIGNS[(a1 >> (7 * l)) as usize & 127];
                 for k in 0..8 {
-                    let s = if signs & KMASK_IQ2XS[k] != 0 {
-                        -1.0
-                    } else {
-                        1.0
-                    };
+                    let s = if signs & (1 << k) != 0 { -1.0 } else { 1.0 };
                     out[32 * b + 8 * l + k] = db * grid[k] as f32 * s;
                 }
             }
@@ -148,11 +149,11 @@ impl Block for BlockIq2Xxs {
             let ls = 2 * (a1 >> 28) as i32 + 1;
             let mut sumi = 0i32;
             for l in 0..4 {
-                let grid = IQ2XXS_GRID[(a0 >> (8 * l)) as usize & 255].to_le_bytes();
-                let signs = KSIGNS_IQ2XS[(a1 >> (7 * l)) as usize & 127];
+                let grid = GRID[(a0 >> (8 * l)) as usize & 255].to_le_bytes();
+                let signs = KSIGNS[(a1 >> (7 * l)) as usize & 127];
                 for k in 0..8 {
                     let p = grid[k] as i32 * y.qs[32 * b + 8 * l + k] as i32;
-                    sumi += if signs & KMASK_IQ2XS[k] != 0 { -p } else { p };
+                    sumi += if signs & (1 << k) != 0 { -p } else { p };
                 }
             }
             bsum += sumi * ls;

@@ -6,7 +6,7 @@
 //! only holds these after `is_x86_feature_detected!`), `row` holds whole blocks, and `x` / `y` hold
 //! at least as many elements / blocks as `row`; the row wrappers in `x86/mod.rs` assert the lengths.
 
-use crate::iq2_xxs::IQ2XXS_GRID;
+use crate::iq2_xxs::GRID;
 use crate::x86::KEVEN_SIGNS;
 use crate::{ActQ8_0, BlockQ8K};
 use std::arch::x86_64::*;
@@ -511,7 +511,7 @@ pub unsafe fn dot_f32_q4_k(row: &[u8], x: &[f32]) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn iq2_sub(a0: u32, a1: u32) -> (__m256i, __m256i) {
-    let g = |l: u32| IQ2XXS_GRID[((a0 >> (8 * l)) & 255) as usize] as i64;
+    let g = |l: u32| GRID[((a0 >> (8 * l)) & 255) as usize] as i64;
     let s = |l: u32| KEVEN_SIGNS[((a1 >> (7 * l)) & 127) as usize] as i64;
     (
         _mm256_set_epi64x(g(3), g(2), g(1), g(0)),

@@ -6,7 +6,7 @@
 //! table only holds these after [`supported`] said so), `row` holds whole blocks, and `x` / `y` /
 //! `out` hold at least as many elements / blocks as `row`; `Kernels`' methods assert the lengths.
 
-use crate::iq2_xxs::IQ2XXS_GRID;
+use crate::iq2_xxs::{GRID, IQ2XXS_GRID};
 use crate::kernels::Kernels;
 use crate::x86::avx2::{f16_to_f32, q4k_scales_mins};
 use crate::BlockQ8K;
@@ -17,6 +17,7 @@ pub fn supported() -> bool {
     is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
         && is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
@@ -26,7 +27,8 @@ pub fn supported() -> bool {
 /// `base` (the AVX2 table) with the AVX-512 kernels swapped in where they measured faster on the
 /// dev machine (BENCHMARKS.md, ds4-quant section). 512-bit Q2_K / Q4_K integer dots (two planes
 /// or nibbles per register, `vpsrlvw` + `maddubs` + `madd`) measured 15-25 % slower than the
-/// 256-bit ones there, so the table keeps the AVX2 versions for those.
+/// 256-bit ones there, so those stay 256-bit here and only gain VNNI's `vpdpwssd` (scale multiply
+/// and accumulate in one instruction) and cheaper scale unpacking.
 pub fn kernels(base: Kernels) -> Kernels {
     Kernels {
         name: "avx512",
@@ -36,6 +38,8 @@ pub fn kernels(base: Kernels) -> Kernels {
         q4_k_f32: dot_f32_q4_k,
         iq2_xxs_f32: dot_f32_iq2_xxs,
         iq2_xxs_q: dot_q_iq2_xxs,
+        q2_k_q: dot_q_q2_k,
+        q4_k_q: dot_q_q4_k,
         f16_dequant: dequant_f16,
         q8_0_dequant: dequant_q8_0,
         q2_k_dequant: dequant_q2_k,
@@ -48,7 +52,7 @@ pub fn kernels(base: Kernels) -> Kernels {
 macro_rules! avx512_fn {
     ($(#[$m:meta])* $vis:vis unsafe fn $name:ident($($arg:ident: $t:ty),*) $(-> $r:ty)? $body:block) => {
         $(#[$m])*
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c,bmi2")]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c,bmi2")]
         $vis unsafe fn $name($($arg: $t),*) $(-> $r)? $body
     };
 }
@@ -123,7 +127,7 @@ avx512_fn! {
     /// The 32 IQ2_XXS grid magnitudes (u8) of one sub-block from its grid word `a0`.
     #[inline]
     unsafe fn iq2_grid(a0: u32) -> __m256i {
-        let g = |l: u32| IQ2XXS_GRID[((a0 >> (8 * l)) & 255) as usize] as i64;
+        let g = |l: u32| GRID[((a0 >> (8 * l)) & 255) as usize] as i64;
         _mm256_set_epi64x(g(3), g(2), g(1), g(0))
     }
 }
@@ -506,6 +510,126 @@ avx512_fn! {
                 }
                 let bsum = _mm512_reduce_add_epi32(bsum);
                 acc += 0.125 * ((f16_to_f32(rd16(p)) * yb.d) * bsum as f32);
+            }
+        }
+        acc
+    }
+}
+
+// ---- 256-bit K-quant integer dots with VNNI ------------------------------------------------------
+
+avx512_fn! {
+    /// The packed Q4_K scales as four u32 words of four 6-bit values each:
+    /// `[sc0..3, sc4..7, m0..3, m4..7]` (spec/model.md §5.3, done on whole words).
+    #[inline]
+    unsafe fn q4k_scale_words(p: *const u8) -> [u32; 4] {
+        // SAFETY: p points at the 12 scale bytes of a Q4_K block.
+        let (w0, w1, w2) = unsafe { (rd32(p), rd32(p.add(4)), rd32(p.add(8))) };
+        [
+            w0 & 0x3f3f_3f3f,
+            (w2 & 0x0f0f_0f0f) | ((w0 >> 2) & 0x3030_3030),
+            w1 & 0x3f3f_3f3f,
+            ((w2 >> 4) & 0x0f0f_0f0f) | ((w1 >> 2) & 0x3030_3030),
+        ]
+    }
+}
+
+avx512_fn! {
+    /// Q4_K · Q8_K, exact (same integers and f32 operations as the scalar `BlockQ4K::dot`).
+    pub unsafe fn dot_q_q4_k(row: &[u8], y: &[BlockQ8K]) -> f32 {
+        let m4 = _mm256_set1_epi8(15);
+        let mut acc = 0.0f32;
+        for (b, yb) in y.iter().enumerate().take(row.len() / 144) {
+            // SAFETY: block b is bytes 144b..144b+144 of row.
+            unsafe {
+                let p = row.as_ptr().add(144 * b);
+                let yq = yb.qs.as_ptr() as *const u8;
+                let w = q4k_scale_words(p.add(4));
+                // Each scale as an i16 pair in one i32, so a 32-bit broadcast feeds vpdpwssd.
+                let sc16 = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, w[1] as i32, w[0] as i32));
+                let mut sc32 = [0u32; 8];
+                _mm256_storeu_si256(sc32.as_mut_ptr() as *mut __m256i, _mm256_cvtepu16_epi32(sc16));
+                let mins = _mm_set_epi32(0, 0, w[3] as i32, w[2] as i32);
+                let mm = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mins, mins));
+                let bs = _mm256_loadu_si256(yb.bsums.as_ptr() as *const __m256i);
+                let summs = _mm256_madd_epi16(mm, bs);
+                let mut isum = _mm256_setzero_si256();
+                for c in 0..4 {
+                    let q = ld256(p.add(16 + 32 * c));
+                    let lo = _mm256_and_si256(q, m4);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                    let plo = _mm256_maddubs_epi16(lo, ld256(yq.add(64 * c)));
+                    let phi = _mm256_maddubs_epi16(hi, ld256(yq.add(64 * c + 32)));
+                    let s0 = _mm256_set1_epi32((sc32[2 * c] * 0x0001_0001) as i32);
+                    let s1 = _mm256_set1_epi32((sc32[2 * c + 1] * 0x0001_0001) as i32);
+                    isum = _mm256_dpwssd_epi32(isum, plo, s0);
+                    isum = _mm256_dpwssd_epi32(isum, phi, s1);
+                }
+                // One reduction for both sums: lanes 0-3 isum, 4-7 summs after the hadds.
+                let h = _mm256_hadd_epi32(isum, summs);
+                let h = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+                let h = _mm_hadd_epi32(h, h);
+                let isum = _mm_cvtsi128_si32(h);
+                let summs = _mm_extract_epi32::<1>(h);
+                let d = f16_to_f32(rd16(p));
+                let dmin = f16_to_f32(rd16(p.add(2)));
+                acc += (yb.d * d) * isum as f32 - (yb.d * dmin) * summs as f32;
+            }
+        }
+        acc
+    }
+}
+
+avx512_fn! {
+    /// Q2_K · Q8_K, exact, as the AVX2 kernel but with `vpdpwssd` for scale·sum + accumulate.
+    pub unsafe fn dot_q_q2_k(row: &[u8], y: &[BlockQ8K]) -> f32 {
+        let m3 = _mm256_set1_epi8(3);
+        let m15 = _mm_set1_epi8(15);
+        // For plane pair m: i16 lanes 0-7 take scale[2m], lanes 8-15 scale[2m+1].
+        let shuf: [__m256i; 8] = std::array::from_fn(|m| {
+            let mut b = [0x80u8; 32];
+            for (i, v) in b.iter_mut().enumerate() {
+                if i % 2 == 0 {
+                    *v = (2 * m + i / 16) as u8;
+                }
+            }
+            // SAFETY: b is 32 readable bytes.
+            unsafe { ld256(b.as_ptr()) }
+        });
+        let mut acc = 0.0f32;
+        for (b, yb) in y.iter().enumerate().take(row.len() / 84) {
+            // SAFETY: block b is bytes 84b..84b+84 of row.
+            unsafe {
+                let p = row.as_ptr().add(84 * b);
+                let yq = yb.qs.as_ptr() as *const u8;
+                let sc = ld128(p);
+                let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(sc), m15));
+                let bs = _mm256_loadu_si256(yb.bsums.as_ptr() as *const __m256i);
+                let summs = _mm256_madd_epi16(mins, bs);
+                let scl = _mm256_broadcastsi128_si256(_mm_and_si128(sc, m15));
+                let mut isum = _mm256_setzero_si256();
+                for h in 0..2 {
+                    let q = ld256(p.add(16 + 32 * h));
+                    for j in 0..4 {
+                        let qj = match j {
+                            0 => q,
+                            1 => _mm256_srli_epi16::<2>(q),
+                            2 => _mm256_srli_epi16::<4>(q),
+                            _ => _mm256_srli_epi16::<6>(q),
+                        };
+                        let m = 4 * h + j;
+                        let p16 = _mm256_maddubs_epi16(_mm256_and_si256(qj, m3), ld256(yq.add(32 * m)));
+                        isum = _mm256_dpwssd_epi32(isum, p16, _mm256_shuffle_epi8(scl, shuf[m]));
+                    }
+                }
+                let h = _mm256_hadd_epi32(isum, summs);
+                let h = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+                let h = _mm_hadd_epi32(h, h);
+                let isum = _mm_cvtsi128_si32(h);
+                let summs = _mm_extract_epi32::<1>(h);
+                let d = f16_to_f32(rd16(p.add(80)));
+                let dmin = f16_to_f32(rd16(p.add(82)));
+                acc += (yb.d * d) * isum as f32 - (yb.d * dmin) * summs as f32;
             }
         }
         acc
