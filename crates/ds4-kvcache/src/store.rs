@@ -469,7 +469,7 @@ impl DiskCache {
         if consumed {
             let _lock = self.lock()?;
             let _ = std::fs::remove_file(path);
-        } else if let Err(err) = self.record_hit(path, e.header.hits) {
+        } else if let Err(err) = self.record_hit(path) {
             tracing::warn!(path = %path.display(), %err, "kv cache could not record a hit");
         }
         Ok(Loaded {
@@ -511,13 +511,18 @@ impl DiskCache {
     }
 
     /// hits + 1 and last_used = now, in place (header bytes 12..16 and 32..40).
-    fn record_hit(&self, path: &Path, hits: u32) -> Result<(), CacheError> {
+    fn record_hit(&self, path: &Path) -> Result<(), CacheError> {
         let _lock = self.lock()?;
         let f = OpenOptions::new()
+            .read(true)
             .write(true)
             .open(path)
             .map_err(io_err(path))?;
-        f.write_all_at(&hits.saturating_add(1).to_le_bytes(), 12)
+        // Re-read under the lock: another process may have counted a hit since we listed it.
+        let mut hits = [0u8; 4];
+        f.read_exact_at(&mut hits, 12).map_err(io_err(path))?;
+        let hits = u32::from_le_bytes(hits).saturating_add(1);
+        f.write_all_at(&hits.to_le_bytes(), 12)
             .map_err(io_err(path))?;
         f.write_all_at(&now_unix().to_le_bytes(), 32)
             .map_err(io_err(path))?;
@@ -558,11 +563,8 @@ impl DiskCache {
         }
         let name = file_name(cp.key_text);
         let path = self.opts.dir.join(&name);
-        if let Ok(existing) = self.read_entry(&path) {
-            if self.incompatibility(&existing).is_none() && self.same_key(&existing, cp.key_text) {
-                self.rewrite_tool_map(&existing, cp.tool_map)?;
-                return Ok(SaveOutcome::ToolMapUpdated { path });
-            }
+        if self.rewrite_tool_map(&path, cp.key_text, cp.tool_map)? {
+            return Ok(SaveOutcome::ToolMapUpdated { path });
         }
 
         let now = now_unix();
@@ -657,15 +659,27 @@ impl DiskCache {
         f.read_exact_at(&mut stored, MIN_FILE_BYTES).is_ok() && stored == key
     }
 
-    /// Truncates after the payload, appends the new map, updates flags and last-used; in place.
-    fn rewrite_tool_map(&self, e: &Entry, map: &[ToolMemory]) -> Result<(), CacheError> {
+    /// If `path` holds `key` for this model, truncates it after the payload, appends the new map
+    /// and updates flags and last-used, in place; returns whether it did. Checked under the lock,
+    /// where no other process can rename a file in or evict one.
+    fn rewrite_tool_map(
+        &self,
+        path: &Path,
+        key: &[u8],
+        map: &[ToolMemory],
+    ) -> Result<bool, CacheError> {
         let _lock = self.lock()?;
-        let path = &e.path;
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(io_err(path))?;
+        let Ok(e) = self.read_entry(path) else {
+            return Ok(false);
+        };
+        if self.incompatibility(&e).is_some() || !self.same_key(&e, key) {
+            return Ok(false);
+        }
+        let f = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => f,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(err) => return Err(io_err(path)(err)),
+        };
         let end = MIN_FILE_BYTES + e.key_len + e.header.payload_bytes;
         f.set_len(end).map_err(io_err(path))?;
         if !map.is_empty() {
@@ -682,7 +696,8 @@ impl DiskCache {
         f.write_all_at(&[flags], 6).map_err(io_err(path))?;
         f.write_all_at(&now_unix().to_le_bytes(), 32)
             .map_err(io_err(path))?;
-        f.sync_all().map_err(io_err(path))
+        f.sync_all().map_err(io_err(path))?;
+        Ok(true)
     }
 
     /// Deletes the lowest-scoring files until the listed total fits the budget (spec/server.md

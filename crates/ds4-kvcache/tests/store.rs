@@ -460,51 +460,47 @@ fn long_checkpoints_are_consumed_on_load() {
     assert!(loaded.consumed && !path.exists());
 }
 
-#[test]
-fn two_writers_sharing_a_directory() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let s = session(24, 13);
-    let one = {
-        let probe = tempfile::tempdir().expect("tempdir");
-        let p = save(&open(probe.path(), 1 << 30), b"w0-00", &s);
-        std::fs::metadata(p).expect("meta").len()
-    };
-    let budget = one * 12 + one / 2;
-    std::thread::scope(|scope| {
-        for w in 0..2 {
-            let (dir, s) = (dir.path(), &s);
-            scope.spawn(move || {
-                // Each writer has its own store (as two processes would); half the keys are shared.
-                let cache = open(dir, budget);
-                for i in 0..30 {
-                    let key = if i % 2 == 0 {
-                        format!("shared-{i:02}")
-                    } else {
-                        format!("w{w}-{i:02}")
-                    };
-                    // A shared key the other writer stored first is only updated in place.
-                    match cache
-                        .save(&checkpoint(key.as_bytes(), s, &[]))
-                        .expect("save")
-                    {
-                        SaveOutcome::Written { .. } | SaveOutcome::ToolMapUpdated { .. } => {}
-                        other => panic!("{other:?}"),
-                    }
-                }
-            });
+/// Size of one file saved by [`writer`] (key lengths differ by a few bytes; this is the largest).
+fn writer_file_bytes(s: &Session) -> u64 {
+    let probe = tempfile::tempdir().expect("tempdir");
+    let p = save(&open(probe.path(), 1 << 30), b"shared-00", s);
+    std::fs::metadata(p).expect("meta").len()
+}
+
+/// One writer: its own store on `dir` (as a separate process would have); half the keys are
+/// shared with the other writer.
+fn writer(dir: &Path, budget: u64, w: usize, s: &Session) {
+    let cache = open(dir, budget);
+    for i in 0..30 {
+        let key = if i % 2 == 0 {
+            format!("shared-{i:02}")
+        } else {
+            format!("w{w}-{i:02}")
+        };
+        // A shared key the other writer stored first is only updated in place.
+        match cache
+            .save(&checkpoint(key.as_bytes(), s, &[]))
+            .expect("save")
+        {
+            SaveOutcome::Written { .. } | SaveOutcome::ToolMapUpdated { .. } => {}
+            other => panic!("{other:?}"),
         }
-    });
-    let cache = open(dir.path(), budget);
+    }
+}
+
+/// After two writers: the budget holds, every surviving file loads, no temp file is left.
+fn check_after_writers(dir: &Path, budget: u64, s: &Session, one: u64) {
+    let cache = open(dir, budget);
     let entries = cache.entries();
     assert!(cache.total_bytes() <= budget);
-    assert_eq!(entries.len(), 12);
+    assert_eq!(entries.len() as u64, budget / one);
     for e in entries {
         let bytes = std::fs::read(&e.path).expect("read");
         let key = &bytes[60..60 + e.key_len as usize];
         let loaded = cache.load(&e, key).expect("every surviving file loads");
         assert_eq!(loaded.state.tokens, s.tokens);
     }
-    let names: Vec<String> = std::fs::read_dir(dir.path())
+    let names: Vec<String> = std::fs::read_dir(dir)
         .expect("dir")
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -515,4 +511,63 @@ fn two_writers_sharing_a_directory() {
             .all(|n| n == ".lock" || ds4_kvcache::is_cache_file_name(n)),
         "{names:?}"
     );
+}
+
+#[test]
+fn two_writer_threads_sharing_a_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = session(24, 13);
+    let one = writer_file_bytes(&s);
+    let budget = one * 12 + one / 2;
+    std::thread::scope(|scope| {
+        for w in 0..2 {
+            let (dir, s) = (dir.path(), &s);
+            scope.spawn(move || writer(dir, budget, w, s));
+        }
+    });
+    check_after_writers(dir.path(), budget, &s, one);
+}
+
+/// Test-only: set in the child processes of `two_writer_processes_sharing_a_directory`.
+const CHILD_ENV: &str = "KVCACHE_TEST_WRITER";
+
+#[test]
+fn two_writer_processes_sharing_a_directory() {
+    let s = session(24, 13);
+    let one = writer_file_bytes(&s);
+    let budget = one * 12 + one / 2;
+    if let Ok(arg) = std::env::var(CHILD_ENV) {
+        // Child: "<writer id>:<dir>".
+        let (w, dir) = arg.split_once(':').expect("writer id and dir");
+        writer(Path::new(dir), budget, w.parse().expect("writer id"), &s);
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = std::env::current_exe().expect("test binary");
+    // Both writers run at once, each a separate process with its own pid and temp names.
+    let spawned: Vec<_> = (0..2)
+        .map(|w| {
+            std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "two_writer_processes_sharing_a_directory",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_ENV, format!("{w}:{}", dir.path().display()))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn writer")
+        })
+        .collect();
+    for c in spawned {
+        let out = c.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "a writer process failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    check_after_writers(dir.path(), budget, &s, one);
 }
