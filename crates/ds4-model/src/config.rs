@@ -360,6 +360,9 @@ impl Config {
 
 const ARCH: &str = "deepseek4";
 
+/// Tensors every layer has whatever its kind (spec §2.3 without the optional router bias).
+const MIN_TENSORS_PER_LAYER: usize = 23;
+
 /// Metadata reader that records problems instead of failing.
 struct Meta<'a> {
     file: &'a GgufFile,
@@ -780,6 +783,20 @@ impl RawMeta {
         let before = m.problems.len();
         let n_layer = self.n_layer.unwrap_or(0) as usize;
         self.check_common(m, n_layer);
+        // A hostile block_count would make the layout table (built next) huge; a file cannot
+        // claim more layers than its tensor directory can hold.
+        let n_tensors = m.file.tensors().len();
+        if n_layer > n_tensors / MIN_TENSORS_PER_LAYER {
+            m.value_problem(
+                "block_count",
+                format!(
+                    "at most {} for a file of {n_tensors} tensors",
+                    n_tensors / MIN_TENSORS_PER_LAYER
+                ),
+                n_layer,
+            );
+            return None;
+        }
         let Some(cfg) = self.tiny_config() else {
             if m.problems.len() == before {
                 m.problems.push(Problem::Rule(format!(

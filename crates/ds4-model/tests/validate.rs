@@ -261,3 +261,17 @@ fn hash_table_with_out_of_range_expert_is_rejected() {
         "{err}"
     );
 }
+
+#[test]
+fn implausible_layer_count_is_rejected_before_building_the_layout() {
+    let mut plan = SynthSpec::tiny(1).plan().expect("tiny plan");
+    set_meta(&mut plan, "deepseek4.block_count", Value::U32(4_000_000));
+    let ratios = vec![Value::U32(0); 4_000_000];
+    set_meta(
+        &mut plan,
+        "deepseek4.attention.compress_ratios",
+        Value::Array(ds4_gguf::ValueType::U32, ratios),
+    );
+    let err = Model::from_bytes(plan.to_bytes().expect("bytes")).expect_err("must fail");
+    assert!(err.to_string().contains("block_count"), "{err}");
+}
