@@ -176,10 +176,23 @@ fn print_profile(p: &[(String, f32)]) {
             100.0 * ms / total
         );
     }
-    let mut top: Vec<&(String, f32)> = p.iter().collect();
-    top.sort_by(|a, b| b.1.total_cmp(&a.1));
-    for (name, ms) in top.iter().take(12) {
-        eprintln!("  slowest: {ms:8.4} ms {name}");
+    // The same kernel at the same grid is the same matrix shape: totals per shape.
+    let mut shapes: Vec<(String, f32, usize)> = Vec::new();
+    for (name, ms) in p {
+        match shapes.iter_mut().find(|b| &b.0 == name) {
+            Some(b) => {
+                b.1 += ms;
+                b.2 += 1;
+            }
+            None => shapes.push((name.clone(), *ms, 1)),
+        }
+    }
+    shapes.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (name, ms, n) in shapes.iter().take(16) {
+        eprintln!(
+            "  shape {name:40} {n:4}x {:8.4} ms each {ms:8.3} ms total",
+            ms / *n as f32
+        );
     }
 }
 

@@ -229,20 +229,21 @@ extern "C" __global__ void index_topk(const float* scores, const Step* step, int
 // inverse RoPE at pos. Warps take rows round-robin for both the scores and the weighted sum (q and
 // the partial outputs stay in registers; loads are 16 bytes and coalesced); the 8 partial outputs
 // are added in warp order. head_dim is a multiple of 128, at most 512.
-// Dynamic shared memory: (8·head_dim + max_rows) floats.
+// Dynamic shared memory: (ATTN_WARPS·head_dim + max_rows) floats.
 __device__ __forceinline__ const float* attn_row(int j, int n_raw, int pos, int raw_cap, int head_dim,
                                                  const float* ring, const float* comp, const int* list, int ratio) {
     if (j < n_raw) return ring + (size_t)((pos - n_raw + 1 + j) % raw_cap) * head_dim;
     return comp + (size_t)(ratio == 4 ? list[j - n_raw] : j - n_raw) * head_dim;
 }
 
-extern "C" __global__ void __launch_bounds__(256) attention(const float* q, const float* ring, int raw_cap, const float* comp,
+#define ATTN_WARPS 16
+extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32) attention(const float* q, const float* ring, int raw_cap, const float* comp,
                                      const int* list, const float* sinks, const Step* step, int n_swa, int ratio,
                                      int top_k, int head_dim, float kq_scale, RopeArgs rope, float* out) {
     extern __shared__ float sm[];
     __shared__ float red[32];
-    float* part = sm;                 // [8][head_dim]
-    float* sc = sm + 8 * head_dim;    // [n_rows]
+    float* part = sm;                          // [ATTN_WARPS][head_dim]
+    float* sc = sm + ATTN_WARPS * head_dim;    // [n_rows]
     const int h = blockIdx.x;
     const int pos = step->pos;
     const int n_raw = min(pos + 1, n_swa);
@@ -258,7 +259,7 @@ extern "C" __global__ void __launch_bounds__(256) attention(const float* q, cons
 #pragma unroll
     for (int c = 0; c < 4; c++)
         qv[c] = c < n_chunk ? *((const float4*)(q + (size_t)h * head_dim) + c * 32 + lane) : make_float4(0, 0, 0, 0);
-    for (int j = warp; j < n_rows; j += 8) {
+    for (int j = warp; j < n_rows; j += ATTN_WARPS) {
         const float4* k = (const float4*)attn_row(j, n_raw, pos, raw_cap, head_dim, ring, comp, list, ratio);
         float s = 0.0f;
 #pragma unroll
@@ -288,7 +289,7 @@ extern "C" __global__ void __launch_bounds__(256) attention(const float* q, cons
     float4 acc[4];
 #pragma unroll
     for (int c = 0; c < 4; c++) acc[c] = make_float4(0, 0, 0, 0);
-    for (int j = warp; j < n_rows; j += 8) {
+    for (int j = warp; j < n_rows; j += ATTN_WARPS) {
         const float4* k = (const float4*)attn_row(j, n_raw, pos, raw_cap, head_dim, ring, comp, list, ratio);
         const float p = sc[j];
 #pragma unroll
@@ -309,7 +310,7 @@ extern "C" __global__ void __launch_bounds__(256) attention(const float* q, cons
     const float inv = 1.0f / den;
     for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
         float o = 0.0f;
-        for (int w = 0; w < 8; w++) o += part[w * head_dim + i];
+        for (int w = 0; w < ATTN_WARPS; w++) o += part[w * head_dim + i];
         sc[i] = o * inv;  // scores are no longer needed: reuse as the output row
     }
     __syncthreads();

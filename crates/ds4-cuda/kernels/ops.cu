@@ -49,6 +49,29 @@ extern "C" __global__ void hc_pre(const float* mix, const float* scale, const fl
         float* M = w + 2 * n;
         for (int e = lane; e < nn; e += 32) M[e] = mix[2 * n + e] * scale[2] + base[2 * n + e];
         __syncwarp();
+        if (nn <= 32) {
+            // Lane e holds M[e]; row and column sums read the n entries by shuffles in index order.
+            const int e = lane < nn ? lane : 0, r = e / n, c = e % n;
+            float m = M[e];
+            float mx = -3.0e38f;
+            for (int k = 0; k < n; k++) mx = fmaxf(mx, __shfl_sync(0xffffffffu, m, r * n + k));
+            const float ex = expf(m - mx);
+            float sum = 0.0f;
+            for (int k = 0; k < n; k++) sum += __shfl_sync(0xffffffffu, ex, r * n + k);
+            m = ex / sum + hc_eps;
+            for (int it = 0; it < sinkhorn_iters; it++) {
+                if (it > 0) {
+                    float rs = 0.0f;
+                    for (int k = 0; k < n; k++) rs += __shfl_sync(0xffffffffu, m, r * n + k);
+                    m = m / (rs + hc_eps);
+                }
+                float cs = 0.0f;
+                for (int k = 0; k < n; k++) cs += __shfl_sync(0xffffffffu, m, k * n + c);
+                m = m / (cs + hc_eps);
+            }
+            if (lane < nn) M[lane] = m;
+            __syncwarp();
+        } else {
         float v[2];
         for (int q = 0; q < 2; q++) {
             const int e = lane + 32 * q;
@@ -82,6 +105,7 @@ extern "C" __global__ void hc_pre(const float* mix, const float* scale, const fl
                     if (lane + 32 * q < nn) M[lane + 32 * q] = v[q];
                 __syncwarp();
             }
+        }
         }
         for (int i = lane; i < 2 * n + nn; i += 32) hcw[i] = w[i];
     }

@@ -109,6 +109,9 @@ fn item_elems(ty: TensorType) -> usize {
     }
 }
 
+/// Warps per attention block (`ATTN_WARPS` in kernels/attention.cu).
+const ATTN_WARPS: usize = 16;
+
 /// Every kernel function, looked up once.
 pub struct Kernels {
     dev: Arc<Device>,
@@ -150,18 +153,23 @@ impl Kernels {
         let mut gemv = Vec::new();
         for ty in TYPES {
             for (mode, prefix, r_big) in [
-                (GemvMode::Plain, "gemv_", 4),
+                (GemvMode::Plain, "gemv_", 2),
                 (GemvMode::Swiglu, "gemv_swiglu_", 2),
                 (GemvMode::Down, "gemv_down_", 2),
             ] {
-                for r in [1, r_big] {
+                let rs: &[usize] = if mode == GemvMode::Plain {
+                    &[1, 2, 4]
+                } else {
+                    &[1, r_big]
+                };
+                for &r in rs {
                     let name = format!("{prefix}{}_r{r}", type_suffix(ty));
                     gemv.push((ty, mode, r, dev.function("gemv", &name)?));
                 }
             }
         }
         let f = |m: &str, n: &str| dev.function(m, n);
-        Ok(Kernels {
+        let k = Kernels {
             dev: dev.clone(),
             gemv,
             embed: f("ops", "embed")?,
@@ -182,7 +190,8 @@ impl Kernels {
             fill_random: f("gemv", "fill_random")?,
             fix_scales: f("gemv", "fix_scales")?,
             profile: std::sync::Mutex::new(None),
-        })
+        };
+        Ok(k)
     }
 
     pub fn device(&self) -> &Arc<Device> {
@@ -299,10 +308,11 @@ impl Kernels {
         // blocks of 8 warps; otherwise 1 row per warp group, and `wpr` warps per row when the
         // matrix has too few rows to fill the GPU (the HC mixers: 24 rows).
         let rows = a.n_rows as usize * n_slots as usize;
-        let r_big = if mode == GemvMode::Plain { 4 } else { 2 };
-        let group_ok = (a.rows_per_group as usize).is_multiple_of(r_big);
-        let r = if rows / (8 * r_big) >= 256 && group_ok {
-            r_big
+        let group_ok = |r: usize| (a.rows_per_group as usize).is_multiple_of(r);
+        let r = if mode == GemvMode::Plain && rows / 32 >= 256 && group_ok(4) {
+            4
+        } else if rows / 16 >= 256 && group_ok(2) {
+            2
         } else {
             1
         };
@@ -691,13 +701,14 @@ impl Kernels {
             "invariant: attention reads rows as 32 lanes × up to 4 float4 (head_dim {})",
             cfg.head_dim
         );
-        // 8 partial outputs, then the scores (reused for the output row: max_rows >= head_dim).
-        let smem = ((8 * cfg.head_dim + max_rows.max(cfg.head_dim)) * 4) as u32;
+        // ATTN_WARPS partial outputs, then the scores (reused for the output row).
+        let smem = ((ATTN_WARPS * cfg.head_dim + max_rows.max(cfg.head_dim)) * 4) as u32;
+        let block = 32 * ATTN_WARPS as u32;
         self.launch(
             "attention",
             self.attention,
             (cfg.n_head as u32, 1, 1),
-            256,
+            block,
             smem,
             &mut p,
         )
