@@ -275,3 +275,45 @@ fn implausible_layer_count_is_rejected_before_building_the_layout() {
     let err = Model::from_bytes(plan.to_bytes().expect("bytes")).expect_err("must fail");
     assert!(err.to_string().contains("block_count"), "{err}");
 }
+
+/// Corrupted headers (random byte flips in metadata and the tensor directory) give errors or
+/// loadable models, never panics.
+#[test]
+fn corrupted_headers_never_panic() {
+    use rand::{Rng, SeedableRng};
+    let spec = SynthSpec {
+        layers: Some(3),
+        ..SynthSpec::tiny(4)
+    };
+    let bytes = spec.plan().and_then(|p| p.to_bytes()).expect("bytes");
+    let header_len = ds4_gguf::GgufFile::from_bytes(bytes.clone())
+        .expect("parse")
+        .data_offset() as usize;
+    // Skip the vocabulary strings: flips there only change token spellings.
+    let find = |needle: &[u8]| {
+        bytes
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("key in header")
+    };
+    let (vocab_start, vocab_end) = (
+        find(b"tokenizer.ggml.tokens"),
+        find(b"tokenizer.ggml.bos_token_id"),
+    );
+    let targets: Vec<usize> = (0..vocab_start).chain(vocab_end..header_len).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(99);
+    let (mut loaded, mut rejected) = (0, 0);
+    for _ in 0..300 {
+        let mut b = bytes.clone();
+        for _ in 0..rng.gen_range(1..4) {
+            let at = targets[rng.gen_range(0..targets.len())];
+            b[at] ^= 1 << rng.gen_range(0..8);
+        }
+        match Model::from_bytes(b) {
+            Ok(_) => loaded += 1,
+            Err(_) => rejected += 1,
+        }
+    }
+    println!("corrupted headers: {loaded} loaded, {rejected} rejected");
+    assert!(rejected > 100, "{loaded} loaded, {rejected} rejected");
+}
