@@ -128,27 +128,22 @@ fn main() {
                     .build()
                     .expect("pool");
                 let acts = QuantizedActs::quantize(ty, &x);
-                let mut run = |nt: usize| {
+                let pool1 = rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .build()
+                    .expect("pool");
+                let mut run = |pool: &rayon::ThreadPool| {
                     best_of(reps, || {
-                        let body = |y: &mut [f32]| {
+                        pool.install(|| {
                             y.par_chunks_mut(64).enumerate().for_each(|(c, ys)| {
                                 let rows = &w[64 * c * row_bytes..(64 * c + ys.len()) * row_bytes];
                                 k.matvec_q(ty, rows, row_bytes, ys.len(), &acts, ys);
                             })
-                        };
-                        if nt == 1 {
-                            rayon::ThreadPoolBuilder::new()
-                                .num_threads(1)
-                                .build()
-                                .expect("pool")
-                                .install(|| body(&mut y))
-                        } else {
-                            pool.install(|| body(&mut y))
-                        }
+                        })
                     })
                     .0
                 };
-                let (t1, tn) = (run(1), run(threads));
+                let (t1, tn) = (run(&pool1), run(&pool));
                 println!(
                     "{:<8} {:<6} {:<7}  matvec_q wall 1 thread {:6.2}, {threads} threads {:6.2} GB/s (x{:.2})",
                     ty.name(), size, k.name, gb / t1, gb / tn, t1 / tn

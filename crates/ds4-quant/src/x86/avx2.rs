@@ -139,26 +139,44 @@ pub unsafe fn dot_f32_bf16(row: &[u8], x: &[f32]) -> f32 {
 
 // ---- Q8_0 ---------------------------------------------------------------------------------------
 
+/// Q8_0 · f32. Eight blocks' f16 scales are converted with one `vcvtph2ps` into a stack array, so
+/// each block's scale is a broadcast load rather than a scalar convert (this kernel is bound by
+/// conversions; the AVX-512 twin measured +32 % from the same change).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_f32_q8_0(row: &[u8], x: &[f32]) -> f32 {
     let nb = row.len() / 34;
-    let mut acc = _mm256_setzero_ps();
-    for b in 0..nb {
-        // SAFETY: block b is bytes 34b..34b+34 of row; x holds 32 values per block.
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut dh = [0u16; 8];
+    let mut ds = [0.0f32; 8];
+    let mut b0 = 0;
+    while b0 < nb {
+        let n = (nb - b0).min(8);
+        // SAFETY (whole body): blocks b0..b0+n lie in row (34 bytes each); x holds 32 values per
+        // block.
         unsafe {
-            let p = row.as_ptr().add(34 * b);
-            let xb = x.as_ptr().add(32 * b);
-            let d = _mm256_set1_ps(f16_to_f32(read_u16(p)));
-            let q = _mm_loadu_si128(p.add(2) as *const __m128i);
-            let q2 = _mm_loadu_si128(p.add(18) as *const __m128i);
-            let mut s = _mm256_mul_ps(i8x8_to_ps(q), ldx(xb));
-            s = _mm256_fmadd_ps(i8x8_to_ps(_mm_srli_si128::<8>(q)), ldx(xb.add(8)), s);
-            s = _mm256_fmadd_ps(i8x8_to_ps(q2), ldx(xb.add(16)), s);
-            s = _mm256_fmadd_ps(i8x8_to_ps(_mm_srli_si128::<8>(q2)), ldx(xb.add(24)), s);
-            acc = _mm256_fmadd_ps(d, s, acc);
+            let p0 = row.as_ptr().add(34 * b0);
+            for (i, h) in dh.iter_mut().enumerate().take(n) {
+                *h = read_u16(p0.add(34 * i));
+            }
+            _mm256_storeu_ps(
+                ds.as_mut_ptr(),
+                _mm256_cvtph_ps(_mm_loadu_si128(dh.as_ptr() as *const __m128i)),
+            );
+            for i in 0..n {
+                let p = p0.add(34 * i);
+                let xb = x.as_ptr().add(32 * (b0 + i));
+                let q = _mm_loadu_si128(p.add(2) as *const __m128i);
+                let q2 = _mm_loadu_si128(p.add(18) as *const __m128i);
+                let mut s = _mm256_mul_ps(i8x8_to_ps(q), ldx(xb));
+                s = _mm256_fmadd_ps(i8x8_to_ps(_mm_srli_si128::<8>(q)), ldx(xb.add(8)), s);
+                s = _mm256_fmadd_ps(i8x8_to_ps(q2), ldx(xb.add(16)), s);
+                s = _mm256_fmadd_ps(i8x8_to_ps(_mm_srli_si128::<8>(q2)), ldx(xb.add(24)), s);
+                acc[i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(ds[i]), s, acc[i & 1]);
+            }
         }
+        b0 += n;
     }
-    hsum_ps(acc)
+    hsum_ps(_mm256_add_ps(acc[0], acc[1]))
 }
 
 /// Integer Q8_0 block dot, 8 i32 partial sums. `|y| <= 127` (P3a guarantees it), so the sign trick
