@@ -4,23 +4,28 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::OnceLock;
 
 use rexpect::session::{spawn_command, PtySession};
 
-/// The demo model, generated once for this test binary (see tests/run.rs).
-fn cache_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ds4-cli-repl-demo");
-    let o = Command::new(env!("CARGO_BIN_EXE_ds4"))
-        .args(["--demo", "--inspect"])
-        .env("DS4_CACHE_DIR", &dir)
-        .output()
-        .expect("run ds4");
-    assert!(
-        o.status.success(),
-        "demo model: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    dir
+/// The demo model, generated once per test binary before any test uses it, so parallel tests
+/// never race on writing it (see tests/run.rs).
+fn cache_dir() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ds4-cli-repl-demo");
+        let o = Command::new(env!("CARGO_BIN_EXE_ds4"))
+            .args(["--demo", "--inspect"])
+            .env("DS4_CACHE_DIR", &dir)
+            .output()
+            .expect("run ds4");
+        assert!(
+            o.status.success(),
+            "demo model: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        dir
+    })
 }
 
 fn spawn(home: &std::path::Path, args: &[&str]) -> PtySession {

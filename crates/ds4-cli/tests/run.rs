@@ -124,9 +124,19 @@ fn same_seed_same_text_and_greedy_is_deterministic() {
 #[test]
 fn generation_is_clamped_to_the_free_context() {
     let o = ds4(&[
-        "--demo", "-p", "hello", "-n", "100", "--ctx", "16", "--seed", "3",
+        "--demo",
+        "-p",
+        "hello",
+        "-n",
+        "100",
+        "--ctx",
+        "16",
+        "--seed",
+        "3",
+        "--warm-weights",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("ds4: warmed "), "{}", stderr(&o));
     let (prompt, generated) = counts(&o);
     assert_eq!(prompt, 10);
     assert!(

@@ -105,6 +105,9 @@ pub fn main(raw: &[String]) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     print_context_line(&engine, opts.ctx);
+    if opts.warm_weights {
+        warm_weights(&engine);
+    }
     let mut session = engine
         .new_session(opts.ctx)
         .context("creating the session")?;
@@ -268,4 +271,23 @@ fn demo_cache_dir() -> PathBuf {
         return PathBuf::from(h).join(".cache").join("ds4");
     }
     std::env::temp_dir().join("ds4")
+}
+
+/// `--warm-weights`: read one byte per page of the mapped model so the first prompt does not pay
+/// for page faults (spec/server.md §6.1).
+fn warm_weights(engine: &Engine) {
+    let Some(model) = engine.model() else { return };
+    let bytes = model.file.bytes();
+    let t = std::time::Instant::now();
+    let mut acc = 0u8;
+    for page in bytes.chunks(4096) {
+        acc ^= page[0];
+    }
+    // The xor keeps the loop from being optimized away.
+    std::hint::black_box(acc);
+    eprintln!(
+        "ds4: warmed {:.1} MiB of weights in {:.2} s",
+        bytes.len() as f64 / (1024.0 * 1024.0),
+        t.elapsed().as_secs_f64()
+    );
 }

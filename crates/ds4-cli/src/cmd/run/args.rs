@@ -169,6 +169,8 @@ pub struct RunOptions {
     /// What the user asked for; [`RunOptions::effective_think`] applies the 393216 rule.
     pub think: ThinkMode,
     pub threads: Option<usize>,
+    /// Touch every page of the mapped model before the first prompt.
+    pub warm_weights: bool,
     pub action: Action,
     /// Flags accepted for compatibility that change nothing in this build (warned about once).
     pub ignored: Vec<&'static str>,
@@ -283,9 +285,6 @@ impl Args {
         if self.quality {
             ignored.push("--quality (the CPU backend has only exact kernels)");
         }
-        if self.warm_weights {
-            ignored.push("--warm-weights");
-        }
         let think = if self.nothink {
             ThinkMode::None
         } else if self.think_max {
@@ -343,6 +342,7 @@ impl Args {
             seed: self.seed.unwrap_or_else(seed_from_entropy),
             think,
             threads: self.threads,
+            warm_weights: self.warm_weights,
             action,
             ignored,
         })
