@@ -420,11 +420,11 @@ avx512_fn! {
             unsafe {
                 let p = row.as_ptr().add(66 * b);
                 let xb = x.as_ptr().add(256 * b);
-                let d = f16_to_f32(rd16(p));
+                let db = iq2_sub_scales(p);
                 for sb in 0..8 {
                     let a0 = rd32(p.add(2 + 8 * sb));
                     let a1 = rd32(p.add(6 + 8 * sb));
-                    let db = _mm512_set1_ps(d * (0.5 + (a1 >> 28) as f32) * 0.25);
+                    let db = _mm512_set1_ps(db[sb]);
                     let (lo, hi) = iq2_grid_f32(a0);
                     let neg = iq2_sign_bits(a1);
                     let lo = _mm512_mask_sub_ps(lo, neg as u16, z, lo);
@@ -436,6 +436,25 @@ avx512_fn! {
             }
         }
         _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+    }
+}
+
+avx512_fn! {
+    /// The eight sub-block scales `(d·(0.5+t))·0.25` of the IQ2_XXS block at `p`, computed
+    /// together (same operations and rounding as the scalar, lane by lane).
+    #[inline]
+    unsafe fn iq2_sub_scales(p: *const u8) -> [f32; 8] {
+        // SAFETY: p points at a whole 66-byte block: the u64 words (a0 | a1 << 32) of its eight
+        // sub-blocks are bytes 2..66.
+        unsafe {
+            let w = _mm512_loadu_si512(p.add(2) as *const __m512i);
+            let t = _mm256_cvtepi32_ps(_mm512_cvtepi64_epi32(_mm512_srli_epi64::<60>(w)));
+            let d = _mm256_set1_ps(f16_to_f32(rd16(p)));
+            let db = _mm256_mul_ps(_mm256_mul_ps(d, _mm256_add_ps(_mm256_set1_ps(0.5), t)), _mm256_set1_ps(0.25));
+            let mut out = [0.0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), db);
+            out
+        }
     }
 }
 
@@ -481,12 +500,12 @@ avx512_fn! {
             unsafe {
                 let p = src.as_ptr().add(66 * b);
                 let o = out.as_mut_ptr().add(256 * b);
-                let d = f16_to_f32(rd16(p));
+                let db = iq2_sub_scales(p);
                 for sb in 0..8 {
                     let a0 = rd32(p.add(2 + 8 * sb));
                     let a1 = rd32(p.add(6 + 8 * sb));
                     // (d·(0.5+t))·0.25, then ·grid, then the sign (exact): the scalar's rounding.
-                    let db = _mm512_set1_ps(d * (0.5 + (a1 >> 28) as f32) * 0.25);
+                    let db = _mm512_set1_ps(db[sb]);
                     let (lo, hi) = iq2_grid_f32(a0);
                     let neg = iq2_sign_bits(a1);
                     stx(o.add(32 * sb), flip(_mm512_mul_ps(db, lo), neg as u16));
