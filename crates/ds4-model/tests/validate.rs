@@ -194,7 +194,7 @@ fn written_tiny_file_equals_in_memory_bytes() {
 #[test]
 fn metadata_type_rules_follow_the_loader() {
     use ds4_gguf::ValueType;
-    let mut plan = full_plan(3);
+    let mut plan = full_plan(4);
     set_meta(&mut plan, "deepseek4.rope.freq_base", Value::U32(10000));
     set_meta(&mut plan, "deepseek4.rope.scaling.factor", Value::I32(16));
     set_meta(&mut plan, "deepseek4.expert_weights_scale", Value::F64(1.5));
@@ -208,7 +208,7 @@ fn metadata_type_rules_follow_the_loader() {
         "deepseek4.attention.compress_ratios",
         Value::Array(
             ValueType::I32,
-            [0, 0, 4].iter().map(|&r| Value::I32(r)).collect(),
+            [0, 0, 4, 128].iter().map(|&r| Value::I32(r)).collect(),
         ),
     );
     set_meta(
@@ -220,9 +220,9 @@ fn metadata_type_rules_follow_the_loader() {
         .retain(|(k, _)| !k.starts_with("deepseek4.expert_group"));
     // The router bias is optional in the main model (spec §8 pitfall 28).
     plan.tensors
-        .retain(|t| t.spec.name != "blk.2.exp_probs_b.bias");
+        .retain(|t| t.spec.name != "blk.3.exp_probs_b.bias");
     let m = load_header_only(&plan, "typerules").unwrap_or_else(|e| panic!("{e}"));
-    assert!(m.weights.layers[2].exp_probs_b.is_none());
+    assert!(m.weights.layers[3].exp_probs_b.is_none());
     assert_eq!(m.config.rope_scale_factor, 16.0);
 
     let mut plan = full_plan(1);

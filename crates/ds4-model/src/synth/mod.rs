@@ -23,7 +23,9 @@ use rayon::prelude::*;
 use crate::layout::{tensor_layout, TensorSlot, TypeClass};
 use crate::{AttnKind, Config, LoadError, Model};
 
-pub use vocab::{byte_to_char, synthetic_vocab, Vocab, MIN_SYNTH_VOCAB, SPECIAL_TOKENS};
+pub use vocab::{
+    byte_to_char, synthetic_vocab, token_types, Vocab, MIN_SYNTH_VOCAB, SPECIAL_TOKENS,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SynthError {
@@ -200,12 +202,27 @@ impl SynthSpec {
                 Value::String("joyai-llm".into()),
             ),
             ("tokenizer.ggml.tokens".into(), strings(&vocab.tokens)),
+            (
+                "tokenizer.ggml.token_type".into(),
+                Value::Array(
+                    ValueType::I32,
+                    token_types(&vocab.tokens)
+                        .into_iter()
+                        .map(Value::I32)
+                        .collect(),
+                ),
+            ),
             ("tokenizer.ggml.merges".into(), strings(&vocab.merges)),
             ("tokenizer.ggml.bos_token_id".into(), Value::U32(0)),
             ("tokenizer.ggml.eos_token_id".into(), Value::U32(1)),
         ]);
+        // As in DeepSeek V4 (and the Python generator): hash-routed layers have no router bias.
         let tensors = tensor_layout(&config)
             .into_iter()
+            .filter(|slot| {
+                !(slot.name.ends_with("exp_probs_b.bias")
+                    && slot.il.is_some_and(|il| il < config.n_hash_layer))
+            })
             .map(|slot| {
                 let ty = self.tensor_type(&slot);
                 let init = init_for(&slot, &config);

@@ -108,6 +108,20 @@ pub fn synthetic_vocab(n_vocab: usize) -> Vocab {
     Vocab { tokens, merges }
 }
 
+/// `tokenizer.ggml.token_type` for `tokens` (ds4 ignores it; other GGUF tools read it), as the
+/// real file marks them: control (3) for `<｜…｜>` tokens, user-defined (4) for `<think>`,
+/// `</think>` and `｜DSML｜`, normal (1) for the rest.
+pub fn token_types(tokens: &[String]) -> Vec<i32> {
+    tokens
+        .iter()
+        .map(|t| match t.as_str() {
+            "<think>" | "</think>" | "｜DSML｜" => 4,
+            t if t.starts_with("<｜") && t.ends_with("｜>") => 3,
+            _ => 1,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +160,8 @@ mod tests {
         }
         assert_eq!(synthetic_vocab(512).tokens[0], SPECIAL_TOKENS[0]);
         assert_eq!(synthetic_vocab(512).tokens[3 + b' ' as usize], "Ġ");
+        let types = token_types(&synthetic_vocab(512).tokens);
+        assert_eq!(&types[..4], &[3, 3, 3, 1]);
+        assert_eq!(&types[507..], &[3, 3, 4, 4, 4]);
     }
 }
