@@ -217,15 +217,37 @@ __device__ __forceinline__ void multi_dot(const uint8_t* const (&rows)[N], const
             __shared__ uint4 stage[8][N][Q8_CHUNK_U4];
             const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
             const int n_blocks = n_in / 32;
-            for (int c0 = (t >> 5) * 32; c0 < n_blocks; c0 += (stride >> 5) * 32) {
+            const int c_step = (stride >> 5) * 32;
+            // Double buffering: chunk c+1's 16-byte loads are in flight (registers) while chunk c
+            // is decoded from shared memory. All loads of a chunk are issued before the first
+            // store (a load/store loop serialises them).
+            uint4 tmp[N][3];
+            auto issue = [&](int c) {
+                const int n16 = min(32, n_blocks - c) * 34 / 16;
+#pragma unroll
+                for (int j = 0; j < N; j++) {
+                    const uint4* src = (const uint4*)(rows[j] + (size_t)c * 34);
+#pragma unroll
+                    for (int u = 0; u < 3; u++) {
+                        const int i = lane + 32 * u;
+                        tmp[j][u] = i < n16 ? __ldg(src + i) : make_uint4(0, 0, 0, 0);
+                    }
+                }
+            };
+            if ((t >> 5) * 32 < n_blocks) issue((t >> 5) * 32);
+            for (int c0 = (t >> 5) * 32; c0 < n_blocks; c0 += c_step) {
                 const int nb = min(32, n_blocks - c0);
                 const int n16 = nb * 34 / 16;
 #pragma unroll
                 for (int j = 0; j < N; j++) {
-                    const uint4* src = (const uint4*)(rows[j] + (size_t)c0 * 34);
-                    for (int i = lane; i < n16; i += 32) stage[warp][j][i] = __ldg(src + i);
+#pragma unroll
+                    for (int u = 0; u < 3; u++) {
+                        const int i = lane + 32 * u;
+                        if (i < n16) stage[warp][j][i] = tmp[j][u];
+                    }
                 }
                 __syncwarp();
+                if (c0 + c_step < n_blocks) issue(c0 + c_step);
                 if (lane < nb) {
                     float xv[32];
                     const float4* xp = (const float4*)(x + (size_t)(c0 + lane) * 32);
