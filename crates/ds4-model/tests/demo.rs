@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use ds4_model::synth::{ensure_demo_model, synthetic_vocab};
+use ds4_model::synth::{ensure_demo_model, synthetic_vocab, DEMO_MODEL_VERSION};
 use ds4_model::Model;
 
 #[test]
@@ -17,7 +17,7 @@ fn demo_model_is_created_once_reused_and_keyed_by_vocabulary() {
         .unwrap_or_default()
         .to_string();
     assert!(
-        name.starts_with("ds4-demo-v1-") && name.ends_with(".gguf"),
+        name.starts_with(&format!("ds4-demo-v{DEMO_MODEL_VERSION}-")) && name.ends_with(".gguf"),
         "{name}"
     );
     let m = Model::open(&p1).expect("demo loads");

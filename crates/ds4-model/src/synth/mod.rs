@@ -591,7 +591,7 @@ pub fn write_model(
 }
 
 /// Bumped whenever the demo model's bytes change for the same vocabulary.
-pub const DEMO_MODEL_VERSION: u32 = 1;
+pub const DEMO_MODEL_VERSION: u32 = 2;
 /// Seed of the built-in demo model.
 pub const DEMO_SEED: u64 = 0xd54;
 
