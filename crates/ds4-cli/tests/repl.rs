@@ -34,7 +34,7 @@ fn spawn(home: &std::path::Path, args: &[&str]) -> PtySession {
         .args(args)
         .env("DS4_CACHE_DIR", cache_dir())
         .env("HOME", home)
-        .env("TERM", "dumb");
+        .env("TERM", "xterm-256color");
     spawn_command(cmd, Some(60_000)).expect("spawn ds4 in a pty")
 }
 
@@ -44,6 +44,9 @@ fn repl_answers_runs_commands_and_quits() {
     let mut p = spawn(home.path(), &["-n", "8", "--ctx", "4096", "--seed", "5"]);
     p.exp_string("/think-max").expect("help list at start");
     p.exp_string("ds4> ").expect("prompt");
+    // Ctrl+C at the prompt only redraws it.
+    p.send_control('c').expect("ctrl-c");
+    p.exp_string("ds4> ").expect("prompt redrawn after Ctrl+C");
     p.send_line("hello there").expect("send");
     p.exp_regex(r"generation: [0-9]+\.[0-9]+ t/s")
         .expect("an answer and its speed line");
