@@ -1,6 +1,7 @@
 //! DeepSeek V4 Flash as data: [`Config`] resolved once from `deepseek4.*` GGUF metadata (spec/model.md
-//! §1.4) and validated (strictly, listing every mismatch, for a file that claims the real shape;
-//! within the §1.5 rules for tiny shapes); [`Weights`], typed views of every tensor (§2) into the
+//! §1.4) and validated (strictly, listing every mismatch, for a file that claims the real shape,
+//! i.e. the real widths n_embd 4096 and n_vocab 129280 with any layer count 1..=43; within the §1.5
+//! rules for tiny shapes); [`Weights`], typed views of every tensor (§2) into the
 //! mapped file; the KV state types (§4); the one [`Backend`] trait; and synthetic models (`synth`).
 //!
 //! Owns: tensor names, metadata keys and the layout table. Refuses: arithmetic (backends) and
