@@ -171,6 +171,36 @@ fn grow(v: &mut Vec<f32>, n: usize) {
 }
 
 impl Scratch {
+    /// Sizes the per-token cache-step buffers for a session of `ctx` positions: the most rows one
+    /// token can attend (raw window plus the largest visible compressed set), the indexer's score
+    /// list, and one slot per expert list, so decode never grows them.
+    pub fn reserve_for_ctx(&mut self, cfg: &Config, ctx: usize) {
+        let max_comp = cfg
+            .attn_kinds
+            .iter()
+            .map(|k| match k.ratio() {
+                0 => 0,
+                r if k.has_indexer() => (ctx / r + 2).min(cfg.idx_top_k),
+                r => ctx / r + 2,
+            })
+            .max()
+            .unwrap_or(0);
+        let max_rows = cfg.n_swa.min(ctx) + max_comp;
+        grow(&mut self.att, cfg.n_head * max_rows);
+        self.visible.reserve(max_rows);
+        let max_index = if cfg.attn_kinds.iter().any(|k| k.has_indexer()) {
+            ctx / 4 + 2
+        } else {
+            0
+        };
+        grow(&mut self.idx_scores, max_index);
+        self.top.reserve(max_index.max(cfg.n_expert));
+        self.by_expert.resize_with(cfg.n_expert, Vec::new);
+        for list in &mut self.by_expert {
+            list.reserve(1);
+        }
+    }
+
     /// Makes every buffer hold at least `n_tok` tokens.
     pub fn ensure(&mut self, cfg: &Config, n_tok: usize) {
         if n_tok <= self.n_tok {

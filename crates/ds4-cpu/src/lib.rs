@@ -67,6 +67,7 @@ impl CpuBackend {
         let kv = KvState::new(cfg, ctx);
         let mut scratch = Scratch::default();
         scratch.ensure(cfg, 1);
+        scratch.reserve_for_ctx(cfg, ctx);
         Ok(CpuBackend {
             layers,
             head,
@@ -214,9 +215,18 @@ impl Backend for CpuBackend {
             Logits::None => {}
         }
         let n_chunks = tokens.len().div_ceil(self.chunk);
-        for (i, chunk) in tokens.chunks(self.chunk).enumerate() {
-            self.eval_chunk(chunk, &mut logits, i * self.chunk, i + 1 == n_chunks);
-        }
+        // Run the whole pass on a rayon worker: the dozens of parallel loops per token then fork
+        // inside the pool instead of each injecting a job from outside it (rayon's injector
+        // allocates a block per 63 injections; one injection per eval leaves decode allocation-free).
+        let chunk = self.chunk;
+        rayon::join(
+            || {
+                for (i, c) in tokens.chunks(chunk).enumerate() {
+                    self.eval_chunk(c, &mut logits, i * chunk, i + 1 == n_chunks);
+                }
+            },
+            || {},
+        );
         Ok(())
     }
     fn reset(&mut self) {
