@@ -127,6 +127,7 @@ impl GgufFile {
 
         let mut metadata = Vec::with_capacity(prealloc(n_kv));
         let mut meta_index = HashMap::with_capacity(prealloc(n_kv));
+        let mut alignment_at = 0;
         for _ in 0..n_kv {
             let at = c.pos as u64;
             let key = c.name("metadata key").map_err(|e| {
@@ -149,6 +150,9 @@ impl GgufFile {
                     name: key,
                 });
             }
+            if key == "general.alignment" {
+                alignment_at = at;
+            }
             metadata.push((key, value));
         }
 
@@ -158,7 +162,7 @@ impl GgufFile {
             Some(v) => {
                 return Err(Error::BadMetadata {
                     key: "general.alignment".into(),
-                    at: 0,
+                    at: alignment_at,
                     reason: format!(
                         "must be a non-zero power-of-two u32, found {} {v}",
                         v.type_desc()
