@@ -531,3 +531,38 @@ pub fn spawn(worker: Worker) -> std::io::Result<std::sync::mpsc::Sender<Job>> {
         .spawn(move || worker.run(rx))?;
     Ok(tx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_match_is_the_earliest_of_all_sequences() {
+        let stops = vec!["cd".to_string(), "b".to_string(), String::new()];
+        assert_eq!(find_stop(b"abcdef", &stops), Some(1));
+        assert_eq!(find_stop(b"xyz", &stops), None);
+        assert_eq!(find_stop(b"xyz", &[]), None);
+    }
+
+    #[test]
+    fn rendered_suffix_splits_text_but_never_inside_a_special() {
+        let mut r = Rendered::new();
+        r.push_special(SpecialKind::Bos);
+        r.push_text("hello world");
+        r.push_special(SpecialKind::User);
+        r.push_text("tail");
+        let bos = SpecialKind::Bos.text().len();
+        let rest = rendered_suffix(&r, bos + 6).unwrap();
+        assert_eq!(
+            rest.text(),
+            format!("world{}tail", SpecialKind::User.text())
+        );
+        assert_eq!(rendered_suffix(&r, 0).unwrap().text(), r.text());
+        assert_eq!(rendered_suffix(&r, r.text().len()).unwrap().text(), "");
+        assert!(rendered_suffix(&r, 1).is_none(), "inside BOS");
+        assert!(
+            rendered_suffix(&r, r.text().len() + 1).is_none(),
+            "past the end"
+        );
+    }
+}
