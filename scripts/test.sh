@@ -11,4 +11,4 @@ python3 -m pip install -q --disable-pip-version-check -r scripts/requirements-te
 # its GPU tests skip on a machine without a GPU.
 export DS4_REQUIRE_NVCC=1
 
-cargo test --workspace --release --locked 2>&1
+cargo test --workspace --profile ci --locked 2>&1
