@@ -11,6 +11,7 @@
 //! the worker stops at the next token (or skips the job if it was still queued).
 
 pub mod api;
+pub mod disk;
 pub mod error;
 pub mod metrics;
 pub mod state;
@@ -42,10 +43,21 @@ pub fn start(
     tokenizer: &'static Tokenizer,
     trace: trace::Trace,
 ) -> std::io::Result<AppState> {
+    start_with_disk(cfg, session, tokenizer, trace, None)
+}
+
+/// [`start`] with the disk KV cache (`--kv-disk-dir`) enabled when `disk` is given.
+pub fn start_with_disk(
+    cfg: ServerConfig,
+    session: Session,
+    tokenizer: &'static Tokenizer,
+    trace: trace::Trace,
+    disk: Option<disk::DiskKv>,
+) -> std::io::Result<AppState> {
     let metrics = Arc::new(metrics::Metrics::default());
     let trace = Arc::new(trace);
     let shutdown = Arc::new(AtomicBool::new(false));
-    let worker = Worker::new(
+    let mut worker = Worker::new(
         session,
         tokenizer,
         metrics.clone(),
@@ -53,7 +65,8 @@ pub fn start(
         cfg.prefill_chunk,
         shutdown.clone(),
     );
-    let jobs = worker::spawn(worker)?;
+    worker.disk = disk;
+    let (jobs, handle) = worker::spawn(worker)?;
     let tool_memory = ToolMemory::new(
         if cfg.exact_replay {
             cfg.tool_memory_max_ids
@@ -72,6 +85,7 @@ pub fn start(
         next_id: AtomicU64::new(0),
         ready: AtomicBool::new(true),
         shutdown,
+        worker: Mutex::new(Some(handle)),
     }))
 }
 

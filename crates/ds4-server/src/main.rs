@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ds4_chat::Tokenizer;
-use ds4_engine::{BackendKind, Engine, EngineOptions, ModelSource};
+use ds4_engine::{BackendKind, Engine, EngineOptions, ModelSource, Session};
+use ds4_kvcache::{CacheOptions, DiskCache, ModelIdentity};
+use ds4_server::disk::{DiskKv, DiskPolicy};
 use ds4_server::trace::Trace;
 use ds4_server::ServerConfig;
 
@@ -66,6 +68,27 @@ struct Args {
     disable_exact_replay: bool,
     #[arg(long = "tool-memory-max-ids", default_value_t = 100_000)]
     tool_memory_max_ids: usize,
+    /// Enable the disk KV cache in DIR (created, mode 0700): sessions survive restarts.
+    #[arg(long = "kv-disk-dir")]
+    kv_disk_dir: Option<PathBuf>,
+    /// Byte budget (MiB) for the disk KV cache's files.
+    #[arg(long = "kv-disk-space-mb", default_value_t = 4096)]
+    kv_disk_space_mb: u64,
+    /// Never save or load checkpoints shorter than N tokens.
+    #[arg(long = "kv-cache-min-tokens", default_value_t = 512)]
+    kv_cache_min_tokens: usize,
+    /// Cold saves only for prompts of [min, N] tokens; 0 disables cold saves.
+    #[arg(long = "kv-cache-cold-max-tokens", default_value_t = 30000)]
+    kv_cache_cold_max_tokens: usize,
+    /// Tokens trimmed from a cold prompt's tail before saving.
+    #[arg(long = "kv-cache-boundary-trim-tokens", default_value_t = 32)]
+    kv_cache_boundary_trim_tokens: usize,
+    /// Cold save frontiers round down to a multiple of N tokens; 0 disables.
+    #[arg(long = "kv-cache-boundary-align-tokens", default_value_t = 2048)]
+    kv_cache_boundary_align_tokens: usize,
+    /// Only load checkpoints written with the same routed-expert quant bits.
+    #[arg(long = "kv-cache-reject-different-quant")]
+    kv_cache_reject_different_quant: bool,
     /// TEST ONLY: honour the `x-ds4-test-output` request header, whose text replaces sampling for
     /// that request. Lets SDK tests steer the output through the real DSML path. Never enable in
     /// production: any client could then script the model's answer.
@@ -80,6 +103,15 @@ struct Resolved {
     source: ModelSource,
     threads: Option<usize>,
     trace: Option<PathBuf>,
+    disk: Option<DiskSettings>,
+}
+
+/// `--kv-disk-dir` and the `--kv-cache-*` knobs, checked.
+struct DiskSettings {
+    dir: PathBuf,
+    budget_bytes: u64,
+    reject_different_quant: bool,
+    policy: DiskPolicy,
 }
 
 impl Args {
@@ -106,6 +138,26 @@ impl Args {
         if self.prefill_chunk == 0 {
             bail!("--prefill-chunk must be at least 1");
         }
+        let policy = DiskPolicy {
+            min_tokens: self.kv_cache_min_tokens,
+            cold_max_tokens: self.kv_cache_cold_max_tokens,
+            boundary_trim_tokens: self.kv_cache_boundary_trim_tokens,
+            boundary_align_tokens: self.kv_cache_boundary_align_tokens,
+        };
+        if policy.cold_max_tokens != 0 && policy.cold_max_tokens < policy.min_tokens {
+            // spec §5.5: exit 2, like clap's own usage errors.
+            eprintln!(
+                "ds4-server: --kv-cache-cold-max-tokens {} must be 0 or at least --kv-cache-min-tokens {}",
+                policy.cold_max_tokens, policy.min_tokens
+            );
+            std::process::exit(2);
+        }
+        let disk = self.kv_disk_dir.map(|dir| DiskSettings {
+            dir,
+            budget_bytes: self.kv_disk_space_mb.saturating_mul(1 << 20),
+            reject_different_quant: self.kv_cache_reject_different_quant,
+            policy,
+        });
         let source = if self.demo {
             let (tokens, merges) = ds4_chat::builtin_vocab();
             ModelSource::Demo {
@@ -133,6 +185,7 @@ impl Args {
             source,
             threads: self.threads,
             trace: self.trace,
+            disk,
         })
     }
 }
@@ -192,6 +245,11 @@ fn main() -> Result<()> {
     let session = engine
         .new_session(r.cfg.ctx)
         .context("creating the session")?;
+    let disk = match (&r.disk, engine.model()) {
+        (Some(d), Some(m)) => Some(open_disk(d, &m.file, &session)?),
+        (Some(_), None) => bail!("--kv-disk-dir needs a model file"),
+        (None, _) => None,
+    };
     let trace = match &r.trace {
         Some(p) => Trace::open(p).with_context(|| format!("opening trace file {}", p.display()))?,
         None => Trace::off(),
@@ -201,16 +259,62 @@ fn main() -> Result<()> {
         .build()
         .context("starting tokio")?;
     rt.block_on(async move {
-        let state =
-            ds4_server::start(r.cfg, session, tokenizer, trace).context("starting the worker")?;
+        let state = ds4_server::start_with_disk(r.cfg, session, tokenizer, trace, disk)
+            .context("starting the worker")?;
         let listener = tokio::net::TcpListener::bind((r.host, r.port))
             .await
             .with_context(|| format!("failed to listen on {}:{}", r.host, r.port))?;
         let addr = listener.local_addr().context("local address")?;
         eprintln!("ds4-server: listening on http://{addr}");
-        ds4_server::serve(listener, state, shutdown_signal())
+        let served = ds4_server::serve(listener, state.clone(), shutdown_signal())
             .await
-            .context("serving")
+            .context("serving");
+        // The worker saves the live session to disk on its way out (spec §5.6 "shutdown").
+        tokio::task::spawn_blocking(move || state.join_worker())
+            .await
+            .context("joining the worker")?;
+        served
+    })
+}
+
+/// Opens the disk KV cache for this model and session (spec §6.2 startup order: after the session,
+/// before the worker). The store runs its eviction pass here.
+fn open_disk(d: &DiskSettings, file: &ds4_gguf::GgufFile, session: &Session) -> Result<DiskKv> {
+    let model = ds4_kvcache::model_identity(file).unwrap_or(ModelIdentity {
+        // Small test/demo models have no DS4 routed experts; the fingerprint still keeps their
+        // checkpoints apart from every other model's.
+        quant_bits: 2,
+        fingerprint: ds4_kvcache::model_fingerprint(file),
+    });
+    let ctx = session.ctx();
+    let opts = CacheOptions {
+        dir: d.dir.clone(),
+        budget_bytes: d.budget_bytes,
+        min_tokens: d.policy.min_tokens,
+        reject_different_quant: d.reject_different_quant,
+        consume_above_tokens: d.policy.cold_max_tokens.max(d.policy.min_tokens),
+    };
+    // spec/model.md §4.3 word 3: the prefill chunk cap is 2048 when ctx > 2048, else ctx.
+    let prefill_cap = ctx.min(2048);
+    let cache = DiskCache::open(
+        opts,
+        session.backend().config().clone(),
+        ctx,
+        prefill_cap,
+        model,
+    )
+    .with_context(|| format!("opening --kv-disk-dir {}", d.dir.display()))?;
+    eprintln!(
+        "ds4-server: kv disk cache {} ({} MiB, min {} tokens, cold max {}, {} files)",
+        d.dir.display(),
+        d.budget_bytes >> 20,
+        d.policy.min_tokens,
+        d.policy.cold_max_tokens,
+        cache.entries().len()
+    );
+    Ok(DiskKv {
+        cache,
+        policy: d.policy,
     })
 }
 

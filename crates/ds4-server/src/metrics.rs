@@ -21,6 +21,10 @@ pub struct Metrics {
     pub decode_micros: AtomicU64,
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
+    /// Requests whose prefix was restored from the disk KV cache.
+    pub disk_hits: AtomicU64,
+    /// Checkpoint files written to the disk KV cache.
+    pub disk_saves: AtomicU64,
 }
 
 /// Endpoint index into [`Metrics::requests`].
@@ -78,7 +82,7 @@ impl Metrics {
         for (name, n) in ENDPOINT_NAMES.iter().zip(&self.requests) {
             let _ = writeln!(s, "ds4_requests_total{{endpoint=\"{name}\"}} {}", get(n));
         }
-        let counters: [(&str, &str, u64); 8] = [
+        let counters: [(&str, &str, u64); 10] = [
             (
                 "ds4_request_errors_total",
                 "Requests answered with an error status.",
@@ -118,6 +122,16 @@ impl Metrics {
                 "ds4_cache_misses_total",
                 "Requests that prefilled from token 0.",
                 get(&self.cache_misses),
+            ),
+            (
+                "ds4_kv_disk_hits_total",
+                "Requests whose prefix was restored from the disk KV cache.",
+                get(&self.disk_hits),
+            ),
+            (
+                "ds4_kv_disk_saves_total",
+                "Checkpoint files written to the disk KV cache.",
+                get(&self.disk_saves),
             ),
         ];
         for (name, help, v) in counters {

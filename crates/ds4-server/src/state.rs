@@ -67,11 +67,23 @@ pub struct Inner {
     pub next_id: AtomicU64,
     pub ready: AtomicBool,
     pub shutdown: Arc<AtomicBool>,
+    /// The worker thread; taken and joined by [`Inner::join_worker`].
+    pub worker: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 pub type AppState = Arc<Inner>;
 
 impl Inner {
+    /// After shutdown was requested: waits until the worker finished its job and its shutdown
+    /// save (spec/server.md §5.6). Returns at once if already joined.
+    pub fn join_worker(&self) {
+        let handle = self.worker.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            self.shutdown.store(true, Ordering::Relaxed);
+            let _ = h.join();
+        }
+    }
+
     /// Process-wide response counter (`chatcmpl-N`, `cmpl-N`), starting at 1.
     pub fn next_request_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1

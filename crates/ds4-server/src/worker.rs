@@ -19,6 +19,9 @@ use ds4_engine::sampler::{Sampler, SamplingParams};
 use ds4_engine::{Session, SyncProgress};
 use tokio::sync::mpsc::UnboundedSender;
 
+use ds4_kvcache::{SaveOutcome, SaveReason};
+
+use crate::disk::{snapshot_of, DiskKv};
 use crate::metrics::Metrics;
 use crate::trace::Trace;
 
@@ -142,6 +145,8 @@ pub struct Worker {
     pub trace: Arc<Trace>,
     pub prefill_chunk: usize,
     pub shutdown: Arc<AtomicBool>,
+    /// `--kv-disk-dir`: the disk KV cache, if enabled.
+    pub disk: Option<DiskKv>,
     thinking_binding: Option<ThinkingBinding>,
 }
 
@@ -202,13 +207,26 @@ impl Worker {
             trace,
             prefill_chunk,
             shutdown,
+            disk: None,
             thinking_binding: None,
         }
     }
 
-    /// Serves jobs until every sender is gone.
+    /// Serves jobs until every sender is gone or shutdown is requested with the queue empty, then
+    /// saves the live session to disk (spec §5.6 "shutdown").
     pub fn run(mut self, jobs: std::sync::mpsc::Receiver<Job>) {
-        for job in jobs {
+        use std::sync::mpsc::RecvTimeoutError;
+        loop {
+            let job = match jobs.recv_timeout(std::time::Duration::from_millis(50)) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.shutdown.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
             if job.events.is_closed() {
                 // spec §4.3 does better here: a queued request whose client left is dropped.
@@ -218,6 +236,70 @@ impl Worker {
             }
             self.run_job(job);
         }
+        self.save_live(0, SaveReason::Shutdown);
+    }
+
+    /// Saves the live session (spec §5.6: always the current position, key = its token text).
+    /// Failures are traced, never fatal: the disk cache is an optimisation.
+    fn save_live(&mut self, job: u64, reason: SaveReason) {
+        let Some(disk) = &self.disk else { return };
+        let n = self.session.tokens().len();
+        if n == 0 || n < disk.policy.min_tokens {
+            return;
+        }
+        let key = self.tokenizer.decode(self.session.tokens());
+        let result = self
+            .session
+            .snapshot()
+            .map_err(|e| e.to_string())
+            .and_then(|snap| disk.save(&key, reason, &snap).map_err(|e| e.to_string()));
+        let msg = match result {
+            Ok(SaveOutcome::Written { path, bytes }) => {
+                self.metrics.disk_saves.fetch_add(1, Ordering::Relaxed);
+                format!("saved {n} tokens ({bytes} bytes) to {}", path.display())
+            }
+            Ok(other) => format!("not saved: {other:?}"),
+            Err(e) => format!("save failed: {e}"),
+        };
+        self.trace.line(job, &format!("kv disk {reason:?}: {msg}"));
+    }
+
+    /// spec §5.2 rules 8-9 on a live miss: save the live session (`evict`), then load the best
+    /// disk checkpoint for the prompt and return the effective prompt built on it.
+    fn disk_prefix(&mut self, job: &Job) -> Option<Vec<u32>> {
+        self.save_live(job.id, SaveReason::Evict);
+        let disk = self.disk.as_ref()?;
+        let rendered = &job.rendered;
+        let loaded = disk.load_prefix(job.prompt_text.as_bytes(), |k| {
+            rendered_suffix(rendered, k).is_some()
+        })?;
+        let loaded = match loaded {
+            Ok(l) => l,
+            Err(e) => {
+                self.trace
+                    .line(job.id, &format!("kv disk load failed: {e}"));
+                return None;
+            }
+        };
+        let rest = rendered_suffix(rendered, loaded.key_len)?;
+        let key_len = loaded.key_len;
+        let snap = snapshot_of(loaded);
+        if let Err(e) = self.session.restore(&snap) {
+            self.trace
+                .line(job.id, &format!("kv disk restore failed: {e}"));
+            return None;
+        }
+        self.metrics.disk_hits.fetch_add(1, Ordering::Relaxed);
+        self.trace.line(
+            job.id,
+            &format!(
+                "kv disk hit: {} tokens, {key_len} key bytes",
+                snap.tokens.len()
+            ),
+        );
+        let mut eff = snap.tokens;
+        eff.extend(self.tokenizer.encode_segments(&rest));
+        Some(eff)
     }
 
     /// spec §5.2: the effective prompt and where it came from.
@@ -259,7 +341,13 @@ impl Worker {
 
     fn run_job(&mut self, job: Job) {
         let started = Instant::now();
-        let (effective, source) = self.effective_prompt(&job);
+        let (mut effective, mut source) = self.effective_prompt(&job);
+        if source == "none" && self.disk.is_some() {
+            if let Some(eff) = self.disk_prefix(&job) {
+                effective = eff;
+                source = "disk-text";
+            }
+        }
         let live_len = self.session.tokens().len();
         let ctx = self.session.ctx();
         self.trace.line(
@@ -286,10 +374,41 @@ impl Worker {
                 total: p.total,
             });
         };
+        let cold_target = match &self.disk {
+            Some(d) if source == "none" && effective.len() < ctx => {
+                d.policy.cold_target(&effective, self.tokenizer.special())
+            }
+            _ => None,
+        };
+        let mut cold_stats = None;
+        if let Some(target) = cold_target {
+            // spec §5.6: prefill exactly the target, save it, then prefill the rest.
+            match self
+                .session
+                .sync(&effective[..target], self.prefill_chunk, &mut progress)
+            {
+                Ok(s) => {
+                    cold_stats = Some(s);
+                    self.save_live(job.id, SaveReason::Cold);
+                }
+                Err(e) => {
+                    self.thinking_binding = None;
+                    let _ = job.events.send(Event::Failed(e.to_string()));
+                    return;
+                }
+            }
+        }
         let stats = match self
             .session
             .sync(&effective, self.prefill_chunk, &mut progress)
-        {
+            .map(|s| match cold_stats {
+                // The first part was prefilled by this request too.
+                Some(c) => ds4_engine::SyncStats {
+                    reused: c.reused,
+                    prefilled: s.prefilled + c.prefilled,
+                },
+                None => s,
+            }) {
             Ok(s) => s,
             Err(e) => {
                 self.thinking_binding = None;
@@ -523,13 +642,15 @@ impl Worker {
     }
 }
 
-/// Starts the worker thread.
-pub fn spawn(worker: Worker) -> std::io::Result<std::sync::mpsc::Sender<Job>> {
+/// Starts the worker thread; join the handle after shutdown so its final disk save completes.
+pub fn spawn(
+    worker: Worker,
+) -> std::io::Result<(std::sync::mpsc::Sender<Job>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::channel::<Job>();
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name("ds4-worker".to_string())
         .spawn(move || worker.run(rx))?;
-    Ok(tx)
+    Ok((tx, handle))
 }
 
 #[cfg(test)]
