@@ -174,18 +174,26 @@ fn write_f32s(path: &Path, v: &[f32]) -> anyhow::Result<()> {
 }
 
 fn run(o: Options) -> anyhow::Result<()> {
-    if o.backend == BackendKind::Cuda {
-        bail!("--backend cuda: this ds4 build has no CUDA backend wired into `ds4 logits` (use --backend cpu)");
-    }
     let model = Arc::new(
         Model::open(&o.model).with_context(|| format!("loading model {}", o.model.display()))?,
     );
     let n_vocab = model.config.n_vocab;
-    let mut be = CpuBackend::new(model, o.ctx).context("creating the CPU backend")?;
-    be.set_exact(o.exact);
-    if let Some(c) = o.chunk {
-        be.set_prefill_chunk(c);
-    }
+    let mut be: Box<dyn Backend> = match o.backend {
+        BackendKind::Cpu => {
+            let mut cpu = CpuBackend::new(model, o.ctx).context("creating the CPU backend")?;
+            cpu.set_exact(o.exact);
+            if let Some(c) = o.chunk {
+                cpu.set_prefill_chunk(c);
+            }
+            Box::new(cpu)
+        }
+        BackendKind::Cuda => {
+            if o.exact {
+                bail!("--exact is the CPU reference's int8 mode; the CUDA backend has f32 semantics only");
+            }
+            Box::new(ds4_cuda::CudaBackend::new(model, o.ctx).context("creating the CUDA backend")?)
+        }
+    };
     if let Some((pos, _)) = &o.dump {
         be.set_probe(Some(LayerProbe {
             positions: pos.clone(),
