@@ -17,6 +17,8 @@ pub struct DiskPolicy {
     pub boundary_trim_tokens: usize,
     /// `--kv-cache-boundary-align-tokens`: cold frontiers round down to a multiple; 0 disables.
     pub boundary_align_tokens: usize,
+    /// `--kv-cache-continued-interval-tokens`: spacing of continued saves; 0 disables.
+    pub continued_interval_tokens: usize,
 }
 
 impl Default for DiskPolicy {
@@ -26,6 +28,7 @@ impl Default for DiskPolicy {
             cold_max_tokens: 30000,
             boundary_trim_tokens: 32,
             boundary_align_tokens: 2048,
+            continued_interval_tokens: 10000,
         }
     }
 }
@@ -61,6 +64,54 @@ impl DiskPolicy {
             }
         }
         Some(len)
+    }
+
+    /// spec §5.6 "continued": the save step, `--kv-cache-continued-interval-tokens` rounded up
+    /// to a multiple of the alignment (10000 -> 10240); 0 when continued saves are off.
+    pub fn continued_step(&self) -> usize {
+        match (self.continued_interval_tokens, self.boundary_align_tokens) {
+            (0, _) => 0,
+            (i, 0) => i,
+            (i, a) => i.div_ceil(a) * a,
+        }
+    }
+
+    /// Whether a live length `len` is a continued save point past `frontier`.
+    pub fn continued_due(&self, len: usize, frontier: usize) -> bool {
+        let step = self.continued_step();
+        len >= self.min_tokens && len.checked_rem(step) == Some(0) && len > frontier
+    }
+
+    /// Where to stop a prefill of `effective` (of which `resident` tokens are already live) to
+    /// save, in order: the cold target when `cold` (spec §5.6), and every continued frontier past
+    /// `frontier`. A cold target on a continued frontier is saved once (as cold).
+    pub fn save_stops(
+        &self,
+        effective: &[u32],
+        resident: usize,
+        frontier: usize,
+        cold: bool,
+        special: &SpecialTokens,
+    ) -> Vec<(usize, Option<SaveReason>)> {
+        let mut stops: Vec<(usize, Option<SaveReason>)> = Vec::new();
+        if cold {
+            if let Some(t) = self.cold_target(effective, special) {
+                stops.push((t, Some(SaveReason::Cold)));
+            }
+        }
+        let step = self.continued_step();
+        if let Some(q) = resident.checked_div(step) {
+            let mut l = (q + 1) * step;
+            while l <= effective.len() {
+                if self.continued_due(l, frontier) && !stops.iter().any(|&(s, _)| s == l) {
+                    stops.push((l, Some(SaveReason::Continued)));
+                }
+                l += step;
+            }
+        }
+        stops.retain(|&(s, _)| s > resident);
+        stops.sort_by_key(|&(s, _)| s);
+        stops
     }
 }
 
@@ -138,6 +189,36 @@ mod tests {
             ..p
         };
         assert_eq!(off.cold_target(&plain(1000), &sp), None);
+    }
+
+    #[test]
+    fn continued_saves_fall_on_aligned_steps_past_the_frontier() {
+        let p = DiskPolicy::default();
+        let sp = special();
+        assert_eq!(p.continued_step(), 10240);
+        assert!(p.continued_due(20480, 10240));
+        assert!(!p.continued_due(10240, 10240), "already stored");
+        assert!(!p.continued_due(10241, 0));
+        let prompt = vec![sp.bos.wrapping_add(1); 25000];
+        // Resident 5000 tokens, nothing stored yet: both frontiers inside the suffix.
+        let stops = p.save_stops(&prompt, 5000, 0, false, &sp);
+        assert_eq!(
+            stops,
+            vec![
+                (10240, Some(SaveReason::Continued)),
+                (20480, Some(SaveReason::Continued))
+            ]
+        );
+        // A cold prompt whose target (24960 rounded to 24576) is saved before nothing else;
+        // frontiers below it still get continued saves.
+        let cold = p.save_stops(&prompt, 0, 0, true, &sp);
+        assert_eq!(cold.first(), Some(&(10240, Some(SaveReason::Continued))));
+        assert_eq!(cold.last(), Some(&(24576, Some(SaveReason::Cold))));
+        let none = DiskPolicy {
+            continued_interval_tokens: 0,
+            ..p
+        };
+        assert!(none.save_stops(&prompt, 5000, 0, false, &sp).is_empty());
     }
 
     #[test]

@@ -86,6 +86,9 @@ struct Args {
     /// Cold save frontiers round down to a multiple of N tokens; 0 disables.
     #[arg(long = "kv-cache-boundary-align-tokens", default_value_t = 2048)]
     kv_cache_boundary_align_tokens: usize,
+    /// Spacing (tokens) of continued saves during long prefills and decodes; 0 disables.
+    #[arg(long = "kv-cache-continued-interval-tokens", default_value_t = 10000)]
+    kv_cache_continued_interval_tokens: usize,
     /// Only load checkpoints written with the same routed-expert quant bits.
     #[arg(long = "kv-cache-reject-different-quant")]
     kv_cache_reject_different_quant: bool,
@@ -143,6 +146,7 @@ impl Args {
             cold_max_tokens: self.kv_cache_cold_max_tokens,
             boundary_trim_tokens: self.kv_cache_boundary_trim_tokens,
             boundary_align_tokens: self.kv_cache_boundary_align_tokens,
+            continued_interval_tokens: self.kv_cache_continued_interval_tokens,
         };
         if policy.cold_max_tokens != 0 && policy.cold_max_tokens < policy.min_tokens {
             // spec §5.5: exit 2, like clap's own usage errors.

@@ -147,6 +147,8 @@ pub struct Worker {
     pub shutdown: Arc<AtomicBool>,
     /// `--kv-disk-dir`: the disk KV cache, if enabled.
     pub disk: Option<DiskKv>,
+    /// Longest checkpoint stored or loaded for the current timeline (spec §5.6 continued saves).
+    disk_frontier: usize,
     thinking_binding: Option<ThinkingBinding>,
 }
 
@@ -208,6 +210,7 @@ impl Worker {
             prefill_chunk,
             shutdown,
             disk: None,
+            disk_frontier: 0,
             thinking_binding: None,
         }
     }
@@ -374,22 +377,44 @@ impl Worker {
                 total: p.total,
             });
         };
-        let cold_target = match &self.disk {
-            Some(d) if source == "none" && effective.len() < ctx => {
-                d.policy.cold_target(&effective, self.tokenizer.special())
-            }
-            _ => None,
+        // spec §5.6: the frontier of continued saves restarts on a miss and sits at the restored
+        // length after a disk hit.
+        match source {
+            "none" => self.disk_frontier = 0,
+            "disk-text" => self.disk_frontier = self.session.tokens().len(),
+            _ => {}
+        }
+        let resident = if effective.starts_with(self.session.tokens()) {
+            self.session.tokens().len()
+        } else {
+            0
         };
-        let mut cold_stats = None;
-        if let Some(target) = cold_target {
-            // spec §5.6: prefill exactly the target, save it, then prefill the rest.
+        let stops = match &self.disk {
+            Some(d) if effective.len() < ctx => d.policy.save_stops(
+                &effective,
+                resident,
+                self.disk_frontier,
+                source == "none",
+                self.tokenizer.special(),
+            ),
+            _ => Vec::new(),
+        };
+        // Prefill up to each save point, save the live session there, then prefill the rest.
+        let mut stats: Option<ds4_engine::SyncStats> = None;
+        for (stop, reason) in stops.into_iter().chain([(effective.len(), None)]) {
             match self
                 .session
-                .sync(&effective[..target], self.prefill_chunk, &mut progress)
+                .sync(&effective[..stop], self.prefill_chunk, &mut progress)
             {
                 Ok(s) => {
-                    cold_stats = Some(s);
-                    self.save_live(job.id, SaveReason::Cold);
+                    stats = Some(match stats {
+                        // Earlier parts were prefilled by this request too.
+                        Some(c) => ds4_engine::SyncStats {
+                            reused: c.reused,
+                            prefilled: c.prefilled + s.prefilled,
+                        },
+                        None => s,
+                    });
                 }
                 Err(e) => {
                     self.thinking_binding = None;
@@ -397,25 +422,12 @@ impl Worker {
                     return;
                 }
             }
-        }
-        let stats = match self
-            .session
-            .sync(&effective, self.prefill_chunk, &mut progress)
-            .map(|s| match cold_stats {
-                // The first part was prefilled by this request too.
-                Some(c) => ds4_engine::SyncStats {
-                    reused: c.reused,
-                    prefilled: s.prefilled + c.prefilled,
-                },
-                None => s,
-            }) {
-            Ok(s) => s,
-            Err(e) => {
-                self.thinking_binding = None;
-                let _ = job.events.send(Event::Failed(e.to_string()));
-                return;
+            if let Some(reason) = reason {
+                self.save_live(job.id, reason);
+                self.disk_frontier = self.disk_frontier.max(stop);
             }
-        };
+        }
+        let stats = stats.unwrap_or_default();
         if source != "thinking-visible" {
             self.thinking_binding = None;
         }
@@ -567,6 +579,19 @@ impl Worker {
                 finish = Finish::Error;
                 error = Some(e.to_string());
                 break;
+            }
+            // spec §5.6: continued saves during decode, never inside a tool-call block.
+            let in_tool_block = parser
+                .as_ref()
+                .is_some_and(|p| p.block_started() && !p.block_closed());
+            let live = self.session.tokens().len();
+            let due = self
+                .disk
+                .as_ref()
+                .is_some_and(|d| d.policy.continued_due(live, self.disk_frontier));
+            if due && !in_tool_block {
+                self.save_live(job.id, SaveReason::Continued);
+                self.disk_frontier = live;
             }
         }
         if !client_gone {
