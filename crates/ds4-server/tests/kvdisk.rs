@@ -194,3 +194,47 @@ fn a_restarted_server_restores_the_saved_chat_from_disk() {
     assert_eq!(b.metric("ds4_kv_disk_hits_total"), 1);
     b.stop();
 }
+
+#[test]
+fn a_thinking_follow_up_reuses_the_cold_chat_anchor_after_a_restart() {
+    let model_dir = tempfile::tempdir().unwrap();
+    let kv_dir = tempfile::tempdir().unwrap();
+    let (tokens, merges) = ds4_chat::builtin_vocab();
+    let engine = Engine::open(&EngineOptions {
+        model: ModelSource::Demo {
+            cache_dir: model_dir.path().to_path_buf(),
+            tokens,
+            merges,
+        },
+        backend: BackendKind::Cpu,
+    })
+    .unwrap();
+    let system: String = (0..60)
+        .map(|i| format!("Rule {i}: think, then answer. "))
+        .collect();
+    // Thinking mode: the follow-up drops the hidden reasoning, so the shutdown checkpoint (which
+    // holds it) is no prefix of the new prompt; the cold save at the chat anchor (the shared
+    // scaffolding, ending just before the last USER token ahead of the first ASSISTANT) still is.
+    let first = json!({"messages": [
+        {"role": "system", "content": system},
+        {"role": "user", "content": "What is 2+2?"}]});
+    let second = json!({"messages": [
+        {"role": "system", "content": system},
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And 3+3?"}]});
+    let a = start(&engine, Some(kv_dir.path()));
+    let (p1, _) =
+        usage(&post_forced(a.addr, "/v1/chat/completions", &first, "Add.</think>4").json());
+    a.stop();
+    let b = start(&engine, Some(kv_dir.path()));
+    let vb = post_forced(b.addr, "/v1/chat/completions", &second, "Add.</think>6").json();
+    let (_, c2) = usage(&vb);
+    assert_eq!(b.metric("ds4_kv_disk_hits_total"), 1, "{vb}");
+    // The anchor sits before the first user turn: most of the prompt, not all of it.
+    assert!(
+        c2 >= policy().min_tokens as u64 && c2 < p1,
+        "cached {c2}, first prompt {p1}"
+    );
+    b.stop();
+}
