@@ -277,6 +277,9 @@ pub unsafe fn matvec_q_q8_0(
         let mut b = 0;
         while b + 8 <= nb {
             for r in 0..nr {
+                crate::x86::prefetch_ahead::<272>(
+                    w.as_ptr().wrapping_add((o + r) * row_bytes + 34 * b),
+                );
                 // SAFETY: row o + r exists; blocks b..b+8 lie in it (b + 8 <= nb).
                 unsafe {
                     q8_0_terms8(

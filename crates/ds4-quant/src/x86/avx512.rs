@@ -523,6 +523,7 @@ avx512_fn! {
             // SAFETY: block b is bytes 66b..66b+66 of row.
             unsafe {
                 let p = row.as_ptr().add(66 * b);
+                crate::x86::prefetch_ahead::<66>(p);
                 let yq = yb.qs.as_ptr() as *const u8;
                 let mut bsum = _mm512_setzero_si512();
                 // Two sub-blocks (64 lanes) per step.
@@ -577,6 +578,7 @@ avx512_fn! {
             // SAFETY: block b is bytes 144b..144b+144 of row.
             unsafe {
                 let p = row.as_ptr().add(144 * b);
+                crate::x86::prefetch_ahead::<144>(p);
                 let yq = yb.qs.as_ptr() as *const u8;
                 let w = q4k_scale_words(p.add(4));
                 // Each scale as an i16 pair in one i32, so a 32-bit broadcast feeds vpdpwssd.
@@ -635,6 +637,7 @@ avx512_fn! {
             // SAFETY: block b is bytes 84b..84b+84 of row.
             unsafe {
                 let p = row.as_ptr().add(84 * b);
+                crate::x86::prefetch_ahead::<84>(p);
                 let yq = yb.qs.as_ptr() as *const u8;
                 let sc = ld128(p);
                 let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(sc), m15));
