@@ -40,6 +40,11 @@ pub struct QuantizedActs {
     q8_0: Vec<ActQ8_0>,
     /// The Q8_0 scales again, contiguous, so SIMD kernels load eight with one instruction.
     q8_0_d: Vec<f32>,
+    /// The Q8_0 quants again, contiguous (32 per block), so two blocks are one 64-byte load.
+    q8_0_qs: Vec<i8>,
+    /// `Σ qs` of each Q8_0 block: the correction term of the VNNI kernels, which dot unsigned
+    /// `w + 128` with the signed activations.
+    q8_0_sum: Vec<i32>,
     q8k: Vec<BlockQ8K>,
 }
 
@@ -63,6 +68,8 @@ impl QuantizedActs {
             n_elems: 0,
             q8_0: Vec::new(),
             q8_0_d: Vec::new(),
+            q8_0_qs: Vec::new(),
+            q8_0_sum: Vec::new(),
             q8k: Vec::new(),
         }
     }
@@ -86,6 +93,14 @@ impl QuantizedActs {
                 self.q8_0.extend(x.chunks_exact(32).map(ActQ8_0::quantize));
                 self.q8_0_d.clear();
                 self.q8_0_d.extend(self.q8_0.iter().map(|b| b.d));
+                self.q8_0_qs.clear();
+                self.q8_0_qs.extend(self.q8_0.iter().flat_map(|b| b.qs));
+                self.q8_0_sum.clear();
+                self.q8_0_sum.extend(
+                    self.q8_0
+                        .iter()
+                        .map(|b| b.qs.iter().map(|&q| q as i32).sum::<i32>()),
+                );
             }
             ActFormat::Q8K => {
                 self.q8k.clear();
@@ -116,6 +131,22 @@ impl QuantizedActs {
     pub fn q8_0_scales(&self) -> &[f32] {
         match self.format {
             ActFormat::Q8_0 => &self.q8_0_d,
+            ActFormat::Q8K => &[],
+        }
+    }
+
+    /// The Q8_0 quants of all blocks, contiguous (empty unless the format is Q8_0).
+    pub(crate) fn q8_0_qs(&self) -> &[i8] {
+        match self.format {
+            ActFormat::Q8_0 => &self.q8_0_qs,
+            ActFormat::Q8K => &[],
+        }
+    }
+
+    /// `Σ qs` per Q8_0 block (empty unless the format is Q8_0).
+    pub(crate) fn q8_0_sums(&self) -> &[i32] {
+        match self.format {
+            ActFormat::Q8_0 => &self.q8_0_sum,
             ActFormat::Q8K => &[],
         }
     }

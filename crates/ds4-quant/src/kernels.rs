@@ -3,19 +3,19 @@
 //! `scalar.rs`; tests run each available table against the scalar one.
 
 use crate::{
-    check_row, plain, scalar, ActQ8_0, BlockIq2Xxs, BlockQ2K, BlockQ4K, BlockQ8K, BlockQ8_0,
-    QuantizedActs, TensorType,
+    check_row, plain, scalar, BlockIq2Xxs, BlockQ2K, BlockQ4K, BlockQ8K, BlockQ8_0, QuantizedActs,
+    TensorType,
 };
 use std::sync::LazyLock;
 
 /// `Σ w·x` of a row (whole blocks) with f32 activations.
 pub type DotF32 = unsafe fn(&[u8], &[f32]) -> f32;
 /// Integer dot of a row with Q8_0 activations (blocks, and their scales contiguous).
-pub type DotQ8_0 = unsafe fn(&[u8], &[ActQ8_0], &[f32]) -> f32;
+pub type DotQ8_0 = unsafe fn(&[u8], &QuantizedActs) -> f32;
 /// Integer dot of a row with Q8_K activations.
 pub type DotQ8K = unsafe fn(&[u8], &[BlockQ8K]) -> f32;
 /// Q8_0 matrix (`n_rows` rows of `row_bytes`) times Q8_0 activations into `out[..n_rows]`.
-pub type MatvecQ8_0 = unsafe fn(&[u8], usize, usize, &[ActQ8_0], &[f32], &mut [f32]);
+pub type MatvecQ8_0 = unsafe fn(&[u8], usize, usize, &QuantizedActs, &mut [f32]);
 /// Dequantize a row (whole blocks) into f32.
 pub type Dequant = unsafe fn(&[u8], &mut [f32]);
 
@@ -55,10 +55,10 @@ impl Kernels {
             q2_k_f32: |r, x| scalar::dot_f32_blocks::<BlockQ2K>(r, x),
             q4_k_f32: |r, x| scalar::dot_f32_blocks::<BlockQ4K>(r, x),
             iq2_xxs_f32: |r, x| scalar::dot_f32_blocks::<BlockIq2Xxs>(r, x),
-            q8_0_q: |r, a, _| scalar::dot_q_blocks::<BlockQ8_0>(r, a),
-            q8_0_matvec_q: |w, rb, n, a, _, out| {
+            q8_0_q: |r, a| scalar::dot_q_blocks::<BlockQ8_0>(r, a.q8_0_blocks()),
+            q8_0_matvec_q: |w, rb, n, a, out| {
                 for (row, o) in w.chunks_exact(rb).take(n).zip(out) {
-                    *o = scalar::dot_q_blocks::<BlockQ8_0>(row, a);
+                    *o = scalar::dot_q_blocks::<BlockQ8_0>(row, a.q8_0_blocks());
                 }
             },
             q2_k_q: |r, a| scalar::dot_q_blocks::<BlockQ2K>(r, a),
@@ -88,8 +88,12 @@ impl Kernels {
                 q2_k_f32: k::dot_f32_q2_k,
                 q4_k_f32: k::dot_f32_q4_k,
                 iq2_xxs_f32: k::dot_f32_iq2_xxs,
-                q8_0_q: k::dot_q_q8_0,
-                q8_0_matvec_q: k::matvec_q_q8_0,
+                // SAFETY (both): this table exists only on a CPU with the kernels' features; the
+                // caller's contract covers the lengths.
+                q8_0_q: |r, a| unsafe { k::dot_q_q8_0(r, a.q8_0_blocks(), a.q8_0_scales()) },
+                q8_0_matvec_q: |w, rb, n, a, out| unsafe {
+                    k::matvec_q_q8_0(w, rb, n, a.q8_0_blocks(), a.q8_0_scales(), out)
+                },
                 q2_k_q: k::dot_q_q2_k,
                 q4_k_q: k::dot_q_q4_k,
                 iq2_xxs_q: k::dot_q_iq2_xxs,
@@ -160,7 +164,7 @@ impl Kernels {
         // and that row holds exactly as many whole blocks as the activations.
         unsafe {
             match ty {
-                TensorType::Q8_0 => (self.q8_0_q)(row, acts.q8_0_blocks(), acts.q8_0_scales()),
+                TensorType::Q8_0 => (self.q8_0_q)(row, acts),
                 TensorType::Q2K => (self.q2_k_q)(row, acts.q8k_blocks()),
                 TensorType::Q4K => (self.q4_k_q)(row, acts.q8k_blocks()),
                 TensorType::Iq2Xxs => (self.iq2_xxs_q)(row, acts.q8k_blocks()),
@@ -187,16 +191,7 @@ impl Kernels {
         crate::check_matvec(ty, w.len(), row_bytes, n_rows, acts.n_elems(), y.len());
         if ty == TensorType::Q8_0 {
             // SAFETY: the table matches the CPU; the asserts above checked w, y and the activations.
-            unsafe {
-                (self.q8_0_matvec_q)(
-                    w,
-                    row_bytes,
-                    n_rows,
-                    acts.q8_0_blocks(),
-                    acts.q8_0_scales(),
-                    y,
-                )
-            };
+            unsafe { (self.q8_0_matvec_q)(w, row_bytes, n_rows, acts, y) };
             return;
         }
         for (o, yo) in y.iter_mut().enumerate() {

@@ -9,7 +9,7 @@
 use crate::iq2_xxs::{GRID, IQ2XXS_GRID};
 use crate::kernels::Kernels;
 use crate::x86::avx2::{f16_to_f32, q4k_scales_mins};
-use crate::BlockQ8K;
+use crate::{BlockQ8K, QuantizedActs};
 use std::arch::x86_64::*;
 
 /// Whether this CPU runs the kernels below.
@@ -32,6 +32,8 @@ pub fn supported() -> bool {
 pub fn kernels(base: Kernels) -> Kernels {
     Kernels {
         name: "avx512",
+        q8_0_q: dot_q_q8_0,
+        q8_0_matvec_q: matvec_q_q8_0,
         f16_f32: dot_f32_f16,
         q8_0_f32: dot_f32_q8_0,
         q2_k_f32: dot_f32_q2_k,
@@ -241,6 +243,113 @@ avx512_fn! {
                 stx(o.add(16), _mm512_mul_ps(i8x16_ps(ld128(p.add(18))), d));
             }
         }
+    }
+}
+
+avx512_fn! {
+    /// The integer sums `Σ w·y` of the 16 Q8_0 blocks at `p`, lane `j` = block `j`. VNNI's
+    /// `vpdpbusd` multiplies unsigned by signed bytes, so it dots `w + 128` (w XOR 0x80) with `y`
+    /// and the caller's `128·Σy` per block comes back off: exact in i32 (|sum| < 2^22).
+    #[inline]
+    unsafe fn q8_0_isums16(p: *const u8, yq: *const u8, ysum: *const i32) -> __m512i {
+        // SAFETY: the caller passes 16 whole blocks at p, 512 activation quants at yq and 16 sums
+        // at ysum.
+        unsafe {
+            let bias = _mm512_set1_epi8(-128);
+            // Vector k holds block 2k in lanes 0-7 and block 2k+1 in lanes 8-15.
+            let v: [__m512i; 8] = std::array::from_fn(|k| {
+                let lo = ld256(p.add(68 * k + 2));
+                let wv = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), ld256(p.add(68 * k + 36)));
+                _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(wv, bias), ld512(yq.add(64 * k)))
+            });
+            // Transpose-and-add: after two in-lane levels each 128-bit lane holds one lane-sum of
+            // four vectors; the last level adds 128-bit lanes 0+1 (even blocks) and 2+3 (odd).
+            let l1 = |a: __m512i, b: __m512i| _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+            let l2 = |a: __m512i, b: __m512i| _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+            let u0 = l2(l1(v[0], v[1]), l1(v[2], v[3]));
+            let u1 = l2(l1(v[4], v[5]), l1(v[6], v[7]));
+            let s = _mm512_add_epi32(
+                _mm512_shuffle_i64x2::<0b10_00_10_00>(u0, u1),
+                _mm512_shuffle_i64x2::<0b11_01_11_01>(u0, u1),
+            );
+            // Lanes now hold blocks [0,2,4,6, 1,3,5,7, 8,10,12,14, 9,11,13,15].
+            let order = _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
+            let s = _mm512_permutexvar_epi32(order, s);
+            _mm512_sub_epi32(s, _mm512_slli_epi32::<7>(_mm512_loadu_si512(ysum as *const __m512i)))
+        }
+    }
+}
+
+avx512_fn! {
+    /// One Q8_0 block's term `(d_w·d_y)·isum` (the tail of [`matvec_q_q8_0`]).
+    #[inline]
+    unsafe fn q8_0_term1(p: *const u8, yq: *const u8, ysum: i32, yd: f32) -> f32 {
+        // SAFETY: the caller passes one whole block at p and its 32 activation quants at yq.
+        unsafe {
+            let w = _mm256_xor_si256(ld256(p.add(2)), _mm256_set1_epi8(-128));
+            let v = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, ld256(yq));
+            let isum = _mm512_reduce_add_epi32(_mm512_castsi256_si512(v)) - 128 * ysum;
+            (f16_to_f32(rd16(p)) * yd) * isum as f32
+        }
+    }
+}
+
+avx512_fn! {
+    /// `out[o] = W[o,:]·acts` for Q8_0 rows: four rows at a time (their serial f32 sums overlap),
+    /// sixteen blocks per step with VNNI; each row's result is exactly the scalar `dot_q` (same
+    /// exact integer sums, same `(d_w·d_y)·isum` terms, added blocks ascending).
+    pub unsafe fn matvec_q_q8_0(w: &[u8], row_bytes: usize, n_rows: usize, a: &QuantizedActs, out: &mut [f32]) {
+        let nb = row_bytes / 34;
+        let yq = a.q8_0_qs().as_ptr() as *const u8;
+        let ys = a.q8_0_sums().as_ptr();
+        let yd = a.q8_0_scales();
+        let soff = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(34));
+        let mut o = 0;
+        while o < n_rows {
+            let nr = (n_rows - o).min(4);
+            let mut acc = [0.0f32; 4];
+            let mut terms = [[0.0f32; 16]; 4];
+            let mut b = 0;
+            while b + 16 <= nb {
+                for (r, t) in terms.iter_mut().enumerate().take(nr) {
+                    let p = w.as_ptr().wrapping_add((o + r) * row_bytes + 34 * b);
+                    crate::x86::prefetch_ahead::<544>(p);
+                    // SAFETY: row o + r exists and blocks b..b+16 lie in it; the activations hold
+                    // nb blocks.
+                    unsafe {
+                        let isum = q8_0_isums16(p, yq.add(32 * b), ys.add(b));
+                        // Each gathered dword's low half is a block's f16 scale.
+                        let dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32::<1>(soff, p as *const i32)));
+                        let dd = _mm512_mul_ps(dw, _mm512_loadu_ps(yd.as_ptr().add(b)));
+                        _mm512_storeu_ps(t.as_mut_ptr(), _mm512_mul_ps(dd, _mm512_cvtepi32_ps(isum)));
+                    }
+                }
+                for i in 0..16 {
+                    for r in 0..4 {
+                        acc[r] += terms[r][i];
+                    }
+                }
+                b += 16;
+            }
+            for r in 0..nr {
+                let mut s = acc[r];
+                for bb in b..nb {
+                    // SAFETY: block bb of row o + r lies in w; the activations hold nb blocks.
+                    s += unsafe { q8_0_term1(w.as_ptr().add((o + r) * row_bytes + 34 * bb), yq.add(32 * bb), *ys.add(bb), yd[bb]) };
+                }
+                out[o + r] = s;
+            }
+            o += nr;
+        }
+    }
+}
+
+avx512_fn! {
+    pub unsafe fn dot_q_q8_0(row: &[u8], a: &QuantizedActs) -> f32 {
+        let mut out = [0.0f32];
+        // SAFETY: forwarded contract; one row of row.len() bytes.
+        unsafe { matvec_q_q8_0(row, row.len(), 1, a, &mut out) };
+        out[0]
     }
 }
 
