@@ -69,6 +69,7 @@ fn main() {
                 let t = t0.elapsed().as_secs_f64();
                 *b = (b.0.min(t), b.1.min(c));
                 match &first {
+                    _ if k.name.starts_with("x-") => {}
                     None => first = Some(y.clone()),
                     Some(f) => assert!(
                         f.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),

@@ -30,7 +30,7 @@ pub fn supported() -> bool {
 /// 256-bit ones there, so those stay 256-bit here and only gain VNNI's `vpdpwssd` (scale multiply
 /// and accumulate in one instruction) and cheaper scale unpacking.
 pub fn kernels(base: Kernels) -> Kernels {
-    Kernels {
+    let mut k = Kernels {
         name: "avx512",
         q8_0_q: dot_q_q8_0,
         q8_0_matvec_q: matvec_q_q8_0,
@@ -48,7 +48,11 @@ pub fn kernels(base: Kernels) -> Kernels {
         q4_k_dequant: dequant_q4_k,
         iq2_xxs_dequant: dequant_iq2_xxs,
         ..base
+    };
+    if supported_vbmi() {
+        k.iq2_xxs_q = dot_q_iq2_xxs_vbmi;
     }
+    k
 }
 
 macro_rules! avx512_fn {
@@ -653,6 +657,91 @@ avx512_fn! {
                     bsum = _mm512_add_epi32(bsum, _mm512_madd_epi16(p16, ls));
                 }
                 let bsum = _mm512_reduce_add_epi32(bsum);
+                acc += 0.125 * ((f16_to_f32(rd16(p)) * yb.d) * bsum as f32);
+            }
+        }
+        acc
+    }
+}
+
+// ---- IQ2_XXS with VBMI + BITALG: whole blocks in vector registers ----------------------------------
+
+/// Whether this CPU also has the byte permutes and byte popcount of [`dot_q_iq2_xxs_vbmi`].
+pub fn supported_vbmi() -> bool {
+    supported()
+        && is_x86_feature_detected!("avx512vbmi")
+        && is_x86_feature_detected!("avx512bitalg")
+}
+
+macro_rules! vbmi_fn {
+    ($(#[$m:meta])* $vis:vis unsafe fn $name:ident($($arg:ident: $t:ty),*) $(-> $r:ty)? $body:block) => {
+        $(#[$m])*
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512bitalg,avx2,fma,f16c,bmi2")]
+        $vis unsafe fn $name($($arg: $t),*) $(-> $r)? $body
+    };
+}
+
+vbmi_fn! {
+    /// IQ2_XXS · Q8_K, exact. Per block, with no scalar work per sub-block: the 32 grid indices
+    /// are compacted with one `vpermb` and the grid points fetched by four 8-entry gathers; the
+    /// 32 seven-bit sign codes are cut out by `vpmultishiftqb` and completed with their parity
+    /// bit by `vpopcntb`; each 64-lane chunk's sign mask is one `vpermb` + `vptestmb`, applied
+    /// to the activations by a masked negate. `vpdpbusd` (grid u8 × signed act) gives i32 lanes
+    /// that fit in i16 (|Σ4| ≤ 4·43·127), so `vpdpwssd` against `(2t+1, 0)` i16 pairs applies
+    /// the sub-block scale and accumulates in one instruction.
+    pub unsafe fn dot_q_iq2_xxs_vbmi(row: &[u8], y: &[BlockQ8K]) -> f32 {
+        // Grid-index bytes 0-3 of each sub-block's u64, packed into bytes 0..32.
+        let pick_idx = _mm512_set_epi64(0, 0, 0, 0,
+            0x3b3a_3938_3332_3130, 0x2b2a_2928_2322_2120, 0x1b1a_1918_1312_1110, 0x0b0a_0908_0302_0100);
+        // Sign code l of each u64 starts at bit 32 + 7l.
+        let cut = _mm512_set1_epi64(0x352e_2720);
+        let m7 = _mm512_set1_epi8(0x7f);
+        let bits = _mm512_set1_epi64(0x8040_2010_0804_0201u64 as i64);
+        // For chunk g (sub-blocks 2g, 2g+1): lane j takes sign byte 8·(2g + j/32) + (j%32)/8.
+        let sign_idx: [__m512i; 4] = std::array::from_fn(|g| {
+            let mut b = [0u8; 64];
+            for (j, v) in b.iter_mut().enumerate() {
+                *v = (8 * (2 * g + j / 32) + (j % 32) / 8) as u8;
+            }
+            // SAFETY: b is 64 readable bytes.
+            unsafe { ld512(b.as_ptr()) }
+        });
+        // For chunk g: dword lanes 0-7 take sub-block 2g's scale (dword 2·2g), 8-15 sub-block 2g+1's.
+        let ls_idx: [__m512i; 4] = std::array::from_fn(|g| {
+            let (a, b) = (4 * g as i32, 4 * g as i32 + 2);
+            _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b)
+        });
+        let mut acc = 0.0f32;
+        for (b, yb) in y.iter().enumerate().take(row.len() / 66) {
+            // SAFETY: block b is bytes 66b..66b+66 of row; yb holds its 256 activations.
+            unsafe {
+                let p = row.as_ptr().add(66 * b);
+                crate::x86::prefetch_ahead::<66>(p);
+                let yq = yb.qs.as_ptr() as *const u8;
+                let q = ld512(p.add(2));
+                let idx = _mm512_permutexvar_epi8(pick_idx, q);
+                let i_lo = _mm512_cvtepu8_epi32(_mm512_castsi512_si128(idx));
+                let i_hi = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32::<1>(idx));
+                let gp = GRID.as_ptr() as *const i64;
+                let grid = [
+                    _mm512_i32gather_epi64::<8>(_mm512_castsi512_si256(i_lo), gp),
+                    _mm512_i32gather_epi64::<8>(_mm512_extracti64x4_epi64::<1>(i_lo), gp),
+                    _mm512_i32gather_epi64::<8>(_mm512_castsi512_si256(i_hi), gp),
+                    _mm512_i32gather_epi64::<8>(_mm512_extracti64x4_epi64::<1>(i_hi), gp),
+                ];
+                let codes = _mm512_and_si512(_mm512_multishift_epi64_epi8(cut, q), m7);
+                let par = _mm512_slli_epi16::<7>(_mm512_and_si512(_mm512_popcnt_epi8(codes), _mm512_set1_epi8(1)));
+                let signs = _mm512_or_si512(codes, par);
+                let ls = _mm512_add_epi64(_mm512_srli_epi64::<59>(_mm512_andnot_si512(_mm512_set1_epi64(0x0fff_ffff_ffff_ffff), q)), _mm512_set1_epi64(1));
+                let mut isum = _mm512_setzero_si512();
+                for g in 0..4 {
+                    let neg = _mm512_test_epi8_mask(_mm512_permutexvar_epi8(sign_idx[g], signs), bits);
+                    let yv = ld512(yq.add(64 * g));
+                    let sy = _mm512_mask_sub_epi8(yv, neg, _mm512_setzero_si512(), yv);
+                    let v = _mm512_dpbusd_epi32(_mm512_setzero_si512(), grid[g], sy);
+                    isum = _mm512_dpwssd_epi32(isum, v, _mm512_permutexvar_epi32(ls_idx[g], ls));
+                }
+                let bsum = _mm512_reduce_add_epi32(isum);
                 acc += 0.125 * ((f16_to_f32(rd16(p)) * yb.d) * bsum as f32);
             }
         }

@@ -28,7 +28,7 @@ pub(crate) static KEVEN_SIGNS: [u64; 128] = {
 /// How far ahead of the block being read the row kernels prefetch. One thread streaming a matrix
 /// from DRAM (or a VM's L3) stalls on latency without it: the hardware prefetchers do not run far
 /// enough ahead of a kernel that spends tens of cycles per cache line (BENCHMARKS.md, ds4-quant).
-pub(crate) const PREFETCH_DIST: usize = 2048;
+pub(crate) const PREFETCH_DIST: usize = 4096;
 
 /// Prefetches the `BYTES` bytes that lie [`PREFETCH_DIST`] past `p` into L1. A prefetch never
 /// faults, so the address may lie past the end of the row or the matrix.
@@ -46,5 +46,13 @@ pub(crate) fn prefetch_ahead<const BYTES: usize>(p: *const u8) {
 
 /// Candidate kernel tables under development, for `benches/ab.rs`.
 pub fn experiments() -> Vec<crate::Kernels> {
-    Vec::new()
+    let mut v = Vec::new();
+    if let Some(k) = crate::Kernels::avx512() {
+        v.push(crate::Kernels {
+            name: "avx512-old",
+            iq2_xxs_q: avx512::dot_q_iq2_xxs,
+            ..k
+        });
+    }
+    v
 }
