@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// One module per op family (STYLE §2.5).
-const KERNELS: &[&str] = &["gemv", "ops", "attention"];
+const KERNELS: &[&str] = &["gemv", "ops", "attention", "prefill"];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DS4_NVCC");

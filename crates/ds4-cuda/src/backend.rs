@@ -27,6 +27,8 @@ pub struct CudaBackend {
     n_past: usize,
     /// Positions the KV state was sized for.
     ctx: usize,
+    /// The batched prefill (kernels, repacked Q8_0 operands, chunk buffers), made on first use.
+    prefill: Option<crate::prefill::Prefill>,
 }
 
 // SAFETY: the backend is used by one thread at a time (Backend: Send, not Sync); the graph and
@@ -80,6 +82,7 @@ impl CudaBackend {
             use_graph: true,
             n_past: 0,
             ctx,
+            prefill: None,
         })
     }
 
@@ -372,6 +375,65 @@ impl Backend for CudaBackend {
         }
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
             return Err(BackendError::BadToken { token: t, n_vocab });
+        }
+        if tokens.len() >= 4 && crate::prefill::batched_enabled() {
+            // Batched prefill: chunks that never cross an absolute multiple of CHUNK_ALIGN
+            // (spec/server.md §5.1), logits only where asked.
+            self.dev.bind()?;
+            if self.prefill.is_none() {
+                self.prefill = Some(crate::prefill::Prefill::new(
+                    &self.dev,
+                    &self.cfg,
+                    &self.weights,
+                    self.ctx,
+                )?);
+            }
+            let Some(pf) = self.prefill.as_mut() else {
+                unreachable!("invariant: prefill state created above")
+            };
+            let (last, mut all) = match logits {
+                Logits::None => (None, None),
+                Logits::Last(out) => (Some(out), None),
+                Logits::All(out) => {
+                    assert_eq!(
+                        out.len(),
+                        tokens.len() * n_vocab,
+                        "invariant: All logits are n_tokens × n_vocab"
+                    );
+                    (None, Some(out))
+                }
+            };
+            let align = crate::prefill::CHUNK_ALIGN;
+            let (mut i, mut last_len) = (0, 0);
+            while i < tokens.len() {
+                let pos0 = self.n_past;
+                let end = ((pos0 / align + 1) * align)
+                    .min(pos0 + tokens.len() - i)
+                    .min(pos0 + pf.max_chunk());
+                let n = end - pos0;
+                pf.run_chunk(
+                    &self.kern,
+                    &self.cfg,
+                    &self.weights,
+                    &self.kv,
+                    &tokens[i..i + n],
+                    pos0,
+                )?;
+                self.n_past += n;
+                if let Some(out) = all.as_deref_mut() {
+                    for j in 0..n {
+                        pf.head(&self.kern, &self.cfg, &self.weights, j)?;
+                        pf.read_logits(&mut out[(i + j) * n_vocab..(i + j + 1) * n_vocab])?;
+                    }
+                }
+                i += n;
+                last_len = n;
+            }
+            if let Some(out) = last {
+                pf.head(&self.kern, &self.cfg, &self.weights, last_len - 1)?;
+                pf.read_logits(out)?;
+            }
+            return Ok(());
         }
         match logits {
             Logits::None => {

@@ -17,6 +17,7 @@ pub mod blocks;
 pub mod device;
 pub mod forward;
 pub mod launch;
+pub mod prefill;
 pub mod weights;
 
 /// The embedded kernel images (`$OUT_DIR/kernels.rs`, written by build.rs).

@@ -1,0 +1,942 @@
+// Batched prefill (spec/model.md §3.8: a chunk runs layer by layer): tensor-core GEMMs for every
+// weight product of a chunk of T tokens, and batched versions of the decode step's small ops with the
+// token index in blockIdx.y. The cache-touching steps keep the decode semantics: the compressor
+// state advances token by token (a thread per column walks the chunk in position order), the chunk's
+// own raw rows stay in a chunk buffer until attention is done (a chunk may be longer than the raw
+// window), and every token attends over ring-before-chunk + chunk rows up to itself.
+//
+// GEMM numerics: Y = X·Wᵀ on mma.sync m16n8k16 (f16 in, f32 accumulate). Weights become f16 exactly
+// (int8 Q8_0 quants, IQ2_XXS grid values, K-quant 2/4-bit quants, F16 as is) and the block scales
+// are applied to the f32 partial sum of each 16-wide k step; X is split into hi + lo f16 halves, so
+// each product keeps ~22 bits. K-quant mins use exact f32 sums of x per 16-wide step.
+#include "blocks.cuh"
+#include "common.cuh"
+
+enum { PT_F32 = 0, PT_F16 = 1, PT_Q8R = 8, PT_Q2_K = 10, PT_Q4_K = 12, PT_IQ2_XXS = 16 };
+
+__device__ __forceinline__ float pf_h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+
+// ---- GEMM ---------------------------------------------------------------------------------------
+
+struct PfGemmArgs {
+    const float* x;          // A rows, f32, row stride ldx
+    const int* gather;       // optional: tile row r reads x row gather[r] / gather_div
+    float* y;                // output rows, stride ldy
+    const uint8_t* w;        // weights: Q8R int8 quants [rows][K]; raw GGUF rows otherwise
+    const __half* wscale;    // Q8R: f16 scales [rows][K/32]
+    const float* rowscale;   // optional: x row r is multiplied by rowscale[r] before the split
+    const float* add;        // optional: y += add[r*ldadd + n]
+    const int* tiles;        // expert mode: (expert, row0, n_rows) per tile
+    const int* n_tiles;      // expert mode: number of tiles (device)
+    unsigned long long w_row_bytes;  // raw types: bytes per weight row
+    long long ldx, ldy, ldadd;
+    long long gx, gy;        // group (blockIdx.z) offsets into x and y, in floats
+    int M, N, K;
+    int gather_div;
+    float alpha;
+    int pad;
+};
+
+#define G_BM 64
+#define G_BN 64
+#define G_SA 40  // shared row stride in halves: 32 + 8 keeps fragment loads conflict-free
+
+__device__ __forceinline__ void mma16816(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pf_ld_u32_2(const uint8_t* p) {
+    const uint16_t* q = (const uint16_t*)p;
+    return (uint32_t)q[0] | ((uint32_t)q[1] << 16);
+}
+
+__device__ __forceinline__ int pf_sbyte(const uint8_t* s, int i) { return s[i]; }
+__device__ __forceinline__ void pf_q4k_scale_min(int j, const uint8_t* s, int& sc, int& mn) {
+    if (j < 4) {
+        sc = s[j] & 63;
+        mn = s[j + 4] & 63;
+    } else {
+        sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+        mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+// 16 weights k0..k0+15 of one row as exact f16 values, with the step's scale sa and min sb
+// (w = sa·q − sb).
+template <int TY>
+__device__ __forceinline__ void load_w16(const uint8_t* wrow, const __half* srow, int k0, const uint64_t* grid,
+                                         __half* dst, float& sa, float& sb) {
+    sb = 0.0f;
+    if constexpr (TY == PT_Q8R) {
+        const int4 v = *(const int4*)(wrow + k0);
+        const int8_t* b = (const int8_t*)&v;
+#pragma unroll
+        for (int i = 0; i < 16; i++) dst[i] = __short2half_rn((short)b[i]);
+        sa = __half2float(srow[k0 / 32]);
+    } else if constexpr (TY == PT_F16) {
+        const uint4* s = (const uint4*)(wrow + (size_t)k0 * 2);
+        ((uint4*)dst)[0] = s[0];
+        ((uint4*)dst)[1] = s[1];
+        sa = 1.0f;
+    } else if constexpr (TY == PT_IQ2_XXS) {
+        const uint8_t* b = wrow + (size_t)(k0 / 256) * 66;
+        const float d = pf_h2f(*(const uint16_t*)b);
+        const int ib = (k0 % 256) / 32;
+        const uint32_t a0 = pf_ld_u32_2(b + 2 + 8 * ib), a1 = pf_ld_u32_2(b + 6 + 8 * ib);
+        sa = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
+        const int l0 = (k0 % 32) / 8;  // 0 or 2
+#pragma unroll
+        for (int ll = 0; ll < 2; ll++) {
+            const int l = l0 + ll;
+            const uint64_t g = grid[(a0 >> (8 * l)) & 255];
+            const uint32_t sidx = (a1 >> (7 * l)) & 127;
+            const uint32_t signs = sidx | ((__popc(sidx) & 1) << 7);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                const int mag = (int)((g >> (8 * k)) & 0xff);
+                dst[ll * 8 + k] = __int2half_rn(((signs >> k) & 1) ? -mag : mag);
+            }
+        }
+    } else if constexpr (TY == PT_Q2_K) {
+        const uint8_t* b = wrow + (size_t)(k0 / 256) * 84;
+        const int e0 = k0 % 256;
+        const int h = e0 / 128, j = (e0 % 128) / 32, l0 = e0 % 32;
+        const int sc = b[e0 / 16];
+        const float d = pf_h2f(*(const uint16_t*)(b + 80)), dmin = pf_h2f(*(const uint16_t*)(b + 82));
+#pragma unroll
+        for (int u = 0; u < 16; u++) dst[u] = __int2half_rn((b[16 + 32 * h + l0 + u] >> (2 * j)) & 3);
+        sa = d * (float)(sc & 15);
+        sb = dmin * (float)(sc >> 4);
+    } else if constexpr (TY == PT_Q4_K) {
+        const uint8_t* b = wrow + (size_t)(k0 / 256) * 144;
+        const int e0 = k0 % 256;
+        const int c = e0 / 64, u0 = e0 % 64;
+        int sc, mn;
+        pf_q4k_scale_min(e0 / 32, b + 4, sc, mn);
+        const bool hi = u0 >= 32;
+        const uint8_t* q = b + 16 + 32 * c + (u0 % 32);
+#pragma unroll
+        for (int u = 0; u < 16; u++) dst[u] = __int2half_rn(hi ? (q[u] >> 4) : (q[u] & 15));
+        const float d = pf_h2f(*(const uint16_t*)b), dmin = pf_h2f(*(const uint16_t*)(b + 2));
+        sa = d * (float)sc;
+        sb = dmin * (float)mn;
+    }
+}
+
+// One block computes a 64×64 tile of Y with 4 warps (16 rows × 64 columns each), k in steps of 32.
+template <int TY>
+__device__ void gemm_body(const PfGemmArgs& a) {
+    __shared__ __align__(16) __half s_ah[G_BM * G_SA];
+    __shared__ __align__(16) __half s_al[G_BM * G_SA];
+    __shared__ __align__(16) __half s_b[G_BN * G_SA];
+    __shared__ float s_sa[G_BN][2], s_sb[G_BN][2], s_xs[G_BM][2];
+    __shared__ uint64_t s_grid[256];
+    __shared__ int s_src[G_BM];
+    int e = 0, row0, n_rows;
+    if (a.tiles) {
+        if ((int)blockIdx.y >= *a.n_tiles) return;
+        e = a.tiles[3 * blockIdx.y];
+        row0 = a.tiles[3 * blockIdx.y + 1];
+        n_rows = a.tiles[3 * blockIdx.y + 2];
+    } else {
+        row0 = blockIdx.y * G_BM;
+        n_rows = min(G_BM, a.M - row0);
+    }
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t4 = lane & 3;
+    const int n0 = blockIdx.x * G_BN;
+    if (TY == PT_IQ2_XXS) {
+        for (int i = tid; i < 256; i += blockDim.x) s_grid[i] = IQ2XXS_GRID[i];
+    }
+    if (tid < G_BM) {
+        const int r = row0 + tid;
+        s_src[tid] = tid < n_rows ? (a.gather ? a.gather[r] / a.gather_div : r) : -1;
+    }
+    __syncthreads();
+    const float* xg = a.x + (size_t)blockIdx.z * a.gx;
+    // Loader roles: row (A) / column (B) tid/2, k half tid%2 (16 values each).
+    const int lr = tid >> 1, lh = tid & 1;
+    const int src = s_src[lr];
+    const float* xrow = src >= 0 ? xg + (size_t)src * a.ldx : nullptr;
+    const float xmul = (src >= 0 && a.rowscale) ? a.rowscale[row0 + lr] : 1.0f;
+    const int wn = n0 + lr;
+    const size_t wrow_idx = (size_t)(blockIdx.z + e) * a.N + (wn < a.N ? wn : 0);
+    const uint8_t* wrow = TY == PT_Q8R ? a.w + wrow_idx * a.K : a.w + wrow_idx * a.w_row_bytes;
+    const __half* srow = TY == PT_Q8R ? a.wscale + wrow_idx * (a.K / 32) : nullptr;
+
+    float acc[8][4];
+#pragma unroll
+    for (int i = 0; i < 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+
+    for (int k0 = 0; k0 < a.K; k0 += 32) {
+        {  // A: 16 floats of row lr → hi/lo halves, and their f32 sum
+            __half* dh = s_ah + lr * G_SA + lh * 16;
+            __half* dl = s_al + lr * G_SA + lh * 16;
+            float s = 0.0f;
+            if (xrow) {
+                const float4* p = (const float4*)(xrow + k0 + lh * 16);
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const float4 v4 = p[i];
+                    const float v[4] = {v4.x * xmul, v4.y * xmul, v4.z * xmul, v4.w * xmul};
+#pragma unroll
+                    for (int c = 0; c < 4; c++) {
+                        const __half h = __float2half_rn(v[c]);
+                        dh[4 * i + c] = h;
+                        dl[4 * i + c] = __float2half_rn(v[c] - __half2float(h));
+                        s += v[c];
+                    }
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < 16; i++) dh[i] = dl[i] = __float2half_rn(0.0f);
+            }
+            s_xs[lr][lh] = s;
+        }
+        {  // B: 16 weights of column wn
+            float sa = 0.0f, sb = 0.0f;
+            __half* d = s_b + lr * G_SA + lh * 16;
+            if (wn < a.N) {
+                load_w16<TY>(wrow, srow, k0 + lh * 16, s_grid, d, sa, sb);
+            } else {
+#pragma unroll
+                for (int i = 0; i < 16; i++) d[i] = __float2half_rn(0.0f);
+            }
+            s_sa[lr][lh] = sa;
+            s_sb[lr][lh] = sb;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kh = 0; kh < 2; kh++) {
+            uint32_t ah[4], al[4];
+            const int r0 = warp * 16 + g, kc = kh * 16 + 2 * t4;
+            ah[0] = *(const uint32_t*)(s_ah + r0 * G_SA + kc);
+            ah[1] = *(const uint32_t*)(s_ah + (r0 + 8) * G_SA + kc);
+            ah[2] = *(const uint32_t*)(s_ah + r0 * G_SA + kc + 8);
+            ah[3] = *(const uint32_t*)(s_ah + (r0 + 8) * G_SA + kc + 8);
+            al[0] = *(const uint32_t*)(s_al + r0 * G_SA + kc);
+            al[1] = *(const uint32_t*)(s_al + (r0 + 8) * G_SA + kc);
+            al[2] = *(const uint32_t*)(s_al + r0 * G_SA + kc + 8);
+            al[3] = *(const uint32_t*)(s_al + (r0 + 8) * G_SA + kc + 8);
+            const float xs0 = s_xs[r0][kh], xs1 = s_xs[r0 + 8][kh];
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) {
+                const int nb = nt * 8 + g;
+                const uint32_t b0 = *(const uint32_t*)(s_b + nb * G_SA + kc);
+                const uint32_t b1 = *(const uint32_t*)(s_b + nb * G_SA + kc + 8);
+                if (TY == PT_F16) {
+                    mma16816(acc[nt], ah, b0, b1);
+                    mma16816(acc[nt], al, b0, b1);
+                } else {
+                    float tmp[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                    mma16816(tmp, ah, b0, b1);
+                    mma16816(tmp, al, b0, b1);
+                    const int c0 = nt * 8 + 2 * t4;
+                    const float sa0 = s_sa[c0][kh], sa1 = s_sa[c0 + 1][kh];
+                    acc[nt][0] += sa0 * tmp[0];
+                    acc[nt][1] += sa1 * tmp[1];
+                    acc[nt][2] += sa0 * tmp[2];
+                    acc[nt][3] += sa1 * tmp[3];
+                    if (TY == PT_Q2_K || TY == PT_Q4_K) {
+                        const float sb0 = s_sb[c0][kh], sb1 = s_sb[c0 + 1][kh];
+                        acc[nt][0] -= sb0 * xs0;
+                        acc[nt][1] -= sb1 * xs0;
+                        acc[nt][2] -= sb0 * xs1;
+                        acc[nt][3] -= sb1 * xs1;
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
+    float* yg = a.y + (size_t)blockIdx.z * a.gy;
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++) {
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            const int r = warp * 16 + g + (q >= 2 ? 8 : 0);
+            const int n = n0 + nt * 8 + 2 * t4 + (q & 1);
+            if (r < n_rows && n < a.N) {
+                float v = acc[nt][q] * a.alpha;
+                const size_t gr = (size_t)(row0 + r);
+                if (a.add) v = a.add[gr * a.ldadd + n] + v;
+                yg[gr * a.ldy + n] = v;
+            }
+        }
+    }
+}
+
+#define PF_GEMM(SUFFIX, TY) \
+    extern "C" __global__ void __launch_bounds__(128) pf_gemm_##SUFFIX(PfGemmArgs a) { gemm_body<TY>(a); }
+PF_GEMM(q8r, PT_Q8R)
+PF_GEMM(f16, PT_F16)
+PF_GEMM(iq2_xxs, PT_IQ2_XXS)
+PF_GEMM(q2_k, PT_Q2_K)
+PF_GEMM(q4_k, PT_Q4_K)
+
+// F32 weights (none of the model's matrices; kept for completeness): one thread per output, f32
+// fma over k in order. Dense mode only.
+extern "C" __global__ void pf_gemm_f32(PfGemmArgs a) {
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    const int r = blockIdx.y;
+    if (n >= a.N || r >= a.M) return;
+    const float* xg = a.x + (size_t)blockIdx.z * a.gx;
+    const int src = a.gather ? a.gather[r] / a.gather_div : r;
+    const float* x = xg + (size_t)src * a.ldx;
+    const float xmul = a.rowscale ? a.rowscale[r] : 1.0f;
+    const float* w = (const float*)(a.w + ((size_t)blockIdx.z * a.N + n) * a.w_row_bytes);
+    float s = 0.0f;
+    for (int k = 0; k < a.K; k++) s += w[k] * (x[k] * xmul);
+    float v = s * a.alpha;
+    if (a.add) v = a.add[(size_t)r * a.ldadd + n] + v;
+    a.y[(size_t)blockIdx.z * a.gy + (size_t)r * a.ldy + n] = v;
+}
+
+// Raw Q8_0 rows (34-byte blocks) → int8 quants [rows][K] and f16 scales [rows][K/32].
+extern "C" __global__ void pf_repack_q8(const uint8_t* src, int8_t* q, __half* scales, unsigned long long n_blocks) {
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    for (unsigned long long b = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; b < n_blocks; b += stride) {
+        const uint8_t* s = src + b * 34;
+        scales[b] = __ushort_as_half((uint16_t)s[0] | ((uint16_t)s[1] << 8));
+        for (int i = 0; i < 32; i++) q[b * 32 + i] = (int8_t)s[2 + i];
+    }
+}
+
+// ---- embedding, norms, hyper-connections (spec §3.3, §3.4) ---------------------------------------
+
+extern "C" __global__ void pf_embed(const __half* token_embd, const int* tokens, float* X, int n_embd, int n_hc) {
+    const int t = blockIdx.y;
+    const size_t row = (size_t)tokens[t] * n_embd;
+    float* xt = X + (size_t)t * n_hc * n_embd;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n_embd; i += gridDim.x * blockDim.x) {
+        const float e = __half2float(token_embd[row + i]);
+        for (int h = 0; h < n_hc; h++) xt[(size_t)h * n_embd + i] = e;
+    }
+}
+
+// out[t] = 1/sqrt(mean(x_t²) + eps), one block per token.
+extern "C" __global__ void pf_rms_rows(const float* x, int n, float eps, float* out) {
+    __shared__ double red[32];
+    const float s = block_rms_scale(x + (size_t)blockIdx.x * n, n, eps, red);
+    if (threadIdx.x == 0) out[blockIdx.x] = s;
+}
+
+// The decode hc_pre (kernels/ops.cu) for token blockIdx.x: mix [T][mixw], X [T][n_hc·n_embd],
+// hcw [T][mixw], xa [T][n_embd]. Dynamic shared memory: n_embd floats.
+extern "C" __global__ void pf_hc_pre(const float* mix, const float* scale, const float* base, const float* X,
+                                     const float* norm_w, float* hcw, float* xa, int n_embd, int n_hc,
+                                     int sinkhorn_iters, float hc_eps, float rms_eps) {
+    extern __shared__ float u[];
+    __shared__ float w[2 * 8 + 64];
+    __shared__ double red[32];
+    const int mixw = 2 * n_hc + n_hc * n_hc;
+    const size_t t = blockIdx.x;
+    mix += t * mixw;
+    X += t * n_hc * n_embd;
+    hcw += t * mixw;
+    xa += t * n_embd;
+    if (threadIdx.x < 32) {
+        const int n = n_hc, nn = n_hc * n_hc, lane = threadIdx.x;
+        for (int h = lane; h < n; h += 32) {
+            w[h] = 1.0f / (1.0f + expf(-(mix[h] * scale[0] + base[h]))) + hc_eps;
+            w[n + h] = 2.0f * (1.0f / (1.0f + expf(-(mix[n + h] * scale[1] + base[n + h]))));
+        }
+        float* M = w + 2 * n;
+        for (int e = lane; e < nn; e += 32) M[e] = mix[2 * n + e] * scale[2] + base[2 * n + e];
+        __syncwarp();
+        // Row softmax, then Sinkhorn (column pass first, as the reference), every sum in index order.
+        float v[2];
+        for (int q = 0; q < 2; q++) {
+            const int e = lane + 32 * q;
+            if (e >= nn) continue;
+            const int r = e / n;
+            float mx = -3.0e38f;
+            for (int c = 0; c < n; c++) mx = fmaxf(mx, M[r * n + c]);
+            float sum = 0.0f;
+            for (int c = 0; c < n; c++) sum += expf(M[r * n + c] - mx);
+            v[q] = expf(M[e] - mx) / sum + hc_eps;
+        }
+        __syncwarp();
+        for (int q = 0; q < 2; q++)
+            if (lane + 32 * q < nn) M[lane + 32 * q] = v[q];
+        __syncwarp();
+        for (int it = 0; it < sinkhorn_iters; it++) {
+            for (int pass = (it == 0 ? 1 : 0); pass < 2; pass++) {  // 0: rows, 1: columns
+                for (int q = 0; q < 2; q++) {
+                    const int e = lane + 32 * q;
+                    if (e >= nn) continue;
+                    const int r = e / n, c = e % n;
+                    float sum = 0.0f;
+                    if (pass == 0)
+                        for (int k = 0; k < n; k++) sum += M[r * n + k];
+                    else
+                        for (int k = 0; k < n; k++) sum += M[k * n + c];
+                    v[q] = M[e] / (sum + hc_eps);
+                }
+                __syncwarp();
+                for (int q = 0; q < 2; q++)
+                    if (lane + 32 * q < nn) M[lane + 32 * q] = v[q];
+                __syncwarp();
+            }
+        }
+        for (int i = lane; i < 2 * n + nn; i += 32) hcw[i] = w[i];
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < n_embd; d += blockDim.x) {
+        float s = 0.0f;
+        for (int h = 0; h < n_hc; h++) s += w[h] * X[(size_t)h * n_embd + d];
+        u[d] = s;
+    }
+    __syncthreads();
+    const float sc = block_rms_scale(u, n_embd, rms_eps, red);
+    for (int d = threadIdx.x; d < n_embd; d += blockDim.x) xa[d] = (u[d] * sc) * norm_w[d];
+}
+
+// HC post for token blockIdx.y: X[c][d] = post_c·y[d] + Σ_r M[r][c]·X[r][d], in place.
+extern "C" __global__ void pf_hc_post(float* X, const float* y, const float* hcw, int n_embd, int n_hc) {
+    const int d = blockIdx.x * blockDim.x + threadIdx.x;
+    if (d >= n_embd) return;
+    const size_t t = blockIdx.y;
+    const int mixw = 2 * n_hc + n_hc * n_hc;
+    X += t * n_hc * n_embd;
+    y += t * n_embd;
+    hcw += t * mixw;
+    float xin[8];
+    for (int r = 0; r < n_hc; r++) xin[r] = X[(size_t)r * n_embd + d];
+    const float* post = hcw + n_hc;
+    const float* M = hcw + 2 * n_hc;
+    for (int c = 0; c < n_hc; c++) {
+        float s = post[c] * y[d];
+        for (int r = 0; r < n_hc; r++) s += M[r * n_hc + c] * xin[r];
+        X[(size_t)c * n_embd + d] = s;
+    }
+}
+
+// ---- attention projections (spec §3.5 A4-A8) -----------------------------------------------------
+
+// Unweighted RMSNorm of head blockIdx.x of token blockIdx.y, then RoPE at pos0 + token.
+extern "C" __global__ void pf_head_norm_rope(float* q, int n_head, int head_dim, RopeArgs rope, int pos0, float eps) {
+    __shared__ double red[32];
+    float* v = q + ((size_t)blockIdx.y * n_head + blockIdx.x) * head_dim;
+    const float s = block_rms_scale(v, head_dim, eps, red);
+    __syncthreads();
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) v[i] = v[i] * s;
+    __syncthreads();
+    rope_tail_block(v, head_dim, rope, (float)(pos0 + (int)blockIdx.y), false);
+}
+
+// A5-A8 for token blockIdx.x: RMSNorm ⊙ w, RoPE, FP8 on the non-RoPE dims, f16 round, into the
+// chunk's row buffer kvc [T][head_dim] (the ring is written after attention). Smem: head_dim floats.
+extern "C" __global__ void pf_kv_finish(const float* kv_raw, const float* norm_w, RopeArgs rope, int pos0, float* kvc,
+                                        int head_dim, float eps) {
+    extern __shared__ float v[];
+    __shared__ double red[32];
+    __shared__ float scales[64];
+    const size_t t = blockIdx.x;
+    kv_raw += t * head_dim;
+    const float s = block_rms_scale(kv_raw, head_dim, eps, red);
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) v[i] = (kv_raw[i] * s) * norm_w[i];
+    __syncthreads();
+    rope_tail_block(v, head_dim, rope, (float)(pos0 + (int)t), false);
+    __syncthreads();
+    const int n_fp8 = (head_dim - rope.n_rot) / 64;
+    quant_sim_blocks(v, n_fp8, 64, 448.0f, 1e-4f, scales);
+    __syncthreads();
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) kvc[t * head_dim + i] = f16_round(v[i]);
+}
+
+// The last min(T, raw_cap) chunk rows into the ring (row of position p is p mod raw_cap).
+extern "C" __global__ void pf_ring_store(const float* kvc, float* ring, int pos0, int n_tok, int raw_cap, int head_dim) {
+    const int first = max(0, n_tok - raw_cap);
+    const int t = first + blockIdx.x;
+    if (t >= n_tok) return;
+    float* dst = ring + (size_t)((pos0 + t) % raw_cap) * head_dim;
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) dst[i] = kvc[(size_t)t * head_dim + i];
+}
+
+// ---- compressor (spec §3.5 C1-C9) ----------------------------------------------------------------
+
+// C1-C4 and C8 for the chunk, thread per output column j < D (it owns state columns j and, with
+// coff = 2, D + j): tokens in position order, exactly the decode compressor_step's state updates;
+// every emitted row's pooled values go to pooled[e][j] (e = emission index in the chunk).
+extern "C" __global__ void pf_comp_pool(const float* kvp, const float* scp, const __half* ape, float* state_kv,
+                                        float* state_sc, float* pooled, int pos0, int n_tok, int R, int coff, int D) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= D) return;
+    const int W = coff * D;
+    int e = 0;
+    for (int t = 0; t < n_tok; t++) {
+        const int pos = pos0 + t;
+        const int p = pos % R;
+        const int row = coff == 2 ? R + p : p;
+        for (int c = 0; c < coff; c++) {
+            const int col = j + c * D;
+            state_kv[(size_t)row * W + col] = kvp[(size_t)t * W + col];
+            state_sc[(size_t)row * W + col] = scp[(size_t)t * W + col] + __half2float(ape[(size_t)p * W + col]);
+        }
+        if ((pos + 1) % R != 0) continue;
+        float mx = -3.0e38f;
+        if (coff == 2) {
+            for (int i = 0; i < R; i++) {
+                mx = fmaxf(mx, state_sc[(size_t)i * W + j]);
+                mx = fmaxf(mx, state_sc[(size_t)(R + i) * W + D + j]);
+            }
+        } else {
+            for (int i = 0; i < R; i++) mx = fmaxf(mx, state_sc[(size_t)i * W + j]);
+        }
+        float out = 0.0f;
+        if (mx > -5.0e29f) {
+            float num = 0.0f, den = 0.0f;
+            for (int i = 0; i < R; i++) {
+                if (coff == 2) {
+                    const float wp = expf(state_sc[(size_t)i * W + j] - mx);
+                    const float wc = expf(state_sc[(size_t)(R + i) * W + D + j] - mx);
+                    den += wp + wc;
+                    num += wp * state_kv[(size_t)i * W + j];
+                    num += wc * state_kv[(size_t)(R + i) * W + D + j];
+                } else {
+                    const float w = expf(state_sc[(size_t)i * W + j] - mx);
+                    den += w;
+                    num += w * state_kv[(size_t)i * W + j];
+                }
+            }
+            out = num / den;
+        }
+        pooled[(size_t)e * D + j] = out;
+        e++;
+        if (coff == 2) {
+            for (int i = 0; i < R; i++) {
+                for (int c = 0; c < 2; c++) {
+                    const int col = j + c * D;
+                    state_kv[(size_t)i * W + col] = state_kv[(size_t)(R + i) * W + col];
+                    state_sc[(size_t)i * W + col] = state_sc[(size_t)(R + i) * W + col];
+                }
+            }
+        }
+    }
+}
+
+// spec §3.2 P7 on a 128-wide shared vector: Hadamard (Sylvester order), scale, FP4 in blocks of 32.
+__device__ void pf_hadamard_fp4_128(float* v) {
+    for (int s = 1; s < 128; s <<= 1) {
+        __syncthreads();
+        for (int i = threadIdx.x; i < 64; i += blockDim.x) {
+            const int idx = (i / s) * 2 * s + (i % s);
+            const float a = v[idx], b = v[idx + s];
+            v[idx] = a + b;
+            v[idx + s] = a - b;
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < 128; i += blockDim.x) v[i] *= 0.08838834764831845f;
+    __syncthreads();
+    __shared__ float scales[4];
+    quant_sim_blocks(v, 4, 32, 6.0f, 7.052966104933725e-38f, scales);
+}
+
+// C5-C7, C9 for emitted row blockIdx.x (at position first_pos + blockIdx.x·R): RMSNorm ⊙ w, RoPE at
+// the window's first position, FP8 (qat = 0) or Hadamard + FP4 (qat = 1), f16 round, append.
+// Dynamic shared memory: D floats.
+extern "C" __global__ void pf_comp_emit(const float* pooled, const float* norm_w, float* cache, RopeArgs rope,
+                                        int first_pos, int R, int D, int qat, float eps) {
+    extern __shared__ float row[];
+    __shared__ double red[32];
+    __shared__ float scales[64];
+    const int pos = first_pos + (int)blockIdx.x * R;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) row[j] = pooled[(size_t)blockIdx.x * D + j];
+    __syncthreads();
+    const float sc = block_rms_scale(row, D, eps, red);
+    __syncthreads();
+    for (int j = threadIdx.x; j < D; j += blockDim.x) row[j] = (row[j] * sc) * norm_w[j];
+    __syncthreads();
+    rope_tail_block(row, D, rope, (float)(pos + 1 - R), false);
+    __syncthreads();
+    if (qat) {
+        pf_hadamard_fp4_128(row);
+    } else {
+        quant_sim_blocks(row, (D - rope.n_rot) / 64, 64, 448.0f, 1e-4f, scales);
+    }
+    __syncthreads();
+    float* dst = cache + (size_t)((pos + 1) / R - 1) * D;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) dst[j] = f16_round(row[j]);
+}
+
+// ---- indexer (spec §3.5 A10) ---------------------------------------------------------------------
+
+// Head blockIdx.x of token blockIdx.y: RoPE at the token's position, then Hadamard + FP4.
+extern "C" __global__ void pf_index_q_prep(float* qi, int n_idx_head, RopeArgs rope, int pos0) {
+    __shared__ float v[128];
+    float* h = qi + ((size_t)blockIdx.y * n_idx_head + blockIdx.x) * 128;
+    for (int i = threadIdx.x; i < 128; i += blockDim.x) v[i] = h[i];
+    __syncthreads();
+    rope_tail_block(v, 128, rope, (float)(pos0 + (int)blockIdx.y), false);
+    pf_hadamard_fp4_128(v);
+    for (int i = threadIdx.x; i < 128; i += blockDim.x) h[i] = v[i];
+}
+
+// Scores of token t0 + blockIdx.y over its visible index rows (warp per row), only for tokens that
+// select (more than top_k rows): scores[blockIdx.y][c] = Σ_h max(0, K_c·qi_h)·w_h, heads ascending.
+extern "C" __global__ void pf_index_scores(const float* index_cache, const float* qi, const float* w, int pos0, int t0,
+                                           int ratio, int n_idx_head, int top_k, float* scores, int cap) {
+    const int t = t0 + blockIdx.y;
+    const int n_comp = (pos0 + t + 1) / ratio;
+    if (n_comp <= top_k) return;
+    const int c = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (c >= n_comp) return;
+    const float4 k = *((const float4*)(index_cache + (size_t)c * 128) + lane);
+    const float* qt = qi + (size_t)t * n_idx_head * 128;
+    const float* wt = w + (size_t)t * n_idx_head;
+    float s = 0.0f;
+    for (int h = 0; h < n_idx_head; h++) {
+        const float4 q = *((const float4*)(qt + (size_t)h * 128) + lane);
+        const float d = warp_sum(k.x * q.x + k.y * q.y + k.z * q.z + k.w * q.w);
+        s += fmaxf(d, 0.0f) * wt[h];
+    }
+    if (lane == 0) scores[(size_t)blockIdx.y * cap + c] = s;
+}
+
+__device__ __forceinline__ uint32_t pf_order_key(float f) {
+    const uint32_t u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__device__ int pf_block_exclusive_scan(int v, int* tmp, int* total) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warp = (blockDim.x + 31) >> 5;
+    int x = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(0xffffffffu, x, o);
+        if (lane >= o) x += y;
+    }
+    __syncthreads();
+    if (lane == 31) tmp[warp] = x;
+    __syncthreads();
+    if (warp == 0) {
+        int w = lane < n_warp ? tmp[lane] : 0;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const int y = __shfl_up_sync(0xffffffffu, w, o);
+            if (lane >= o) w += y;
+        }
+        tmp[32 + lane] = w;
+    }
+    __syncthreads();
+    const int before = warp > 0 ? tmp[32 + warp - 1] : 0;
+    *total = tmp[32 + n_warp - 1];
+    return before + x - v;
+}
+
+// The decode index_topk for token t0 + blockIdx.y (only when it has more than top_k rows): the
+// top_k highest scores, ties to the lower row, ascending, into list[t][top_k]. 1024 threads.
+extern "C" __global__ void pf_index_topk(const float* scores, int pos0, int t0, int ratio, int top_k, int* list,
+                                         int cap) {
+    __shared__ int hist[256];
+    __shared__ int tmp[64];
+    __shared__ uint32_t s_prefix;
+    __shared__ int s_remaining;
+    const int t = t0 + blockIdx.y;
+    const int n = (pos0 + t + 1) / ratio;
+    if (n <= top_k) return;
+    scores += (size_t)blockIdx.y * cap;
+    list += (size_t)t * top_k;
+    uint32_t prefix = 0, mask = 0;
+    int remaining = top_k;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+        __syncthreads();
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            const uint32_t k = pf_order_key(scores[i]);
+            if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255], 1);
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int above = 0, d = 255;
+            for (; d > 0; d--) {
+                if (above + hist[d] >= remaining) break;
+                above += hist[d];
+            }
+            s_prefix = prefix | ((uint32_t)d << shift);
+            s_remaining = remaining - above;
+        }
+        __syncthreads();
+        prefix = s_prefix;
+        remaining = s_remaining;
+        mask |= 0xffu << shift;
+        __syncthreads();
+    }
+    const int chunk = (n + blockDim.x - 1) / blockDim.x;
+    const int lo = min(n, (int)threadIdx.x * chunk), hi = min(n, lo + chunk);
+    int n_gt = 0, n_eq = 0;
+    for (int i = lo; i < hi; i++) {
+        const uint32_t k = pf_order_key(scores[i]);
+        n_gt += k > prefix;
+        n_eq += k == prefix;
+    }
+    int total;
+    const int eq_before = pf_block_exclusive_scan(n_eq, tmp, &total);
+    const int eq_take = max(0, min(n_eq, remaining - eq_before));
+    const int out_before = pf_block_exclusive_scan(n_gt + eq_take, tmp, &total);
+    int o = out_before, eq_seen = 0;
+    for (int i = lo; i < hi; i++) {
+        const uint32_t k = pf_order_key(scores[i]);
+        if (k > prefix) {
+            list[o++] = i;
+        } else if (k == prefix) {
+            if (eq_seen < eq_take) list[o++] = i;
+            eq_seen++;
+        }
+    }
+}
+
+// ---- attention (spec §3.5 A11-A12) ---------------------------------------------------------------
+
+#define PF_HPB 4  // heads per block: they share every key row load (one KV head)
+
+// Heads PF_HPB·blockIdx.x.. of token blockIdx.y. Rows: raw window oldest first (positions before
+// the chunk from the ring, the chunk's own from kvc), then the visible compressed rows (all, or the
+// token's top-k list). Softmax with the sink; value = key; inverse RoPE. Scores: warp per row; the
+// weighted sum: thread per output dim over rows in order (fixed order, no atomics).
+// Dynamic shared memory: PF_HPB·(head_dim + max_rows) floats.
+extern "C" __global__ void __launch_bounds__(256)
+    pf_attention(const float* q, const float* ring, int raw_cap, const float* kvc, int pos0, const float* comp,
+                 const int* list, const float* sinks, int n_head, int n_swa, int ratio, int top_k, int head_dim,
+                 float kq_scale, RopeArgs rope, float* out) {
+    extern __shared__ float sm[];
+    __shared__ float red[32];
+    const int t = blockIdx.y, h0 = blockIdx.x * PF_HPB;
+    const int pos = pos0 + t;
+    const int n_raw = min(pos + 1, n_swa);
+    int n_comp = 0;
+    bool use_list = false;
+    if (ratio > 0) {
+        n_comp = (pos + 1) / ratio;
+        if (ratio == 4 && n_comp > top_k) {
+            n_comp = top_k;
+            use_list = true;
+        }
+    }
+    const int n_rows = n_raw + n_comp;
+    float* qs = sm;
+    float* sc = sm + PF_HPB * head_dim;
+    const float* qt = q + ((size_t)t * n_head + h0) * head_dim;
+    for (int i = threadIdx.x; i < PF_HPB * head_dim; i += blockDim.x) qs[i] = qt[i];
+    __syncthreads();
+    const int* lt = list + (size_t)t * top_k;
+    auto row_ptr = [&](int j) -> const float* {
+        if (j < n_raw) {
+            const int p = pos - n_raw + 1 + j;
+            return p >= pos0 ? kvc + (size_t)(p - pos0) * head_dim : ring + (size_t)(p % raw_cap) * head_dim;
+        }
+        return comp + (size_t)(use_list ? lt[j - n_raw] : j - n_raw) * head_dim;
+    };
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warp = blockDim.x >> 5;
+    const int n_chunk = head_dim / 128;
+    for (int j = warp; j < n_rows; j += n_warp) {
+        const float* k = row_ptr(j);
+        float s[PF_HPB];
+#pragma unroll
+        for (int h = 0; h < PF_HPB; h++) s[h] = 0.0f;
+        for (int c = 0; c < n_chunk; c++) {
+            const float4 a = __ldg((const float4*)(k + c * 128) + lane);
+#pragma unroll
+            for (int h = 0; h < PF_HPB; h++) {
+                const float4 b = *((const float4*)(qs + h * head_dim + c * 128) + lane);
+                s[h] += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+            }
+        }
+#pragma unroll
+        for (int h = 0; h < PF_HPB; h++) {
+            const float v = warp_sum(s[h]);
+            if (lane == 0) sc[h * n_rows + j] = v * kq_scale;
+        }
+    }
+    __syncthreads();
+    float inv[PF_HPB];
+#pragma unroll
+    for (int h = 0; h < PF_HPB; h++) {
+        float* sh = sc + h * n_rows;
+        const float sink = sinks[h0 + h];
+        float m = sink;
+        for (int j = threadIdx.x; j < n_rows; j += blockDim.x) m = fmaxf(m, sh[j]);
+        const float mx = block_max(m, red);
+        __syncthreads();
+        float psum = 0.0f;
+        for (int j = threadIdx.x; j < n_rows; j += blockDim.x) {
+            const float e = expf(sh[j] - mx);
+            sh[j] = e;
+            psum += e;
+        }
+        const float den = expf(sink - mx) + block_sum(psum, red);
+        inv[h] = 1.0f / den;
+        __syncthreads();
+    }
+    float acc[PF_HPB][4];
+#pragma unroll
+    for (int h = 0; h < PF_HPB; h++) acc[h][0] = acc[h][1] = acc[h][2] = acc[h][3] = 0.0f;
+    const int n_dim = (head_dim + blockDim.x - 1) / blockDim.x;  // head_dim ≤ 4·blockDim
+    for (int j = 0; j < n_rows; j++) {
+        const float* k = row_ptr(j);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int d = threadIdx.x + i * blockDim.x;
+            if (i < n_dim && d < head_dim) {
+                const float kv = __ldg(k + d);
+#pragma unroll
+                for (int h = 0; h < PF_HPB; h++) acc[h][i] += sc[h * n_rows + j] * kv;
+            }
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int d = threadIdx.x + i * blockDim.x;
+        if (i < n_dim && d < head_dim) {
+#pragma unroll
+            for (int h = 0; h < PF_HPB; h++) qs[h * head_dim + d] = acc[h][i] * inv[h];
+        }
+    }
+    __syncthreads();
+    for (int h = 0; h < PF_HPB; h++) {
+        rope_tail_block(qs + h * head_dim, head_dim, rope, (float)pos, true);
+    }
+    __syncthreads();
+    float* ot = out + ((size_t)t * n_head + h0) * head_dim;
+    for (int i = threadIdx.x; i < PF_HPB * head_dim; i += blockDim.x) ot[i] = qs[i];
+}
+
+// ---- router and experts (spec §3.6 F2-F7) --------------------------------------------------------
+
+// The decode route for token blockIdx.x: logits [T][n_expert] → sel, route_w [T][n_used].
+extern "C" __global__ void pf_route(const float* logits, const float* bias, const int* tid2eid, const int* tokens,
+                                    int n_expert, int n_used, float weight_scale, int* sel, float* route_w) {
+    extern __shared__ float p[];
+    __shared__ float wbest[32];
+    __shared__ int widx[32];
+    __shared__ int chosen[16];
+    const size_t t = blockIdx.x;
+    logits += t * n_expert;
+    sel += t * n_used;
+    route_w += t * n_used;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warp = blockDim.x >> 5;
+    for (int e = threadIdx.x; e < n_expert; e += blockDim.x) {
+        const float z = logits[e];
+        const float sp = z > 20.0f ? z : (z < -20.0f ? expf(z) : log1pf(expf(z)));
+        p[e] = sqrtf(sp);
+    }
+    __syncthreads();
+    if (tid2eid) {
+        if ((int)threadIdx.x < n_used) chosen[threadIdx.x] = tid2eid[(size_t)tokens[t] * n_used + threadIdx.x];
+    } else {
+        for (int k = 0; k < n_used; k++) {
+            float best = -3.0e38f;
+            int bi = 0x7fffffff;
+            for (int e = threadIdx.x; e < n_expert; e += blockDim.x) {
+                bool taken = false;
+                for (int j = 0; j < k; j++) taken |= chosen[j] == e;
+                const float s = p[e] + (bias ? bias[e] : 0.0f);
+                if (!taken && (s > best || (s == best && e < bi))) {
+                    best = s;
+                    bi = e;
+                }
+            }
+            for (int o = 16; o > 0; o >>= 1) {
+                const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+                const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+                if (ob > best || (ob == best && oi < bi)) {
+                    best = ob;
+                    bi = oi;
+                }
+            }
+            if (lane == 0) {
+                wbest[warp] = best;
+                widx[warp] = bi;
+            }
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                for (int w = 1; w < n_warp; w++)
+                    if (wbest[w] > best || (wbest[w] == best && widx[w] < bi)) {
+                        best = wbest[w];
+                        bi = widx[w];
+                    }
+                chosen[k] = bi;
+            }
+            __syncthreads();
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    float sum = 0.0f;
+    for (int k = 0; k < n_used; k++) sum += p[chosen[k]];
+    sum = fmaxf(sum, 6.103515625e-5f);
+    for (int k = 0; k < n_used; k++) {
+        sel[k] = chosen[k];
+        route_w[k] = (p[chosen[k]] / sum) * weight_scale;
+    }
+}
+
+// Groups the chunk's (token, slot) pairs by expert: perm[i] = pair of sorted row i (experts
+// ascending, pairs in order within an expert), inv[pair] = its row, and GEMM tiles of at most bm
+// rows (expert, row0, n_rows). One block; deterministic. Dynamic shared memory: 2·n_expert ints.
+extern "C" __global__ void pf_moe_sort(const int* sel, int n_pairs, int n_expert, int bm, int* perm, int* inv,
+                                       int* tiles, int* n_tiles) {
+    extern __shared__ int cnt[];
+    int* off = cnt + n_expert;
+    for (int e = threadIdx.x; e < n_expert; e += blockDim.x) cnt[e] = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < n_pairs; i += blockDim.x) atomicAdd(&cnt[sel[i]], 1);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int o = 0, nt = 0;
+        for (int e = 0; e < n_expert; e++) {
+            off[e] = o;
+            for (int r = 0; r < cnt[e]; r += bm) {
+                tiles[3 * nt] = e;
+                tiles[3 * nt + 1] = o + r;
+                tiles[3 * nt + 2] = min(bm, cnt[e] - r);
+                nt++;
+            }
+            o += cnt[e];
+        }
+        *n_tiles = nt;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < n_expert; e += blockDim.x) {
+        int o = off[e];
+        for (int i = 0; i < n_pairs; i++) {
+            if (sel[i] == e) {
+                perm[o] = i;
+                inv[i] = o;
+                o++;
+            }
+        }
+    }
+}
+
+// F5/F6 mid: g[i][f] ← silu(min(g, c))·clamp(u, ±c)·route_w[perm[i]] (route weight optional).
+extern "C" __global__ void pf_swiglu(float* g, const float* u, int n_rows, int ff, float clamp, const float* route_w,
+                                     const int* perm) {
+    const size_t n = (size_t)n_rows * ff;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float gv = fminf(g[i], clamp);
+        const float uv = fminf(fmaxf(u[i], -clamp), clamp);
+        float h = gv * sigmoid_stable(gv) * uv;
+        if (route_w) h = h * route_w[perm[i / ff]];
+        g[i] = h;
+    }
+}
+
+// F7 for token blockIdx.y: out = Σ_k down_k (selection order) + shared.
+extern "C" __global__ void pf_moe_sum(const float* down, const int* inv, const float* sh, float* out, int n_used,
+                                      int n_embd) {
+    const int d = blockIdx.x * blockDim.x + threadIdx.x;
+    if (d >= n_embd) return;
+    const size_t t = blockIdx.y;
+    float f = down[(size_t)inv[t * n_used] * n_embd + d];
+    for (int k = 1; k < n_used; k++) f += down[(size_t)inv[t * n_used + k] * n_embd + d];
+    out[t * n_embd + d] = f + sh[t * n_embd + d];
+}

@@ -1,0 +1,1211 @@
+//! Batched prefill on the GPU (spec/model.md §3.8), laid out like `ds4-cpu`'s `forward_chunk`: a
+//! chunk of T tokens runs layer by layer, every weight product is one tensor-core GEMM over the
+//! chunk (each weight byte read once per 64 tokens instead of once per token), and the
+//! cache-touching steps keep the decode semantics (compressor state token by token, the chunk's own
+//! raw rows attended from a chunk buffer, the ring written after attention).
+//!
+//! Kernels: `kernels/prefill.cu`, loaded here from the embedded fatbin (its own module). GEMM
+//! numerics are f32-grade (weights exact in f16, activations split hi + lo; see the .cu header), so
+//! a batched chunk agrees with the token-by-token decode path within float rounding.
+//!
+//! Q8_0 weights are read in the repacked layout (int8 quants `[n_out][n_in]`, then f16 scales
+//! `[n_out][n_in/32]` at `align256(n_out·n_in)`), through [`q8_operand`]: while the device tensors
+//! still hold GGUF blocks, a repacked copy is made once per tensor.
+
+use std::ffi::{c_void, CString};
+use std::sync::Arc;
+
+use cudarc::driver::{result, sys};
+use ds4_gguf::TensorType;
+use ds4_model::{AttnKind, Config};
+
+use crate::device::{DevBuf, Device};
+use crate::forward::{Frontier, KvState, LayerKv};
+use crate::launch::{DPtr, GemvArgs, GemvMode, Kernels, RopeArgs};
+use crate::weights::{DevAttnExtra, DevCompressor, DevHc, DevLayer, DevTensor, DevWeights};
+use crate::Error;
+
+/// Chunks never cross an absolute multiple of this (spec/server.md §5.1), so no chunk is longer.
+pub const CHUNK_ALIGN: usize = 2048;
+
+/// Whether `eval` batches prompts of 4+ tokens when `DS4_CUDA_BATCHED_PREFILL` is unset.
+pub const BATCHED_DEFAULT: bool = false;
+
+/// `DS4_CUDA_BATCHED_PREFILL=1|0` overrides [`BATCHED_DEFAULT`].
+pub fn batched_enabled() -> bool {
+    match std::env::var("DS4_CUDA_BATCHED_PREFILL") {
+        Ok(v) => v == "1",
+        Err(_) => BATCHED_DEFAULT,
+    }
+}
+
+/// GEMM tile (kernels/prefill.cu `G_BM`, `G_BN`).
+const TILE: usize = 64;
+/// Heads per attention block (`PF_HPB`).
+const ATTN_HPB: usize = 4;
+
+/// `PfGemmArgs` of kernels/prefill.cu (field order and types must match).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct PfGemmArgs {
+    x: DPtr,
+    gather: DPtr,
+    y: DPtr,
+    w: DPtr,
+    wscale: DPtr,
+    rowscale: DPtr,
+    add: DPtr,
+    tiles: DPtr,
+    n_tiles: DPtr,
+    w_row_bytes: u64,
+    ldx: i64,
+    ldy: i64,
+    ldadd: i64,
+    gx: i64,
+    gy: i64,
+    m: i32,
+    n: i32,
+    k: i32,
+    gather_div: i32,
+    alpha: f32,
+    pad: i32,
+}
+
+/// A weight matrix as the GEMM reads it.
+#[derive(Clone, Copy, Debug)]
+pub enum WeightOp {
+    /// Q8_0 repacked: int8 quants `[rows][n_in]`, f16 scales `[rows][n_in/32]`.
+    Q8 { quants: DPtr, scales: DPtr },
+    /// GGUF rows of `ty` (F16, F32, IQ2_XXS, Q2_K, Q4_K), `row_bytes` apart.
+    Raw {
+        ty: TensorType,
+        ptr: DPtr,
+        row_bytes: u64,
+    },
+}
+
+fn align256(n: usize) -> usize {
+    n.div_ceil(256) * 256
+}
+
+/// Byte offset of the f16 scales in a repacked Q8_0 matrix of `n_out × n_in`.
+pub fn q8_scales_offset(n_out: usize, n_in: usize) -> usize {
+    align256(n_out * n_in)
+}
+
+/// Bytes of a repacked Q8_0 matrix.
+pub fn q8_repacked_bytes(n_out: usize, n_in: usize) -> usize {
+    q8_scales_offset(n_out, n_in) + n_out * (n_in / 32) * 2
+}
+
+/// The one place that knows where a Q8_0 tensor's quants and scales are: (quants, scales).
+pub fn q8_operand(quants: DPtr, n_out: usize, n_in: usize) -> WeightOp {
+    WeightOp::Q8 {
+        quants,
+        scales: quants + q8_scales_offset(n_out, n_in) as u64,
+    }
+}
+
+/// One batched product `Y[m][n_out] = X[m][n_in] · Wᵀ` (optionally grouped, gathered or tiled by
+/// expert). Strides in floats.
+#[derive(Clone, Copy, Debug)]
+pub struct Gemm {
+    pub w: WeightOp,
+    pub n_in: usize,
+    pub n_out: usize,
+    pub x: DPtr,
+    pub ldx: usize,
+    pub y: DPtr,
+    pub ldy: usize,
+    pub m: usize,
+    /// Per-row input scale (applied to x before the split), 0 = none.
+    pub rowscale: DPtr,
+    /// `y = add + alpha·(x·Wᵀ)` when set.
+    pub add: DPtr,
+    pub ldadd: usize,
+    pub alpha: f32,
+    /// `groups` independent products (blockIdx.z): group g reads x + g·gx, weight rows
+    /// g·n_out.., writes y + g·gy.
+    pub groups: usize,
+    pub gx: usize,
+    pub gy: usize,
+    /// Row r of X is x row `gather[r] / gather_div` (0 = identity).
+    pub gather: DPtr,
+    pub gather_div: usize,
+    /// Expert mode: `tiles` holds (expert, row0, n_rows) triples, `n_tiles` their count on the
+    /// device, `tile_cap` the most there can be (the grid).
+    pub tiles: DPtr,
+    pub n_tiles: DPtr,
+    pub tile_cap: usize,
+}
+
+impl Gemm {
+    pub fn new(w: WeightOp, n_in: usize, n_out: usize, x: DPtr, y: DPtr, m: usize) -> Gemm {
+        Gemm {
+            w,
+            n_in,
+            n_out,
+            x,
+            ldx: n_in,
+            y,
+            ldy: n_out,
+            m,
+            rowscale: 0,
+            add: 0,
+            ldadd: 0,
+            alpha: 1.0,
+            groups: 1,
+            gx: 0,
+            gy: 0,
+            gather: 0,
+            gather_div: 1,
+            tiles: 0,
+            n_tiles: 0,
+            tile_cap: 0,
+        }
+    }
+}
+
+macro_rules! args {
+    ($($a:expr),* $(,)?) => {
+        [$(&$a as *const _ as *mut c_void),*]
+    };
+}
+
+/// The prefill module's kernels.
+pub struct PrefillKernels {
+    dev: Arc<Device>,
+    module: sys::CUmodule,
+    gemm_q8r: sys::CUfunction,
+    gemm_f16: sys::CUfunction,
+    gemm_f32: sys::CUfunction,
+    gemm_iq2_xxs: sys::CUfunction,
+    gemm_q2_k: sys::CUfunction,
+    gemm_q4_k: sys::CUfunction,
+    repack_q8: sys::CUfunction,
+    embed: sys::CUfunction,
+    rms_rows: sys::CUfunction,
+    hc_pre: sys::CUfunction,
+    hc_post: sys::CUfunction,
+    head_norm_rope: sys::CUfunction,
+    kv_finish: sys::CUfunction,
+    ring_store: sys::CUfunction,
+    comp_pool: sys::CUfunction,
+    comp_emit: sys::CUfunction,
+    index_q_prep: sys::CUfunction,
+    index_scores: sys::CUfunction,
+    index_topk: sys::CUfunction,
+    attention: sys::CUfunction,
+    route: sys::CUfunction,
+    moe_sort: sys::CUfunction,
+    swiglu: sys::CUfunction,
+    moe_sum: sys::CUfunction,
+}
+
+// SAFETY: plain driver handles, valid while `dev` (held here) and `module` (unloaded on drop) live.
+unsafe impl Send for PrefillKernels {}
+unsafe impl Sync for PrefillKernels {}
+
+impl Drop for PrefillKernels {
+    fn drop(&mut self) {
+        let _ = self.dev.bind();
+        let _ = self.dev.synchronize();
+        // SAFETY: loaded in `new`, unloaded once; the stream has drained so no kernel of it runs.
+        let _ = unsafe { result::module::unload(self.module) };
+    }
+}
+
+impl PrefillKernels {
+    pub fn new(dev: &Arc<Device>) -> Result<PrefillKernels, Error> {
+        let image = crate::kernels::PREFILL.ok_or(Error::NoKernels)?;
+        dev.bind()?;
+        // The driver wants the image 8-byte aligned; include_bytes! guarantees only 1.
+        let owned: Vec<u64> = image
+            .chunks(8)
+            .map(|c| {
+                let mut b = [0u8; 8];
+                b[..c.len()].copy_from_slice(c);
+                u64::from_le_bytes(b)
+            })
+            .collect();
+        // SAFETY: `owned` is a complete fatbin embedded by build.rs, aligned, alive for the call;
+        // the context is current (bound above).
+        let module = unsafe { result::module::load_data(owned.as_ptr() as *const c_void) }
+            .map_err(|e| Error::driver("prefill module", e))?;
+        let f = |name: &str| -> Result<sys::CUfunction, Error> {
+            let c = CString::new(name).map_err(|_| Error::MissingKernel(name.to_string()))?;
+            // SAFETY: the module handle is alive and the context is current.
+            unsafe { result::module::get_function(module, c) }
+                .map_err(|_| Error::MissingKernel(name.to_string()))
+        };
+        let k = PrefillKernels {
+            dev: dev.clone(),
+            module,
+            gemm_q8r: f("pf_gemm_q8r")?,
+            gemm_f16: f("pf_gemm_f16")?,
+            gemm_f32: f("pf_gemm_f32")?,
+            gemm_iq2_xxs: f("pf_gemm_iq2_xxs")?,
+            gemm_q2_k: f("pf_gemm_q2_k")?,
+            gemm_q4_k: f("pf_gemm_q4_k")?,
+            repack_q8: f("pf_repack_q8")?,
+            embed: f("pf_embed")?,
+            rms_rows: f("pf_rms_rows")?,
+            hc_pre: f("pf_hc_pre")?,
+            hc_post: f("pf_hc_post")?,
+            head_norm_rope: f("pf_head_norm_rope")?,
+            kv_finish: f("pf_kv_finish")?,
+            ring_store: f("pf_ring_store")?,
+            comp_pool: f("pf_comp_pool")?,
+            comp_emit: f("pf_comp_emit")?,
+            index_q_prep: f("pf_index_q_prep")?,
+            index_scores: f("pf_index_scores")?,
+            index_topk: f("pf_index_topk")?,
+            attention: f("pf_attention")?,
+            route: f("pf_route")?,
+            moe_sort: f("pf_moe_sort")?,
+            swiglu: f("pf_swiglu")?,
+            moe_sum: f("pf_moe_sum")?,
+        };
+        Ok(k)
+    }
+
+    pub fn device(&self) -> &Arc<Device> {
+        &self.dev
+    }
+
+    fn launch(
+        &self,
+        name: &'static str,
+        f: sys::CUfunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        params: &mut [*mut c_void],
+    ) -> Result<(), Error> {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
+        if smem > 48 * 1024 {
+            // SAFETY: sets a launch limit attribute on a valid function handle.
+            unsafe {
+                result::function::set_function_attribute(
+                    f,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )
+            }
+            .map_err(|e| Error::driver(name, e))?;
+        }
+        // SAFETY: every caller passes `params` pointing at live values whose types match the
+        // kernel's C signature, device pointers of live buffers sized by the caller's checks, and
+        // a grid computed from the same sizes.
+        unsafe { result::launch_kernel(f, grid, (block, 1, 1), smem, self.dev.cu_stream(), params) }
+            .map_err(|e| Error::driver(name, e))
+    }
+
+    /// Launches one batched GEMM (see [`Gemm`]).
+    pub fn gemm(&self, g: &Gemm) -> Result<(), Error> {
+        let (f, w, wscale, row_bytes, k_mult, ty) = match g.w {
+            WeightOp::Q8 { quants, scales } => (self.gemm_q8r, quants, scales, 0, 32, None),
+            WeightOp::Raw { ty, ptr, row_bytes } => {
+                let f = match ty {
+                    TensorType::F16 => self.gemm_f16,
+                    TensorType::F32 => self.gemm_f32,
+                    TensorType::Iq2Xxs => self.gemm_iq2_xxs,
+                    TensorType::Q2K => self.gemm_q2_k,
+                    TensorType::Q4K => self.gemm_q4_k,
+                    other => {
+                        return Err(Error::Unsupported(format!(
+                            "batched GEMM has no kernel for {other}"
+                        )))
+                    }
+                };
+                let mult = if ty == TensorType::F32 || ty == TensorType::F16 {
+                    32
+                } else {
+                    256
+                };
+                assert_eq!(
+                    ty.row_bytes(g.n_in as u64),
+                    Some(row_bytes),
+                    "invariant: gemm {ty} row bytes"
+                );
+                (f, ptr, 0, row_bytes, mult, Some(ty))
+            }
+        };
+        assert!(
+            g.n_in > 0 && g.n_in.is_multiple_of(k_mult),
+            "invariant: gemm n_in {} is a multiple of {k_mult}",
+            g.n_in
+        );
+        assert!(
+            g.ldx.is_multiple_of(4) && g.gx.is_multiple_of(4) && g.x.is_multiple_of(16),
+            "invariant: gemm rows are float4-aligned"
+        );
+        assert!(
+            g.x != 0 && g.y != 0 && w != 0,
+            "invariant: gemm pointers set"
+        );
+        let a = PfGemmArgs {
+            x: g.x,
+            gather: g.gather,
+            y: g.y,
+            w,
+            wscale,
+            rowscale: g.rowscale,
+            add: g.add,
+            tiles: g.tiles,
+            n_tiles: g.n_tiles,
+            w_row_bytes: row_bytes,
+            ldx: g.ldx as i64,
+            ldy: g.ldy as i64,
+            ldadd: g.ldadd as i64,
+            gx: g.gx as i64,
+            gy: g.gy as i64,
+            m: g.m as i32,
+            n: g.n_out as i32,
+            k: g.n_in as i32,
+            gather_div: g.gather_div.max(1) as i32,
+            alpha: g.alpha,
+            pad: 0,
+        };
+        let mut p = args![a];
+        if ty == Some(TensorType::F32) {
+            assert!(g.tiles == 0, "invariant: F32 GEMM is dense only");
+            let grid = (
+                g.n_out.div_ceil(128) as u32,
+                g.m as u32,
+                g.groups.max(1) as u32,
+            );
+            return self.launch("pf_gemm_f32", f, grid, 128, 0, &mut p);
+        }
+        let rows = if g.tiles != 0 {
+            g.tile_cap
+        } else {
+            g.m.div_ceil(TILE)
+        };
+        let grid = (
+            g.n_out.div_ceil(TILE) as u32,
+            rows as u32,
+            g.groups.max(1) as u32,
+        );
+        self.launch("pf_gemm", f, grid, 128, 0, &mut p)
+    }
+
+    /// A repacked copy of the raw Q8_0 matrix at `src` (`n_out × n_in`).
+    pub fn repack_q8(&self, src: DPtr, n_out: usize, n_in: usize) -> Result<DevBuf, Error> {
+        assert!(
+            n_in.is_multiple_of(32),
+            "invariant: Q8_0 rows are whole blocks"
+        );
+        let buf = self.dev.alloc(q8_repacked_bytes(n_out, n_in))?;
+        let blocks = (n_out * n_in / 32) as u64;
+        let (q, s) = (buf.ptr(), buf.ptr() + q8_scales_offset(n_out, n_in) as u64);
+        let mut p = args![src, q, s, blocks];
+        self.launch("pf_repack_q8", self.repack_q8, (1024, 1, 1), 256, 0, &mut p)?;
+        Ok(buf)
+    }
+}
+
+// ---- per-session state ---------------------------------------------------------------------------
+
+/// Repacked Q8_0 operands of one layer.
+struct Q8Layer {
+    q_a: WeightOp,
+    q_b: WeightOp,
+    kv: WeightOp,
+    out_a: WeightOp,
+    out_b: WeightOp,
+    sh_gate: WeightOp,
+    sh_up: WeightOp,
+    sh_down: WeightOp,
+}
+
+/// Activation buffers of one chunk of up to `t_max` tokens, `[t][width]` each.
+struct Bufs {
+    t_max: usize,
+    tokens: DevBuf,
+    x: DevBuf,
+    hs: DevBuf,
+    mix: DevBuf,
+    hcw: DevBuf,
+    xa: DevBuf,
+    qa: DevBuf,
+    qn: DevBuf,
+    q: DevBuf,
+    kvr: DevBuf,
+    kvc: DevBuf,
+    ckv: DevBuf,
+    csc: DevBuf,
+    pooled: DevBuf,
+    qi: DevBuf,
+    iw: DevBuf,
+    scores: DevBuf,
+    /// Tokens per index-score batch (scores holds `score_batch × comp_cap`).
+    score_batch: usize,
+    comp_cap: usize,
+    list: DevBuf,
+    o: DevBuf,
+    low: DevBuf,
+    attn_out: DevBuf,
+    router: DevBuf,
+    sel: DevBuf,
+    route_w: DevBuf,
+    perm: DevBuf,
+    inv: DevBuf,
+    tiles: DevBuf,
+    n_tiles: DevBuf,
+    tile_cap: usize,
+    g: DevBuf,
+    u: DevBuf,
+    dn: DevBuf,
+    sg: DevBuf,
+    su: DevBuf,
+    sh: DevBuf,
+    ffn_out: DevBuf,
+    head_scale: DevBuf,
+    head_mix: DevBuf,
+    head_in: DevBuf,
+    logits: DevBuf,
+}
+
+impl Bufs {
+    fn new(dev: &Arc<Device>, cfg: &Config, t: usize, ctx: usize) -> Result<Bufs, Error> {
+        let f = |n: usize| dev.alloc(n.max(1) * 4);
+        let pairs = t * cfg.n_expert_used;
+        let tile_cap = pairs.div_ceil(TILE) + cfg.n_expert;
+        let has_idx = cfg.attn_kinds.iter().any(|k| k.has_indexer());
+        let comp_cap = if has_idx { ctx / 4 + 2 } else { 1 };
+        // Index scores are computed for at most 64 Mi floats at once.
+        let score_batch = if has_idx {
+            t.min((64 << 20) / comp_cap).max(1)
+        } else {
+            1
+        };
+        let hd = cfg.head_dim;
+        let cw = (2 * hd).max(2 * cfg.idx_head_dim);
+        Ok(Bufs {
+            t_max: t,
+            tokens: f(t)?,
+            x: f(t * cfg.hc_dim())?,
+            hs: f(t)?,
+            mix: f(t * cfg.hc_mix())?,
+            hcw: f(t * cfg.hc_mix())?,
+            xa: f(t * cfg.n_embd)?,
+            qa: f(t * cfg.q_lora_rank)?,
+            qn: f(t * cfg.q_lora_rank)?,
+            q: f(t * cfg.q_dim())?,
+            kvr: f(t * hd)?,
+            kvc: f(t * hd)?,
+            ckv: f(t * cw)?,
+            csc: f(t * cw)?,
+            pooled: f((t / 4 + 2) * hd.max(cfg.idx_head_dim))?,
+            qi: f(t * cfg.idx_q_dim())?,
+            iw: f(t * cfg.n_idx_head)?,
+            scores: f(score_batch * comp_cap)?,
+            score_batch,
+            comp_cap,
+            list: f(t * cfg.idx_top_k)?,
+            o: f(t * cfg.q_dim())?,
+            low: f(t * cfg.out_low_dim())?,
+            attn_out: f(t * cfg.n_embd)?,
+            router: f(t * cfg.n_expert)?,
+            sel: f(pairs)?,
+            route_w: f(pairs)?,
+            perm: f(pairs)?,
+            inv: f(pairs)?,
+            tiles: f(3 * tile_cap)?,
+            n_tiles: f(1)?,
+            tile_cap,
+            g: f(pairs * cfg.n_ff_exp)?,
+            u: f(pairs * cfg.n_ff_exp)?,
+            dn: f(pairs * cfg.n_embd)?,
+            sg: f(t * cfg.n_ff_exp)?,
+            su: f(t * cfg.n_ff_exp)?,
+            sh: f(t * cfg.n_embd)?,
+            ffn_out: f(t * cfg.n_embd)?,
+            head_scale: f(1)?,
+            head_mix: f(cfg.n_hc)?,
+            head_in: f(cfg.n_embd)?,
+            logits: f(cfg.n_vocab)?,
+        })
+    }
+}
+
+/// The batched prefill of one session: kernels, repacked Q8_0 operands, chunk buffers.
+pub struct Prefill {
+    k: PrefillKernels,
+    q8: Vec<Q8Layer>,
+    /// Owns the repacked copies behind `q8`.
+    _q8_bufs: Vec<DevBuf>,
+    bufs: Bufs,
+}
+
+/// The raw-GGUF operand of a non-Q8_0 tensor (or of expert `e`'s rows for 3-D tensors: the GEMM
+/// adds `e·n_out` rows itself).
+fn raw_operand(t: &DevTensor) -> WeightOp {
+    WeightOp::Raw {
+        ty: t.ty,
+        ptr: t.ptr(),
+        row_bytes: t.row_bytes(),
+    }
+}
+
+impl Prefill {
+    /// Loads the kernels, repacks the Q8_0 matrices (unless the device weights already are) and
+    /// allocates chunk buffers for `ctx` positions.
+    pub fn new(
+        dev: &Arc<Device>,
+        cfg: &Config,
+        w: &DevWeights,
+        ctx: usize,
+    ) -> Result<Prefill, Error> {
+        let k = PrefillKernels::new(dev)?;
+        let mut keep = Vec::new();
+        let mut op = |t: &DevTensor| -> Result<WeightOp, Error> {
+            if t.ty != TensorType::Q8_0 {
+                return Ok(raw_operand(t));
+            }
+            let (n_out, n_in) = (t.n_out(), t.n_in());
+            if t.row_bytes() == n_in as u64 {
+                // Already in the repacked layout on the device.
+                return Ok(q8_operand(t.ptr(), n_out, n_in));
+            }
+            let buf = k.repack_q8(t.ptr(), n_out, n_in)?;
+            let o = q8_operand(buf.ptr(), n_out, n_in);
+            keep.push(buf);
+            Ok(o)
+        };
+        let mut q8 = Vec::with_capacity(w.layers.len());
+        for l in &w.layers {
+            q8.push(Q8Layer {
+                q_a: op(&l.attn_q_a)?,
+                q_b: op(&l.attn_q_b)?,
+                kv: op(&l.attn_kv)?,
+                out_a: op(&l.attn_output_a)?,
+                out_b: op(&l.attn_output_b)?,
+                sh_gate: op(&l.ffn_gate_shexp)?,
+                sh_up: op(&l.ffn_up_shexp)?,
+                sh_down: op(&l.ffn_down_shexp)?,
+            });
+        }
+        let bufs = Bufs::new(dev, cfg, CHUNK_ALIGN.min(ctx).max(1), ctx)?;
+        Ok(Prefill {
+            k,
+            q8,
+            _q8_bufs: keep,
+            bufs,
+        })
+    }
+
+    /// The kernels (tests drive the GEMM directly).
+    pub fn kernels(&self) -> &PrefillKernels {
+        &self.k
+    }
+
+    /// Most tokens one [`Prefill::run_chunk`] takes.
+    pub fn max_chunk(&self) -> usize {
+        self.bufs.t_max
+    }
+
+    /// Runs `tokens` at positions `pos0..` through every layer, appending to `kv`; the final HC
+    /// state of chunk token t stays in the chunk buffer for [`Prefill::head`].
+    pub fn run_chunk(
+        &mut self,
+        kern: &Kernels,
+        cfg: &Config,
+        w: &DevWeights,
+        kv: &KvState,
+        tokens: &[u32],
+        pos0: usize,
+    ) -> Result<(), Error> {
+        let t = tokens.len();
+        assert!(
+            t > 0 && t <= self.bufs.t_max,
+            "invariant: chunk of {t} tokens fits the buffers"
+        );
+        let ids: Vec<i32> = tokens.iter().map(|&x| x as i32).collect();
+        self.bufs.tokens.upload(0, &ids)?;
+        let b = &self.bufs;
+        let (n, h) = (cfg.n_embd as i32, cfg.n_hc as i32);
+        let mut p = args![w.token_embd.ptr(), b.tokens.ptr(), b.x.ptr(), n, h];
+        self.k.launch(
+            "pf_embed",
+            self.k.embed,
+            ((cfg.n_embd as u32).div_ceil(256), t as u32, 1),
+            256,
+            0,
+            &mut p,
+        )?; // §3.3
+        for (il, (l, lkv)) in w.layers.iter().zip(&kv.layers).enumerate() {
+            self.attention_sublayer(kern, cfg, il, l, lkv, kv.raw_cap, t, pos0)?;
+            self.ffn_sublayer(cfg, il, l, tokens.len())?;
+        }
+        Ok(())
+    }
+
+    /// §3.7 for chunk token `t` of the last chunk, through the decode head kernels; logits in the
+    /// device buffer until [`Prefill::read_logits`].
+    pub fn head(
+        &self,
+        kern: &Kernels,
+        cfg: &Config,
+        w: &DevWeights,
+        t: usize,
+    ) -> Result<(), Error> {
+        let b = &self.bufs;
+        let x = b.x.ptr() + (t * cfg.hc_dim() * 4) as u64;
+        kern.rms_scale(x, cfg.hc_dim(), cfg.rms_eps, b.head_scale.ptr())?;
+        let mv = |t: &DevTensor, x: DPtr, y: DPtr, xscale: DPtr| -> Result<(), Error> {
+            let a = GemvArgs {
+                w: t.ptr(),
+                x,
+                y,
+                xscale,
+                row_bytes: t.row_bytes(),
+                n_in: t.n_in() as i32,
+                n_rows: t.n_out() as i32,
+                alpha: 1.0,
+                ..Default::default()
+            };
+            kern.gemv(t.ty, GemvMode::Plain, a, 1)
+        };
+        mv(&w.output_hc_fn, x, b.head_mix.ptr(), b.head_scale.ptr())?;
+        kern.head_collapse(
+            b.head_mix.ptr(),
+            w.output_hc_scale.ptr(),
+            w.output_hc_base.ptr(),
+            x,
+            w.output_norm.ptr(),
+            b.head_in.ptr(),
+            cfg,
+        )?;
+        mv(&w.output, b.head_in.ptr(), b.logits.ptr(), 0)
+    }
+
+    /// Copies the logits of the last [`Prefill::head`] out.
+    pub fn read_logits(&self, out: &mut [f32]) -> Result<(), Error> {
+        self.bufs.logits.download(0, out)
+    }
+
+    // ---- §3.4 hyper-connections ---------------------------------------------------------------
+
+    /// Steps 1-6 + the sublayer norm for every token: hcw [T][mix], xa = normed input.
+    fn hc_pre(&self, cfg: &Config, hc: &DevHc, norm: &DevTensor, t: usize) -> Result<(), Error> {
+        let b = &self.bufs;
+        let (hcd, eps) = (cfg.hc_dim() as i32, cfg.rms_eps);
+        let mut p = args![b.x.ptr(), hcd, eps, b.hs.ptr()];
+        self.k.launch(
+            "pf_rms_rows",
+            self.k.rms_rows,
+            (t as u32, 1, 1),
+            1024,
+            0,
+            &mut p,
+        )?;
+        let mut g = Gemm::new(
+            raw_operand(&hc.fn_),
+            cfg.hc_dim(),
+            cfg.hc_mix(),
+            b.x.ptr(),
+            b.mix.ptr(),
+            t,
+        );
+        g.rowscale = b.hs.ptr();
+        self.k.gemm(&g)?;
+        let (ne, nh, it) = (
+            cfg.n_embd as i32,
+            cfg.n_hc as i32,
+            cfg.sinkhorn_iters as i32,
+        );
+        let (he, re) = (cfg.hc_eps, cfg.rms_eps);
+        let mut p = args![
+            b.mix.ptr(),
+            hc.scale.ptr(),
+            hc.base.ptr(),
+            b.x.ptr(),
+            norm.ptr(),
+            b.hcw.ptr(),
+            b.xa.ptr(),
+            ne,
+            nh,
+            it,
+            he,
+            re
+        ];
+        self.k.launch(
+            "pf_hc_pre",
+            self.k.hc_pre,
+            (t as u32, 1, 1),
+            1024,
+            (cfg.n_embd * 4) as u32,
+            &mut p,
+        )
+    }
+
+    fn hc_post(&self, cfg: &Config, y: DPtr, t: usize) -> Result<(), Error> {
+        let b = &self.bufs;
+        let (n, h) = (cfg.n_embd as i32, cfg.n_hc as i32);
+        let mut p = args![b.x.ptr(), y, b.hcw.ptr(), n, h];
+        self.k.launch(
+            "pf_hc_post",
+            self.k.hc_post,
+            ((cfg.n_embd as u32).div_ceil(256), t as u32, 1),
+            256,
+            0,
+            &mut p,
+        )
+    }
+
+    // ---- §3.5 attention sublayer --------------------------------------------------------------
+
+    /// C1 projections, then the state walk and the emitted rows for the chunk.
+    #[allow(clippy::too_many_arguments)]
+    fn compressor(
+        &self,
+        cfg: &Config,
+        c: &DevCompressor,
+        f: &Frontier,
+        cache: &DevBuf,
+        kind: AttnKind,
+        rope: RopeArgs,
+        dim: usize,
+        qat: bool,
+        t: usize,
+        pos0: usize,
+    ) -> Result<(), Error> {
+        let b = &self.bufs;
+        let (r, coff) = (kind.ratio(), kind.coff());
+        let width = coff * dim;
+        let xa = b.xa.ptr();
+        let mut g = Gemm::new(raw_operand(&c.kv), cfg.n_embd, width, xa, b.ckv.ptr(), t);
+        self.k.gemm(&g)?;
+        g.w = raw_operand(&c.gate);
+        g.y = b.csc.ptr();
+        self.k.gemm(&g)?;
+        let (p0, nt, ri, ci, di) = (pos0 as i32, t as i32, r as i32, coff as i32, dim as i32);
+        let mut p = args![
+            b.ckv.ptr(),
+            b.csc.ptr(),
+            c.ape.ptr(),
+            f.kv.ptr(),
+            f.score.ptr(),
+            b.pooled.ptr(),
+            p0,
+            nt,
+            ri,
+            ci,
+            di
+        ];
+        self.k.launch(
+            "pf_comp_pool",
+            self.k.comp_pool,
+            ((dim as u32).div_ceil(128), 1, 1),
+            128,
+            0,
+            &mut p,
+        )?;
+        // Emissions: positions ≡ R−1 (mod R) in [pos0, pos0 + t).
+        let first = (pos0 + 1).div_ceil(r) * r - 1;
+        if first >= pos0 + t {
+            return Ok(());
+        }
+        let n_emit = (pos0 + t - 1 - first) / r + 1;
+        let (fp, q, eps) = (first as i32, qat as i32, cfg.rms_eps);
+        let mut p = args![
+            b.pooled.ptr(),
+            c.norm.ptr(),
+            cache.ptr(),
+            rope,
+            fp,
+            ri,
+            di,
+            q,
+            eps
+        ];
+        self.k.launch(
+            "pf_comp_emit",
+            self.k.comp_emit,
+            (n_emit as u32, 1, 1),
+            256,
+            (dim * 4) as u32,
+            &mut p,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention_sublayer(
+        &self,
+        kern: &Kernels,
+        cfg: &Config,
+        il: usize,
+        l: &DevLayer,
+        kv: &LayerKv,
+        raw_cap: usize,
+        t: usize,
+        pos0: usize,
+    ) -> Result<(), Error> {
+        let b = &self.bufs;
+        let q8 = &self.q8[il];
+        let kind = cfg.attn_kinds[il];
+        let rope = RopeArgs::new(&cfg.rope(il), cfg.n_rot);
+        let (hd, qd, qr) = (cfg.head_dim, cfg.q_dim(), cfg.q_lora_rank);
+        self.hc_pre(cfg, &l.hc_attn, &l.attn_norm, t)?; // A1, A2
+        let xa = b.xa.ptr();
+        self.k
+            .gemm(&Gemm::new(q8.q_a, cfg.n_embd, qr, xa, b.qa.ptr(), t))?; // A3
+        kern.rms_norm(
+            b.qa.ptr(),
+            l.attn_q_a_norm.ptr(),
+            b.qn.ptr(),
+            qr,
+            t,
+            cfg.rms_eps,
+        )?;
+        self.k
+            .gemm(&Gemm::new(q8.q_b, qr, qd, b.qn.ptr(), b.q.ptr(), t))?; // A4
+        let (nh, hdi, p0, eps) = (cfg.n_head as i32, hd as i32, pos0 as i32, cfg.rms_eps);
+        let mut p = args![b.q.ptr(), nh, hdi, rope, p0, eps];
+        self.k.launch(
+            "pf_head_norm_rope",
+            self.k.head_norm_rope,
+            (cfg.n_head as u32, t as u32, 1),
+            128,
+            0,
+            &mut p,
+        )?; // A4, A6
+        self.k
+            .gemm(&Gemm::new(q8.kv, cfg.n_embd, hd, xa, b.kvr.ptr(), t))?; // A5
+        let mut p = args![
+            b.kvr.ptr(),
+            l.attn_kv_a_norm.ptr(),
+            rope,
+            p0,
+            b.kvc.ptr(),
+            hdi,
+            eps
+        ];
+        self.k.launch(
+            "pf_kv_finish",
+            self.k.kv_finish,
+            (t as u32, 1, 1),
+            256,
+            (hd * 4) as u32,
+            &mut p,
+        )?; // A5-A8 (chunk rows)
+        let mut comp: DPtr = 0;
+        match (&l.attn_extra, &kv.comp, &kv.attn_frontier) {
+            (DevAttnExtra::Window, _, _) => {}
+            (DevAttnExtra::CompressedN { compressor: c }, Some(cache), Some(f)) => {
+                self.compressor(cfg, c, f, cache, kind, rope, hd, false, t, pos0)?; // A9
+                comp = cache.ptr();
+            }
+            (
+                DevAttnExtra::Compressed4 {
+                    compressor: c,
+                    indexer,
+                },
+                Some(cache),
+                Some(f),
+            ) => {
+                self.compressor(cfg, c, f, cache, kind, rope, hd, false, t, pos0)?; // A9
+                comp = cache.ptr();
+                let (Some(icache), Some(ifr)) = (&kv.index_comp, &kv.index_frontier) else {
+                    return Err(Error::Unsupported(format!(
+                        "layer {il}: indexer state missing"
+                    )));
+                };
+                let ihd = cfg.idx_head_dim;
+                self.compressor(
+                    cfg,
+                    &indexer.compressor,
+                    ifr,
+                    icache,
+                    kind,
+                    rope,
+                    ihd,
+                    true,
+                    t,
+                    pos0,
+                )?; // A10.1
+                let top_k = cfg.idx_top_k;
+                let r = kind.ratio();
+                if (pos0 + t) / r > top_k {
+                    // A10.2: only tokens that see more than top_k rows select.
+                    self.k.gemm(&Gemm::new(
+                        raw_operand(&indexer.attn_q_b),
+                        qr,
+                        cfg.idx_q_dim(),
+                        b.qn.ptr(),
+                        b.qi.ptr(),
+                        t,
+                    ))?;
+                    let nih = cfg.n_idx_head as i32;
+                    let mut p = args![b.qi.ptr(), nih, rope, p0];
+                    self.k.launch(
+                        "pf_index_q_prep",
+                        self.k.index_q_prep,
+                        (cfg.n_idx_head as u32, t as u32, 1),
+                        128,
+                        0,
+                        &mut p,
+                    )?;
+                    let mut g = Gemm::new(
+                        raw_operand(&indexer.proj),
+                        cfg.n_embd,
+                        cfg.n_idx_head,
+                        xa,
+                        b.iw.ptr(),
+                        t,
+                    );
+                    g.alpha = cfg.indexer_score_scale();
+                    self.k.gemm(&g)?;
+                    let max_rows = (pos0 + t) / r;
+                    let (ri, tk, cap) = (r as i32, top_k as i32, b.comp_cap as i32);
+                    assert!(
+                        max_rows <= b.comp_cap,
+                        "invariant: index scores fit the buffer"
+                    );
+                    let mut t0 = 0;
+                    while t0 < t {
+                        let tb = b.score_batch.min(t - t0);
+                        let t0i = t0 as i32;
+                        let mut p = args![
+                            icache.ptr(),
+                            b.qi.ptr(),
+                            b.iw.ptr(),
+                            p0,
+                            t0i,
+                            ri,
+                            nih,
+                            tk,
+                            b.scores.ptr(),
+                            cap
+                        ];
+                        self.k.launch(
+                            "pf_index_scores",
+                            self.k.index_scores,
+                            ((max_rows as u32).div_ceil(8), tb as u32, 1),
+                            256,
+                            0,
+                            &mut p,
+                        )?;
+                        let mut p = args![b.scores.ptr(), p0, t0i, ri, tk, b.list.ptr(), cap];
+                        self.k.launch(
+                            "pf_index_topk",
+                            self.k.index_topk,
+                            (1, tb as u32, 1),
+                            1024,
+                            0,
+                            &mut p,
+                        )?;
+                        t0 += tb;
+                    }
+                }
+            }
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "layer {il}: KV state does not match the layer kind"
+                )))
+            }
+        }
+        // A11, A12
+        assert!(
+            hd.is_multiple_of(128) && hd <= 1024 && cfg.n_head.is_multiple_of(ATTN_HPB),
+            "invariant: attention reads rows as float4 per lane, {ATTN_HPB} heads per block"
+        );
+        let max_comp = match kind {
+            AttnKind::Window => 0,
+            AttnKind::Compressed4 => cfg.idx_top_k.min((pos0 + t) / 4),
+            AttnKind::CompressedN(r) => (pos0 + t) / r as usize,
+        };
+        let max_rows = cfg.n_swa.min(pos0 + t) + max_comp;
+        let smem = (ATTN_HPB * (hd + max_rows) * 4) as u32;
+        let (rc, swa, ri, tk, kq) = (
+            raw_cap as i32,
+            cfg.n_swa as i32,
+            kind.ratio() as i32,
+            cfg.idx_top_k as i32,
+            cfg.kq_scale(),
+        );
+        let mut p = args![
+            b.q.ptr(),
+            kv.ring.ptr(),
+            rc,
+            b.kvc.ptr(),
+            p0,
+            comp,
+            b.list.ptr(),
+            l.attn_sinks.ptr(),
+            nh,
+            swa,
+            ri,
+            tk,
+            hdi,
+            kq,
+            rope,
+            b.o.ptr()
+        ];
+        self.k.launch(
+            "pf_attention",
+            self.k.attention,
+            ((cfg.n_head / ATTN_HPB) as u32, t as u32, 1),
+            256,
+            smem,
+            &mut p,
+        )?;
+        let (nt, rci) = (t as i32, raw_cap as i32);
+        let mut p = args![b.kvc.ptr(), kv.ring.ptr(), p0, nt, rci, hdi];
+        self.k.launch(
+            "pf_ring_store",
+            self.k.ring_store,
+            (t.min(raw_cap) as u32, 1, 1),
+            128,
+            0,
+            &mut p,
+        )?; // A8: the newest rows into the ring
+            // A13: n_out_group LoRA-A maps on consecutive head groups, then LoRA-B.
+        let (ol, gd) = (cfg.o_lora_rank, cfg.group_heads() * hd);
+        let mut g = Gemm::new(q8.out_a, gd, ol, b.o.ptr(), b.low.ptr(), t);
+        g.ldx = qd;
+        g.ldy = cfg.out_low_dim();
+        g.groups = cfg.n_out_group;
+        g.gx = gd;
+        g.gy = ol;
+        self.k.gemm(&g)?;
+        self.k.gemm(&Gemm::new(
+            q8.out_b,
+            cfg.out_low_dim(),
+            cfg.n_embd,
+            b.low.ptr(),
+            b.attn_out.ptr(),
+            t,
+        ))?;
+        self.hc_post(cfg, b.attn_out.ptr(), t) // A14
+    }
+
+    // ---- §3.6 FFN sublayer --------------------------------------------------------------------
+
+    fn ffn_sublayer(&self, cfg: &Config, il: usize, l: &DevLayer, t: usize) -> Result<(), Error> {
+        let b = &self.bufs;
+        let q8 = &self.q8[il];
+        let (n, ff, used) = (cfg.n_embd, cfg.n_ff_exp, cfg.n_expert_used);
+        self.hc_pre(cfg, &l.hc_ffn, &l.ffn_norm, t)?; // F1
+        let xf = b.xa.ptr();
+        self.k.gemm(&Gemm::new(
+            raw_operand(&l.ffn_gate_inp),
+            n,
+            cfg.n_expert,
+            xf,
+            b.router.ptr(),
+            t,
+        ))?; // F2
+        assert!(used <= 16, "invariant: at most 16 experts per token");
+        let (ne, nu, ws) = (cfg.n_expert as i32, used as i32, cfg.expert_weight_scale);
+        let mut p = args![
+            b.router.ptr(),
+            l.exp_probs_b.as_ref().map_or(0, |t| t.ptr()),
+            l.ffn_gate_tid2eid.as_ref().map_or(0, |t| t.ptr()),
+            b.tokens.ptr(),
+            ne,
+            nu,
+            ws,
+            b.sel.ptr(),
+            b.route_w.ptr()
+        ];
+        self.k.launch(
+            "pf_route",
+            self.k.route,
+            (t as u32, 1, 1),
+            256,
+            (cfg.n_expert * 4) as u32,
+            &mut p,
+        )?; // F3, F4
+        let pairs = t * used;
+        let (np, bm) = (pairs as i32, TILE as i32);
+        let mut p = args![
+            b.sel.ptr(),
+            np,
+            ne,
+            bm,
+            b.perm.ptr(),
+            b.inv.ptr(),
+            b.tiles.ptr(),
+            b.n_tiles.ptr()
+        ];
+        self.k.launch(
+            "pf_moe_sort",
+            self.k.moe_sort,
+            (1, 1, 1),
+            1024,
+            (2 * cfg.n_expert * 4) as u32,
+            &mut p,
+        )?;
+        // F5: per expert, its rows as one tiled GEMM each for gate, up and down.
+        let tile_cap = b.tile_cap;
+        assert!(
+            pairs.div_ceil(TILE) + cfg.n_expert <= tile_cap,
+            "invariant: expert tiles fit the tile list"
+        );
+        let expert =
+            |w: &DevTensor, x: DPtr, gather: DPtr, n_in: usize, y: DPtr| -> Result<(), Error> {
+                let mut g = Gemm::new(raw_operand(w), n_in, w.n_out(), x, y, pairs);
+                g.gather = gather;
+                g.gather_div = used;
+                g.tiles = b.tiles.ptr();
+                g.n_tiles = b.n_tiles.ptr();
+                g.tile_cap = tile_cap;
+                self.k.gemm(&g)
+            };
+        expert(&l.ffn_gate_exps, xf, b.perm.ptr(), n, b.g.ptr())?;
+        expert(&l.ffn_up_exps, xf, b.perm.ptr(), n, b.u.ptr())?;
+        self.swiglu(
+            b.g.ptr(),
+            b.u.ptr(),
+            pairs,
+            ff,
+            cfg.swiglu_clamp,
+            b.route_w.ptr(),
+            b.perm.ptr(),
+        )?;
+        expert(&l.ffn_down_exps, b.g.ptr(), 0, ff, b.dn.ptr())?;
+        // F6: the shared expert.
+        self.k
+            .gemm(&Gemm::new(q8.sh_gate, n, ff, xf, b.sg.ptr(), t))?;
+        self.k
+            .gemm(&Gemm::new(q8.sh_up, n, ff, xf, b.su.ptr(), t))?;
+        self.swiglu(b.sg.ptr(), b.su.ptr(), t, ff, cfg.swiglu_clamp, 0, 0)?;
+        self.k
+            .gemm(&Gemm::new(q8.sh_down, ff, n, b.sg.ptr(), b.sh.ptr(), t))?;
+        // F7: Σ_k in selection order + shared.
+        let (nu, nn) = (used as i32, n as i32);
+        let mut p = args![b.dn.ptr(), b.inv.ptr(), b.sh.ptr(), b.ffn_out.ptr(), nu, nn];
+        self.k.launch(
+            "pf_moe_sum",
+            self.k.moe_sum,
+            ((n as u32).div_ceil(256), t as u32, 1),
+            256,
+            0,
+            &mut p,
+        )?;
+        self.hc_post(cfg, b.ffn_out.ptr(), t) // F8
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn swiglu(
+        &self,
+        g: DPtr,
+        u: DPtr,
+        rows: usize,
+        ff: usize,
+        clamp: f32,
+        route_w: DPtr,
+        perm: DPtr,
+    ) -> Result<(), Error> {
+        let (r, f) = (rows as i32, ff as i32);
+        let mut p = args![g, u, r, f, clamp, route_w, perm];
+        let blocks = (rows * ff).div_ceil(256).min(8192) as u32;
+        self.k
+            .launch("pf_swiglu", self.k.swiglu, (blocks, 1, 1), 256, 0, &mut p)
+    }
+}

@@ -1,0 +1,429 @@
+//! Batched prefill on the GPU. Every test prints why and returns when no CUDA device (or no
+//! compiled kernels) is present, so CI without a GPU passes them as skipped.
+//!
+//! References: float64 dots over ds4-quant's dequantized rows for the batched GEMM (every weight
+//! type, plain / grouped / gathered expert tiles); the golden tiny model's float64 logits and the
+//! token-by-token decode path for the whole batched prefill.
+
+use std::sync::Arc;
+
+use ds4_cuda::prefill::{
+    q8_operand, q8_repacked_bytes, q8_scales_offset, Gemm, PrefillKernels, WeightOp,
+};
+use ds4_cuda::{CudaBackend, DevBuf, Device};
+use ds4_gguf::TensorType;
+use ds4_model::{Backend, KvSnapshot, Logits, Model};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn device() -> Option<(Arc<Device>, PrefillKernels)> {
+    match Device::new().and_then(|d| PrefillKernels::new(&d).map(|k| (d, k))) {
+        Ok(x) => Some(x),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}
+
+/// Random blocks of `ty` for `n_rows` rows of `n_in`, and their dequantized values.
+fn random_matrix(ty: TensorType, n_in: usize, n_rows: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
+    let row_bytes = ty.row_bytes(n_in as u64).expect("whole blocks") as usize;
+    let mut bytes = vec![0u8; row_bytes * n_rows];
+    ds4_quant::synth_blocks(ty, seed, n_in * n_rows, 0.05, &mut bytes);
+    let mut deq = vec![0f32; n_in * n_rows];
+    ds4_quant::dequantize_row(ty, &bytes, &mut deq);
+    (bytes, deq)
+}
+
+/// Q8_0 GGUF blocks in the repacked layout: int8 quants `[rows][n_in]`, then f16 scales.
+fn repack_q8_host(raw: &[u8], n_rows: usize, n_in: usize) -> Vec<u8> {
+    let mut out = vec![0u8; q8_repacked_bytes(n_rows, n_in)];
+    let off = q8_scales_offset(n_rows, n_in);
+    for (b, blk) in raw.chunks_exact(34).enumerate() {
+        out[off + 2 * b..off + 2 * b + 2].copy_from_slice(&blk[..2]);
+        out[32 * b..32 * b + 32].copy_from_slice(&blk[2..]);
+    }
+    out
+}
+
+fn random_vec(n: usize, scale: f32, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
+}
+
+fn upload<T: Copy>(dev: &Arc<Device>, v: &[T]) -> DevBuf {
+    let b = dev.alloc(std::mem::size_of_val(v)).expect("alloc");
+    b.upload(0, v).expect("upload");
+    b
+}
+
+fn dot64(w: &[f32], x: &[f32]) -> f64 {
+    w.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum()
+}
+
+/// ‖got − want‖ / ‖want‖ and max |got − want| / max |want|.
+fn errs(got: &[f32], want: &[f64]) -> (f64, f64) {
+    let (mut num, mut den, mut mx, mut scale) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        let d = g as f64 - w;
+        num += d * d;
+        den += w * w;
+        mx = mx.max(d.abs());
+        scale = scale.max(w.abs());
+    }
+    ((num / den.max(1e-300)).sqrt(), mx / scale.max(1e-300))
+}
+
+/// The weight operand on the device for a random `ty` matrix (Q8_0 repacked, others raw).
+fn weight_on_device(
+    dev: &Arc<Device>,
+    ty: TensorType,
+    n_in: usize,
+    n_rows: usize,
+    seed: u64,
+) -> (DevBuf, WeightOp, Vec<f32>) {
+    let (bytes, deq) = random_matrix(ty, n_in, n_rows, seed);
+    if ty == TensorType::Q8_0 {
+        let b = upload(dev, &repack_q8_host(&bytes, n_rows, n_in));
+        let op = q8_operand(b.ptr(), n_rows, n_in);
+        (b, op, deq)
+    } else {
+        let b = upload(dev, &bytes);
+        let op = WeightOp::Raw {
+            ty,
+            ptr: b.ptr(),
+            row_bytes: ty.row_bytes(n_in as u64).expect("whole blocks"),
+        };
+        (b, op, deq)
+    }
+}
+
+#[test]
+fn gemm_matches_f64_reference_for_every_type_and_shape() {
+    let Some((dev, k)) = device() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let all = [
+        TensorType::Q8_0,
+        TensorType::F16,
+        TensorType::F32,
+        TensorType::Iq2Xxs,
+        TensorType::Q2K,
+        TensorType::Q4K,
+    ];
+    // (n_in, n_out, token counts, types)
+    let cases: Vec<(usize, usize, Vec<usize>, Vec<TensorType>)> = vec![
+        (4096, 1024, vec![1, 7, 64, 512], all.to_vec()),
+        (1024, 4096, vec![7, 130], all.to_vec()),
+        (
+            1024,
+            32768,
+            vec![64],
+            vec![TensorType::Q8_0, TensorType::F16],
+        ),
+        (2048, 24, vec![3, 77], vec![TensorType::F16]),
+    ];
+    let mut worst = 0.0f64;
+    for (n_in, n_out, ts, types) in cases {
+        for ty in types {
+            let (_wb, op, deq) = weight_on_device(&dev, ty, n_in, n_out, rng.gen());
+            for &t in &ts {
+                // Activations over several magnitudes, with a per-row scale and an add term.
+                let x: Vec<f32> = random_vec(t * n_in, 1.0, &mut rng)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v * [1.0f32, 30.0, 0.01][(i / n_in) % 3])
+                    .collect();
+                let rs = random_vec(t, 2.0, &mut rng);
+                let add = random_vec(t * n_out, 1.0, &mut rng);
+                let (xb, rb, ab) = (upload(&dev, &x), upload(&dev, &rs), upload(&dev, &add));
+                let yb = upload(&dev, &vec![f32::NAN; t * n_out]);
+                let mut g = Gemm::new(op, n_in, n_out, xb.ptr(), yb.ptr(), t);
+                g.rowscale = rb.ptr();
+                g.add = ab.ptr();
+                g.ldadd = n_out;
+                g.alpha = 0.5;
+                k.gemm(&g).expect("gemm");
+                let mut y = vec![0f32; t * n_out];
+                yb.download(0, &mut y).expect("download");
+                assert!(
+                    y.iter().all(|v| v.is_finite()),
+                    "{ty} {n_in}x{n_out} T={t}: unwritten or non-finite outputs"
+                );
+                // Rows checked against f64: first, last, middle and a few random ones.
+                let mut rows = vec![0, t - 1, t / 2];
+                rows.extend((0..3).map(|_| rng.gen_range(0..t)));
+                let (mut got, mut want) = (Vec::new(), Vec::new());
+                for &r in &rows {
+                    let xr: Vec<f32> = x[r * n_in..(r + 1) * n_in]
+                        .iter()
+                        .map(|v| v * rs[r])
+                        .collect();
+                    for o in 0..n_out {
+                        got.push(y[r * n_out + o]);
+                        want.push(
+                            add[r * n_out + o] as f64
+                                + 0.5 * dot64(&deq[o * n_in..(o + 1) * n_in], &xr),
+                        );
+                    }
+                }
+                let (rel, mx) = errs(&got, &want);
+                worst = worst.max(rel);
+                println!("gemm {ty:7} {n_in:5}x{n_out:5} T={t:4}: relL2 {rel:.2e}, max {mx:.2e}");
+                assert!(
+                    rel < 1e-5 && mx < 3e-5,
+                    "gemm {ty} {n_in}x{n_out} T={t}: relL2 {rel:.3e} max {mx:.3e}"
+                );
+            }
+        }
+    }
+    println!("gemm worst relL2 {worst:.2e}");
+}
+
+#[test]
+fn device_repack_matches_host_repack_and_grouped_gemm_matches() {
+    let Some((dev, k)) = device() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    // attn_output_a shape in miniature: 4 groups, each 256 rows over a 512-wide slice of x.
+    let (groups, n_in, n_out, t) = (4usize, 512usize, 256usize, 37usize);
+    let (raw, deq) = random_matrix(TensorType::Q8_0, n_in, groups * n_out, rng.gen());
+    let rawb = upload(&dev, &raw);
+    let rep = k
+        .repack_q8(rawb.ptr(), groups * n_out, n_in)
+        .expect("repack");
+    let mut got = vec![0u8; q8_repacked_bytes(groups * n_out, n_in)];
+    rep.download(0, &mut got).expect("download");
+    assert!(
+        got == repack_q8_host(&raw, groups * n_out, n_in),
+        "device repack differs from the layout"
+    );
+    let x = random_vec(t * groups * n_in, 1.0, &mut rng);
+    let xb = upload(&dev, &x);
+    let yb = upload(&dev, &vec![f32::NAN; t * groups * n_out]);
+    let mut g = Gemm::new(
+        q8_operand(rep.ptr(), groups * n_out, n_in),
+        n_in,
+        n_out,
+        xb.ptr(),
+        yb.ptr(),
+        t,
+    );
+    g.ldx = groups * n_in;
+    g.ldy = groups * n_out;
+    g.groups = groups;
+    g.gx = n_in;
+    g.gy = n_out;
+    k.gemm(&g).expect("gemm");
+    let mut y = vec![0f32; t * groups * n_out];
+    yb.download(0, &mut y).expect("download");
+    let want: Vec<f64> = (0..t * groups * n_out)
+        .map(|i| {
+            let (r, c) = (i / (groups * n_out), i % (groups * n_out));
+            let gi = c / n_out;
+            let xs = &x[r * groups * n_in + gi * n_in..r * groups * n_in + (gi + 1) * n_in];
+            dot64(&deq[c * n_in..(c + 1) * n_in], xs)
+        })
+        .collect();
+    let (rel, mx) = errs(&y, &want);
+    println!("grouped Q8_0 gemm: relL2 {rel:.2e}, max {mx:.2e}");
+    assert!(rel < 1e-5 && mx < 3e-5, "grouped gemm {rel:.3e} {mx:.3e}");
+}
+
+#[test]
+fn expert_tiles_with_gathered_rows_match_f64() {
+    let Some((dev, k)) = device() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let (n_expert, n_in, n_out, t, used) = (4usize, 512usize, 320usize, 50usize, 2usize);
+    for ty in [TensorType::Iq2Xxs, TensorType::Q2K, TensorType::Q4K] {
+        let (_wb, op, deq) = weight_on_device(&dev, ty, n_in, n_out * n_expert, rng.gen());
+        let x = random_vec(t * n_in, 1.0, &mut rng);
+        // Pairs (token, slot) sorted by expert; expert 3 gets none, expert 1 more than a tile.
+        let sel: Vec<usize> = (0..t * used)
+            .map(|p| {
+                if p % 5 == 0 {
+                    0
+                } else if p % 7 == 0 {
+                    2
+                } else {
+                    1
+                }
+            })
+            .collect();
+        let mut perm = Vec::new();
+        let mut tiles = Vec::new();
+        for e in 0..n_expert {
+            let rows: Vec<usize> = (0..t * used).filter(|&p| sel[p] == e).collect();
+            for (c, chunk) in rows.chunks(64).enumerate() {
+                tiles.extend([e as i32, (perm.len() + c * 64) as i32, chunk.len() as i32]);
+            }
+            perm.extend(rows.iter().map(|&p| p as i32));
+        }
+        let n_tiles = (tiles.len() / 3) as i32;
+        let (xb, pb, tb, nb) = (
+            upload(&dev, &x),
+            upload(&dev, &perm),
+            upload(&dev, &tiles),
+            upload(&dev, &[n_tiles]),
+        );
+        let yb = upload(&dev, &vec![f32::NAN; t * used * n_out]);
+        let mut g = Gemm::new(op, n_in, n_out, xb.ptr(), yb.ptr(), t * used);
+        g.gather = pb.ptr();
+        g.gather_div = used;
+        g.tiles = tb.ptr();
+        g.n_tiles = nb.ptr();
+        g.tile_cap = n_tiles as usize + 3; // extra grid rows must do nothing
+        k.gemm(&g).expect("gemm");
+        let mut y = vec![0f32; t * used * n_out];
+        yb.download(0, &mut y).expect("download");
+        let want: Vec<f64> = (0..t * used * n_out)
+            .map(|i| {
+                let (r, o) = (i / n_out, i % n_out);
+                let p = perm[r] as usize;
+                let (tok, e) = (p / used, sel[p]);
+                let row = (e * n_out + o) * n_in;
+                dot64(&deq[row..row + n_in], &x[tok * n_in..(tok + 1) * n_in])
+            })
+            .collect();
+        let (rel, mx) = errs(&y, &want);
+        println!("expert tiles {ty}: relL2 {rel:.2e}, max {mx:.2e}");
+        assert!(rel < 1e-5 && mx < 3e-5, "{ty}: {rel:.3e} {mx:.3e}");
+    }
+}
+
+fn tiny_model() -> Option<Arc<Model>> {
+    let path = match ds4_testdata::tiny_s777_gguf() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("skipped: golden tiny model unavailable: {e:#}");
+            return None;
+        }
+    };
+    match Model::open(&path) {
+        Ok(m) => Some(Arc::new(m)),
+        Err(e) => {
+            eprintln!("skipped: tiny model does not load: {e}");
+            None
+        }
+    }
+}
+
+fn set_batched(on: bool) {
+    std::env::set_var("DS4_CUDA_BATCHED_PREFILL", if on { "1" } else { "0" });
+}
+
+fn rel_l2_f32(a: &[f32], b: &[f32]) -> f64 {
+    ds4_testdata::rel_l2(a, b)
+}
+
+/// Per-layer relL2 of the raw window, compressed rows and indexer rows of two snapshots.
+fn compare_snapshots(a: &KvSnapshot, b: &KvSnapshot) -> f64 {
+    let mut worst = 0.0f64;
+    for (il, (la, lb)) in a.layers.iter().zip(&b.layers).enumerate() {
+        let raw = rel_l2_f32(&la.raw, &lb.raw);
+        let comp = if la.attn_comp.is_empty() {
+            0.0
+        } else {
+            rel_l2_f32(&la.attn_comp, &lb.attn_comp)
+        };
+        let idx = if la.index_comp.is_empty() {
+            0.0
+        } else {
+            rel_l2_f32(&la.index_comp, &lb.index_comp)
+        };
+        let fr = match (&la.attn_frontier, &lb.attn_frontier) {
+            (Some(fa), Some(fb)) => rel_l2_f32(&fa.kv, &fb.kv),
+            _ => 0.0,
+        };
+        println!("layer {il}: raw {raw:.2e} comp {comp:.2e} index {idx:.2e} frontier kv {fr:.2e}");
+        worst = worst.max(raw).max(comp).max(idx);
+    }
+    worst
+}
+
+#[test]
+fn batched_prefill_of_the_golden_tiny_model_passes_the_float_gates() {
+    if device().is_none() {
+        return;
+    }
+    let Some(model) = tiny_model() else { return };
+    let golden = ds4_testdata::Golden::load("tiny-s777").expect("golden tiny-s777");
+    let n_vocab = golden.n_vocab;
+    let toks = &golden.tokens;
+    let steps = toks.len();
+
+    // Reference: the decode path, token by token.
+    set_batched(false);
+    let mut dec = CudaBackend::new(model.clone(), 1024).expect("cuda backend");
+    let mut want = vec![0f32; steps * n_vocab];
+    dec.eval(toks, Logits::All(&mut want)).expect("decode eval");
+    let dec_snap = dec.snapshot().expect("snapshot");
+
+    // Batched: pieces that start unaligned, are longer than the raw window (128) and cross the
+    // point where the indexer starts selecting (top_k 16 → 64 rows, position 67).
+    set_batched(true);
+    let mut bat = CudaBackend::new(model.clone(), 1024).expect("cuda backend");
+    let mut got = vec![0f32; steps * n_vocab];
+    let mut at = 0;
+    for piece in [5usize, 290, steps - 295] {
+        bat.eval(
+            &toks[at..at + piece],
+            Logits::All(&mut got[at * n_vocab..(at + piece) * n_vocab]),
+        )
+        .expect("batched eval");
+        at += piece;
+    }
+    let bat_snap = bat.snapshot().expect("snapshot");
+    let worst_kv = compare_snapshots(&dec_snap, &bat_snap);
+
+    let per_tok: Vec<f64> = (0..steps)
+        .map(|i| {
+            rel_l2_f32(
+                &want[i * n_vocab..(i + 1) * n_vocab],
+                &got[i * n_vocab..(i + 1) * n_vocab],
+            )
+        })
+        .collect();
+    let mut sorted = per_tok.clone();
+    sorted.sort_by(f64::total_cmp);
+    println!(
+        "batched vs decode logits relL2: median {:.2e}, p95 {:.2e}, max {:.2e}; first 8 {:?}",
+        sorted[steps / 2],
+        sorted[steps * 95 / 100],
+        sorted[steps - 1],
+        per_tok[..8]
+            .iter()
+            .map(|v| format!("{v:.1e}"))
+            .collect::<Vec<_>>()
+    );
+    let report =
+        ds4_testdata::float_gate(&golden.logits_model_f64, &got, n_vocab, &golden.thresholds);
+    println!("batched prefill vs model_f64: {report}");
+    let dreport =
+        ds4_testdata::float_gate(&golden.logits_model_f64, &want, n_vocab, &golden.thresholds);
+    println!("decode vs model_f64:          {dreport}");
+
+    // One more decode step after the batched prefill continues the session correctly.
+    set_batched(false);
+    let next = toks[1];
+    let mut a = vec![0f32; n_vocab];
+    let mut b = vec![0f32; n_vocab];
+    dec.eval(&[next], Logits::Last(&mut a)).expect("decode");
+    bat.eval(&[next], Logits::Last(&mut b)).expect("decode");
+    let cont = rel_l2_f32(&a, &b);
+    println!("decode step after prefill: relL2 {cont:.2e}; worst KV relL2 {worst_kv:.2e}");
+
+    // Logits::Last of one long batched call.
+    set_batched(true);
+    let mut one = CudaBackend::new(model, 1024).expect("cuda backend");
+    let mut last = vec![0f32; n_vocab];
+    one.eval(toks, Logits::Last(&mut last))
+        .expect("batched eval");
+    let last_err = rel_l2_f32(&want[(steps - 1) * n_vocab..], &last);
+    println!("one batched call, last logits vs decode: relL2 {last_err:.2e}");
+    set_batched(false);
+
+    assert!(report.passed(), "{report}");
+    assert!(
+        sorted[steps / 2] < 1e-2 && worst_kv < 1e-2 && cont < 5e-2 && last_err < 5e-2,
+        "batched prefill drifts from decode"
+    );
+}
