@@ -13,7 +13,6 @@ enum { MODE_PLAIN = 0, MODE_SWIGLU = 1, MODE_DOWN = 2 };
 template <int TY> struct Traits;
 template <> struct Traits<TY_F32> { enum { BLOCK_ELEMS = 4, BLOCK_BYTES = 16, ITEMS = 1 }; };
 template <> struct Traits<TY_F16> { enum { BLOCK_ELEMS = 8, BLOCK_BYTES = 16, ITEMS = 1 }; };
-template <> struct Traits<TY_Q8_0> { enum { BLOCK_ELEMS = 32, BLOCK_BYTES = 34, ITEMS = 1 }; };
 template <> struct Traits<TY_Q2_K> { enum { BLOCK_ELEMS = 256, BLOCK_BYTES = 84, ITEMS = 8 }; };
 template <> struct Traits<TY_Q4_K> { enum { BLOCK_ELEMS = 256, BLOCK_BYTES = 144, ITEMS = 8 }; };
 template <> struct Traits<TY_IQ2_XXS> { enum { BLOCK_ELEMS = 256, BLOCK_BYTES = 66, ITEMS = 8 }; };
@@ -47,22 +46,6 @@ template <> __device__ __forceinline__ float dot_item<TY_F16>(const uint8_t* row
     const float2 w0 = __half22float2(*(const __half2*)&w.x), w1 = __half22float2(*(const __half2*)&w.y);
     const float2 w2 = __half22float2(*(const __half2*)&w.z), w3 = __half22float2(*(const __half2*)&w.w);
     return w0.x * a.x + w0.y * a.y + w1.x * a.z + w1.y * a.w + w2.x * b.x + w2.y * b.y + w3.x * b.z + w3.y * b.w;
-}
-
-// Q8_0: one item is one block (34 bytes, 2-byte aligned).
-template <> __device__ __forceinline__ float dot_item<TY_Q8_0>(const uint8_t* row, int it, const float* x) {
-    const uint8_t* b = row + (size_t)it * 34;
-    const uint16_t* q = (const uint16_t*)b;
-    const float d = h2f(__ldg(q));
-    const float4* xv = (const float4*)(x + it * 32);
-    float s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        const uint32_t w = (uint32_t)__ldg(q + 1 + 2 * i) | ((uint32_t)__ldg(q + 2 + 2 * i) << 16);
-        const float4 v = xv[i];
-        s += s8b(w, 0) * v.x + s8b(w, 1) * v.y + s8b(w, 2) * v.z + s8b(w, 3) * v.w;
-    }
-    return d * s;
 }
 
 // Q2_K item i (0..7) of a block: qs bytes [32h + 8m, +8) with h = i/4, m = i%4; those bytes hold
@@ -185,89 +168,14 @@ struct GemvArgs {
     int wpr;                // warps per row: 1, 2, 4 or 8
     float clamp;            // SwiGLU clamp (spec §3.6 F5)
     float alpha;            // constant output scale
-    int pad;                // bit 0: Q8_0 rows are 16-byte aligned (staged loads)
+    int pad;                // unused (keeps the host struct layout)
 };
-
-// Q8_0 rows whose length is a multiple of 8 blocks are 16-byte aligned: a warp then stages 32
-// blocks (1088 bytes) per row with coalesced 16-byte loads into shared memory and each lane decodes
-// one block from there. Reading the 34-byte blocks straight from global memory lane by lane makes
-// every load instruction touch ~9 cache lines; this way each touches 4.
-constexpr int Q8_CHUNK_BYTES = 32 * 34;
-constexpr int Q8_CHUNK_U4 = Q8_CHUNK_BYTES / 16;  // 68
-
-__device__ __forceinline__ float q8_0_block_dot_smem(const uint8_t* b, const float (&xv)[32]) {
-    const uint16_t* q = (const uint16_t*)b;
-    const float d = h2f(q[0]);
-    float s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 16; i++) {
-        const uint32_t w = q[1 + i];
-        s += s8f(w & 0xffu) * xv[2 * i] + s8f(w >> 8) * xv[2 * i + 1];
-    }
-    return d * s;
-}
 
 // acc[j] += rows[j]·x over this thread's share of the row, for N rows sharing one x. `t`/`stride`:
 // this thread's index and count among the threads sharing the rows (wpr warps).
 template <int TY, int N>
 __device__ __forceinline__ void multi_dot(const uint8_t* const (&rows)[N], const float* __restrict__ x, int n_in,
-                                          int t, int stride, bool staged, float (&acc)[N]) {
-    if constexpr (TY == TY_Q8_0) {
-        if (staged) {
-            __shared__ uint4 stage[8][N][Q8_CHUNK_U4];
-            const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-            const int n_blocks = n_in / 32;
-            const int c_step = (stride >> 5) * 32;
-            // Double buffering: chunk c+1's 16-byte loads are in flight (registers) while chunk c
-            // is decoded from shared memory. All loads of a chunk are issued before the first
-            // store (a load/store loop serialises them).
-            uint4 tmp[N][3];
-            auto issue = [&](int c) {
-                const int n16 = min(32, n_blocks - c) * 34 / 16;
-#pragma unroll
-                for (int j = 0; j < N; j++) {
-                    const uint4* src = (const uint4*)(rows[j] + (size_t)c * 34);
-#pragma unroll
-                    for (int u = 0; u < 3; u++) {
-                        const int i = lane + 32 * u;
-                        tmp[j][u] = i < n16 ? __ldg(src + i) : make_uint4(0, 0, 0, 0);
-                    }
-                }
-            };
-            if ((t >> 5) * 32 < n_blocks) issue((t >> 5) * 32);
-            for (int c0 = (t >> 5) * 32; c0 < n_blocks; c0 += c_step) {
-                const int nb = min(32, n_blocks - c0);
-                const int n16 = nb * 34 / 16;
-#pragma unroll
-                for (int j = 0; j < N; j++) {
-#pragma unroll
-                    for (int u = 0; u < 3; u++) {
-                        const int i = lane + 32 * u;
-                        if (i < n16) stage[warp][j][i] = tmp[j][u];
-                    }
-                }
-                __syncwarp();
-                if (c0 + c_step < n_blocks) issue(c0 + c_step);
-                if (lane < nb) {
-                    float xv[32];
-                    const float4* xp = (const float4*)(x + (size_t)(c0 + lane) * 32);
-#pragma unroll
-                    for (int i = 0; i < 8; i++) {
-                        const float4 v = __ldg(xp + i);
-                        xv[4 * i] = v.x;
-                        xv[4 * i + 1] = v.y;
-                        xv[4 * i + 2] = v.z;
-                        xv[4 * i + 3] = v.w;
-                    }
-#pragma unroll
-                    for (int j = 0; j < N; j++)
-                        acc[j] += q8_0_block_dot_smem((const uint8_t*)stage[warp][j] + lane * 34, xv);
-                }
-                __syncwarp();
-            }
-            return;
-        }
-    }
+                                          int t, int stride, float (&acc)[N]) {
     const int n_items = n_in / Traits<TY>::BLOCK_ELEMS * Traits<TY>::ITEMS;
 #pragma unroll 2
     for (int it = t; it < n_items; it += stride) {
@@ -300,7 +208,6 @@ __device__ void gemv_body(const GemvArgs& a) {
         for (int i = threadIdx.x; i < 256; i += blockDim.x) s_iq2_grid[i] = IQ2XXS_GRID[i];
         __syncthreads();
     }
-    const bool staged = (a.pad & 1) != 0;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int groups_per_block = (blockDim.x >> 5) / a.wpr;
     const int o0 = (blockIdx.x * groups_per_block + warp / a.wpr) * R;
@@ -318,7 +225,7 @@ __device__ void gemv_body(const GemvArgs& a) {
             rows[r] = a.w + (size_t)orow[r] * a.row_bytes;
             acc[r] = 0.0f;
         }
-        multi_dot<TY, R>(rows, x, a.n_in, t, stride, staged, acc);
+        multi_dot<TY, R>(rows, x, a.n_in, t, stride, acc);
 #pragma unroll
         for (int r = 0; r < R; r++) {
             const float v = row_reduce(acc[r], a.wpr, red);
@@ -339,7 +246,7 @@ __device__ void gemv_body(const GemvArgs& a) {
             rows[2 * r + 1] = a.w2 + eoff + (size_t)orow[r] * a.row_bytes;
             acc[2 * r] = acc[2 * r + 1] = 0.0f;
         }
-        multi_dot<TY, 2 * R>(rows, a.x, a.n_in, t, stride, staged, acc);
+        multi_dot<TY, 2 * R>(rows, a.x, a.n_in, t, stride, acc);
 #pragma unroll
         for (int r = 0; r < R; r++) {
             float g = row_reduce(acc[2 * r], a.wpr, red);
@@ -365,7 +272,7 @@ __device__ void gemv_body(const GemvArgs& a) {
                 rows[r] = a.w + (size_t)a.sel[s] * a.expert_bytes + (size_t)orow[r] * a.row_bytes;
                 acc[r] = 0.0f;
             }
-            multi_dot<TY, R>(rows, a.x + (size_t)s * a.n_in, a.n_in, t, stride, staged, acc);
+            multi_dot<TY, R>(rows, a.x + (size_t)s * a.n_in, a.n_in, t, stride, acc);
 #pragma unroll
             for (int r = 0; r < R; r++) total[r] += row_reduce(acc[r], a.wpr, red);
         }
@@ -399,10 +306,218 @@ __device__ void gemv_body(const GemvArgs& a) {
 
 GEMV_KERNELS(f32, TY_F32)
 GEMV_KERNELS(f16, TY_F16)
-GEMV_KERNELS(q8_0, TY_Q8_0)
 GEMV_KERNELS(q2_k, TY_Q2_K)
 GEMV_KERNELS(q4_k, TY_Q4_K)
 GEMV_KERNELS(iq2_xxs, TY_IQ2_XXS)
+
+// ---- dense matrices: Q8_0 (repacked), F16, F32; several matrices per launch --------------------
+//
+// Q8_0 is repacked when it reaches the device (weights.rs): int8 quants row-major, then the f16
+// block scales [rows][n_in/32] at align256(rows·n_in). Every lane then streams 16-byte loads straight
+// from a row (no 34-byte blocks straddling load boundaries, no staging), and the input vector sits
+// in shared memory, permuted so that each lane's float4 reads are consecutive across the warp (no
+// bank conflicts). One launch serves up to DENSE_MAX_MATS matrices that read the same input (e.g.
+// q_a, kv, the compressor and indexer projections of one layer): fewer, fuller launches.
+
+constexpr int DENSE_MAX_MATS = 8;
+
+struct DenseMat {
+    const uint8_t* w;    // quants (Q8_0) / halves (F16) / floats (F32), row-major
+    const __half* s;     // Q8_0 block scales, [rows][n_in/32]
+    const uint8_t* w2;   // swiglu: the up matrix (same type and shape as w)
+    const __half* s2;
+    float* y;
+    const float* add;    // optional, added to y
+    const int* gate;     // optional device flag: *gate == 0 skips this matrix
+    int ty;
+    int n_rows;
+    int rows_per_group;  // > 0: rows [g·rpg, (g+1)·rpg) read x + g·n_in (grouped output)
+    int swiglu;          // y = silu(min(w·x, c))·clamp(w2·x, ±c) (spec §3.6 F6)
+    int block0;          // first blockIdx.x of this matrix
+    float alpha;
+};
+
+struct DenseArgs {
+    DenseMat m[DENSE_MAX_MATS];
+    const float* x;
+    const float* xscale;  // optional device scalar multiplied into y (HC flat RMS scale)
+    const float* norm_w;  // norm != 0: x := RMSNorm(x) ⊙ norm_w first (spec §3.2 P1), as rms_norm does
+    int n_mats;
+    int n_in;
+    int norm;
+    float eps;
+    float clamp;
+    int pad;
+};
+
+template <int TY> struct DenseElems;  // elements per lane per 16-byte load
+template <> struct DenseElems<TY_Q8_0> { enum { E = 16, BYTES = 1 }; };
+template <> struct DenseElems<TY_F16> { enum { E = 8, BYTES = 2 }; };
+template <> struct DenseElems<TY_F32> { enum { E = 4, BYTES = 4 }; };
+
+// Shared-memory slot of input element i: a chunk of 32·E elements is read by 32 lanes taking E
+// consecutive elements each; float4 k of lane l is stored at k·128 + 4l within the chunk.
+template <int E> __device__ __forceinline__ int dense_slot(int i) {
+    const int chunk = i / (32 * E), r = i - chunk * 32 * E;
+    const int l = r / E, e = r - l * E;
+    return chunk * 32 * E + (e >> 2) * 128 + l * 4 + (e & 3);
+}
+
+// Weights are read exactly once: keep them out of L1.
+__device__ __forceinline__ uint4 ld_stream(const void* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+// int8 byte k of u (already xor 0x80808080) as an exact float: 2^23 + (b ^ 0x80) - (2^23 + 128).
+__device__ __forceinline__ float q8b(uint32_t u, int k) {
+    return __int_as_float(__byte_perm(u, 0x4B000000u, 0x7440 + k)) - 8388736.0f;
+}
+
+// Dot of one lane's 16 weight bytes with its E inputs at `xs` (chunk base, permuted).
+template <int TY> __device__ __forceinline__ float dense_dot(uint4 w, const float* xs, int lane) {
+    const float4* xv = (const float4*)xs + lane;
+    if constexpr (TY == TY_Q8_0) {
+        const uint32_t u[4] = {w.x ^ 0x80808080u, w.y ^ 0x80808080u, w.z ^ 0x80808080u, w.w ^ 0x80808080u};
+        float s = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const float4 v = xv[32 * k];
+            s += q8b(u[k], 0) * v.x + q8b(u[k], 1) * v.y + q8b(u[k], 2) * v.z + q8b(u[k], 3) * v.w;
+        }
+        return s;
+    } else if constexpr (TY == TY_F16) {
+        const float4 a = xv[0], b = xv[32];
+        const float2 w0 = __half22float2(*(const __half2*)&w.x), w1 = __half22float2(*(const __half2*)&w.y);
+        const float2 w2 = __half22float2(*(const __half2*)&w.z), w3 = __half22float2(*(const __half2*)&w.w);
+        return w0.x * a.x + w0.y * a.y + w1.x * a.z + w1.y * a.w + w2.x * b.x + w2.y * b.y + w3.x * b.z + w3.y * b.w;
+    } else {
+        const float4 a = xv[0];
+        return __uint_as_float(w.x) * a.x + __uint_as_float(w.y) * a.y + __uint_as_float(w.z) * a.z +
+               __uint_as_float(w.w) * a.w;
+    }
+}
+
+// R rows per warp (2R dot products with swiglu). x is staged already.
+template <int TY, int R, bool SW>
+__device__ __forceinline__ void dense_rows(const DenseArgs& a, const DenseMat& m, const float* xsm, int o0) {
+    constexpr int E = DenseElems<TY>::E, CH = 32 * E, NR = SW ? 2 * R : R;
+    constexpr int U = NR >= 8 ? 1 : 8 / NR;  // chunks in flight per lane
+    const int lane = threadIdx.x & 31;
+    const int n_in = a.n_in, n_ch = (n_in + CH - 1) / CH;
+    const size_t row_bytes = (size_t)n_in * DenseElems<TY>::BYTES;
+    const int nb = n_in / 32;
+    const uint8_t* wp[NR];
+    const __half* sp[NR];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int row = min(o0 + r, m.n_rows - 1);  // dead rows recompute the last one
+        const int j = SW ? 2 * r : r;
+        wp[j] = m.w + (size_t)row * row_bytes;
+        sp[j] = m.s + (size_t)row * nb;
+        if (SW) {
+            wp[j + 1] = m.w2 + (size_t)row * row_bytes;
+            sp[j + 1] = m.s2 + (size_t)row * nb;
+        }
+    }
+    float acc[NR];
+#pragma unroll
+    for (int j = 0; j < NR; j++) acc[j] = 0.0f;
+    for (int c0 = 0; c0 < n_ch; c0 += U) {
+        uint4 wv[U][NR];
+        float d[U][NR];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int e0 = (c0 + u) * CH + lane * E;
+            const bool ok = c0 + u < n_ch && e0 < n_in;
+#pragma unroll
+            for (int j = 0; j < NR; j++) {
+                wv[u][j] = ok ? ld_stream(wp[j] + (size_t)e0 * DenseElems<TY>::BYTES) : make_uint4(0, 0, 0, 0);
+                if constexpr (TY == TY_Q8_0) d[u][j] = ok ? __half2float(sp[j][e0 >> 5]) : 0.0f;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (c0 + u < n_ch) {
+                const float* xs = xsm + (c0 + u) * CH;
+#pragma unroll
+                for (int j = 0; j < NR; j++) {
+                    const float p = dense_dot<TY>(wv[u][j], xs, lane);
+                    if constexpr (TY == TY_Q8_0) acc[j] += d[u][j] * p;
+                    else acc[j] += p;
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int o = o0 + r;
+        if constexpr (SW) {
+            float g = warp_sum(acc[2 * r]), u = warp_sum(acc[2 * r + 1]);
+            if (lane == 0 && o < m.n_rows) {
+                g = fminf(g, a.clamp);
+                u = fminf(fmaxf(u, -a.clamp), a.clamp);
+                m.y[o] = g * sigmoid_stable(g) * u;
+            }
+        } else {
+            const float v = warp_sum(acc[r]);
+            if (lane == 0 && o < m.n_rows) {
+                float y = v * m.alpha;
+                if (a.xscale) y *= *a.xscale;
+                if (m.add) y = m.add[o] + y;
+                m.y[o] = y;
+            }
+        }
+    }
+}
+
+template <int TY>
+__device__ __forceinline__ void dense_stage(const DenseArgs& a, const float* x, float* xsm, double* red) {
+    constexpr int E = DenseElems<TY>::E, CH = 32 * E;
+    const int n_in = a.n_in, n_pad = (n_in + CH - 1) / CH * CH;
+    const float sc = a.norm ? block_rms_scale(x, n_in, a.eps, red) : 1.0f;
+    for (int i = threadIdx.x; i < n_pad; i += blockDim.x) {
+        float v = 0.0f;
+        if (i < n_in) v = a.norm ? (x[i] * sc) * a.norm_w[i] : x[i];
+        xsm[dense_slot<E>(i)] = v;
+    }
+    __syncthreads();
+}
+
+template <int TY, int R>
+__device__ __forceinline__ void dense_block(const DenseArgs& a, const DenseMat& m, const float* x, float* xsm,
+                                            double* red, int o0) {
+    dense_stage<TY>(a, x, xsm, red);
+    if (m.swiglu) dense_rows<TY, R, true>(a, m, xsm, o0);
+    else dense_rows<TY, R, false>(a, m, xsm, o0);
+}
+
+template <int R>
+__device__ void dense_body(const DenseArgs& a) {
+    extern __shared__ float xsm[];
+    __shared__ double red[32];
+    int mi = 0;
+#pragma unroll
+    for (int i = 1; i < DENSE_MAX_MATS; i++)
+        if (i < a.n_mats && (int)blockIdx.x >= a.m[i].block0) mi = i;
+    const DenseMat& m = a.m[mi];
+    if (m.gate && *m.gate == 0) return;  // uniform per block
+    const int row0 = ((int)blockIdx.x - m.block0) * 8 * R;
+    const int o0 = row0 + (threadIdx.x >> 5) * R;
+    const float* x = a.x + (m.rows_per_group > 0 ? (size_t)(row0 / m.rows_per_group) * a.n_in : 0);
+    switch (m.ty) {
+        case TY_Q8_0: dense_block<TY_Q8_0, R>(a, m, x, xsm, red, o0); break;
+        case TY_F16: dense_block<TY_F16, R>(a, m, x, xsm, red, o0); break;
+        default: dense_block<TY_F32, R>(a, m, x, xsm, red, o0); break;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) dense_r1(DenseArgs a) { dense_body<1>(a); }
+extern "C" __global__ void __launch_bounds__(256) dense_r2(DenseArgs a) { dense_body<2>(a); }
+extern "C" __global__ void __launch_bounds__(256) dense_r4(DenseArgs a) { dense_body<4>(a); }
 
 // ---- synthetic weights (ds4-bench --synthetic) --------------------------------------------------
 
@@ -458,4 +573,11 @@ extern "C" __global__ void fix_scales(uint8_t* dst, unsigned long long n_blocks,
             *(__half*)(dst + b * 66) = s;
         }
     }
+}
+
+// Synthetic repacked Q8_0: f16 scales near `scale` (±50 %) for `n` blocks at `dst`.
+extern "C" __global__ void fill_q8_scales(__half* dst, unsigned long long n, float scale) {
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    for (unsigned long long b = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; b < n; b += stride)
+        dst[b] = __float2half(scale * (0.5f + (float)(hash32(b * 7919u) & 1023) / 1024.0f));
 }

@@ -13,7 +13,7 @@ use ds4_gguf::TensorType;
 use ds4_model::{AttnKind, Config};
 
 use crate::device::{DevBuf, Device};
-use crate::launch::{DPtr, GemvArgs, GemvMode, Kernels, RopeArgs};
+use crate::launch::{DPtr, DenseInput, DenseMat, GemvArgs, GemvMode, Kernels, RopeArgs};
 use crate::weights::{DevAttnExtra, DevCompressor, DevHc, DevLayer, DevTensor, DevWeights};
 use crate::Error;
 
@@ -148,6 +148,10 @@ pub struct Scratch {
     pub kv_raw: DevBuf,
     pub kvp: DevBuf,
     pub scp: DevBuf,
+    /// The indexer compressor's projections (its own buffers: every projection of `xa` runs in
+    /// one launch).
+    pub ikvp: DevBuf,
+    pub iscp: DevBuf,
     pub qi: DevBuf,
     pub iw: DevBuf,
     pub scores: DevBuf,
@@ -185,6 +189,8 @@ impl Scratch {
             kv_raw: f(cfg.head_dim)?,
             kvp: f(width)?,
             scp: f(width)?,
+            ikvp: f(width)?,
+            iscp: f(width)?,
             qi: f(cfg.idx_q_dim())?,
             iw: f(cfg.n_idx_head)?,
             scores: f(comp_cap)?,
@@ -234,6 +240,20 @@ impl<'a> Mv<'a> {
         }
     }
     fn run(self, k: &Kernels) -> Result<(), Error> {
+        if self.w.ty == TensorType::Q8_0 {
+            let mut m = dense_mat(self.w, self.y)?;
+            m.add = self.add;
+            m.gate = self.gate;
+            m.alpha = self.alpha;
+            m.rows_per_group = self.rows_per_group as i32;
+            let input = DenseInput {
+                x: self.x,
+                n_in: self.w.n_in(),
+                xscale: self.xscale,
+                ..Default::default()
+            };
+            return k.dense(input, &[m]);
+        }
         let a = GemvArgs {
             w: self.w.ptr(),
             x: self.x,
@@ -250,6 +270,39 @@ impl<'a> Mv<'a> {
         };
         k.gemv(self.w.ty, GemvMode::Plain, a, 1)
     }
+}
+
+/// One matrix of a dense launch (Q8_0, F16 or F32): `y = W·x`.
+fn dense_mat(w: &DevTensor, y: DPtr) -> Result<DenseMat, Error> {
+    if !matches!(w.ty, TensorType::Q8_0 | TensorType::F16 | TensorType::F32) || w.dims.len() > 2 {
+        return Err(Error::Unsupported(format!(
+            "{} matrix {:?} in a dense launch",
+            w.ty, w.dims
+        )));
+    }
+    Ok(DenseMat {
+        w: w.ptr(),
+        s: w.q8_scales_ptr(),
+        y,
+        ty: w.ty.code() as i32,
+        n_rows: w.n_out() as i32,
+        alpha: 1.0,
+        ..Default::default()
+    })
+}
+
+/// The SwiGLU pair `y = silu(min(gate·x, c))·clamp(up·x, ±c)` as one dense matrix (shared expert).
+fn dense_swiglu(gate: &DevTensor, up: &DevTensor, y: DPtr) -> Result<DenseMat, Error> {
+    if gate.ty != up.ty || gate.dims != up.dims {
+        return Err(Error::Unsupported(
+            "shared expert gate and up differ in type or shape".into(),
+        ));
+    }
+    let mut m = dense_mat(gate, y)?;
+    m.w2 = up.ptr();
+    m.s2 = up.q8_scales_ptr();
+    m.swiglu = 1;
+    Ok(m)
 }
 
 /// `h = silu(min(gate·x, c))·clamp(up·x, ±c)` (shared expert, spec §3.6 F6), or per selected
@@ -319,13 +372,14 @@ fn hc_pre(
 
 // ---- spec/model.md §3.5 attention sublayer -------------------------------------------------------
 
-/// §3.5 C1-C9 for one compressor stream of width `dim`.
+/// §3.5 C2-C9 for one compressor stream of width `dim`, from its projections `kvp`/`scp` (C1).
 #[allow(clippy::too_many_arguments)]
 fn compressor(
     k: &Kernels,
     c: &DevCompressor,
     f: &crate::forward::Frontier,
     cache: &DevBuf,
+    (kvp, scp): (DPtr, DPtr),
     s: &Scratch,
     kind: AttnKind,
     rope: RopeArgs,
@@ -333,11 +387,9 @@ fn compressor(
     qat: bool,
     eps: f32,
 ) -> Result<(), Error> {
-    Mv::new(&c.kv, s.xa.ptr(), s.kvp.ptr()).run(k)?; // C1
-    Mv::new(&c.gate, s.xa.ptr(), s.scp.ptr()).run(k)?;
     k.compressor_step(
-        s.kvp.ptr(),
-        s.scp.ptr(),
+        kvp,
+        scp,
         c.ape.ptr(),
         c.norm.ptr(),
         f.kv.ptr(),
@@ -366,16 +418,55 @@ fn attention_sublayer(
     let kind = cfg.attn_kinds[il];
     let rope = RopeArgs::new(&cfg.rope(il), cfg.n_rot);
     hc_pre(k, cfg, &l.hc_attn, &l.attn_norm, s, s.xa.ptr())?; // A1, A2
-    Mv::new(&l.attn_q_a, s.xa.ptr(), s.qa.ptr()).run(k)?; // A3
-    k.rms_norm(
-        s.qa.ptr(),
-        l.attn_q_a_norm.ptr(),
-        s.qn.ptr(),
-        cfg.q_lora_rank,
-        1,
-        cfg.rms_eps,
-    )?;
-    Mv::new(&l.attn_q_b, s.qn.ptr(), s.q.ptr()).run(k)?; // A4
+                                                              // Every projection of xa in one launch: A3 q_a, A5 kv, A9/A10.1 C1 compressor kv and score,
+                                                              // A10 indexer weights (skipped while the indexer gate is closed).
+    let mut mats = vec![
+        dense_mat(&l.attn_q_a, s.qa.ptr())?,
+        dense_mat(&l.attn_kv, s.kv_raw.ptr())?,
+    ];
+    let gate = s.index_gate.ptr();
+    match &l.attn_extra {
+        DevAttnExtra::Window => {}
+        DevAttnExtra::CompressedN { compressor: c } => {
+            mats.push(dense_mat(&c.kv, s.kvp.ptr())?);
+            mats.push(dense_mat(&c.gate, s.scp.ptr())?);
+        }
+        DevAttnExtra::Compressed4 {
+            compressor: c,
+            indexer,
+        } => {
+            let ic = &indexer.compressor;
+            mats.push(dense_mat(&c.kv, s.kvp.ptr())?);
+            mats.push(dense_mat(&c.gate, s.scp.ptr())?);
+            mats.push(dense_mat(&ic.kv, s.ikvp.ptr())?);
+            mats.push(dense_mat(&ic.gate, s.iscp.ptr())?);
+            let mut proj = dense_mat(&indexer.proj, s.iw.ptr())?;
+            proj.gate = gate;
+            proj.alpha = cfg.indexer_score_scale();
+            mats.push(proj);
+        }
+    }
+    let from_xa = DenseInput {
+        x: s.xa.ptr(),
+        n_in: cfg.n_embd,
+        ..Default::default()
+    };
+    k.dense(from_xa, &mats)?;
+    // A4 q_b and A10.2 the indexer's queries, both from qn = RMSNorm(qa) ⊙ q_a_norm (normalised
+    // inside the launch).
+    let mut mats = vec![dense_mat(&l.attn_q_b, s.q.ptr())?];
+    if let DevAttnExtra::Compressed4 { indexer, .. } = &l.attn_extra {
+        let mut qi = dense_mat(&indexer.attn_q_b, s.qi.ptr())?;
+        qi.gate = gate;
+        mats.push(qi);
+    }
+    let from_qn = DenseInput {
+        x: s.qa.ptr(),
+        n_in: cfg.q_lora_rank,
+        norm: Some((l.attn_q_a_norm.ptr(), cfg.rms_eps)),
+        ..Default::default()
+    };
+    k.dense(from_qn, &mats)?;
     k.head_norm_rope(
         s.q.ptr(),
         cfg.n_head,
@@ -384,7 +475,6 @@ fn attention_sublayer(
         s.step.ptr(),
         cfg.rms_eps,
     )?; // A4, A6
-    Mv::new(&l.attn_kv, s.xa.ptr(), s.kv_raw.ptr()).run(k)?; // A5
     k.kv_finish(
         s.kv_raw.ptr(),
         l.attn_kv_a_norm.ptr(),
@@ -403,6 +493,7 @@ fn attention_sublayer(
                 c,
                 f,
                 cache,
+                (s.kvp.ptr(), s.scp.ptr()),
                 s,
                 kind,
                 rope,
@@ -425,6 +516,7 @@ fn attention_sublayer(
                 c,
                 f,
                 cache,
+                (s.kvp.ptr(), s.scp.ptr()),
                 s,
                 kind,
                 rope,
@@ -437,12 +529,12 @@ fn attention_sublayer(
                     "layer {il}: indexer state missing"
                 )));
             };
-            let ic = &indexer.compressor;
             compressor(
                 k,
-                ic,
+                &indexer.compressor,
                 ifr,
                 icache,
+                (s.ikvp.ptr(), s.iscp.ptr()),
                 s,
                 kind,
                 rope,
@@ -450,15 +542,7 @@ fn attention_sublayer(
                 true,
                 cfg.rms_eps,
             )?; // A10.1
-            let gate = s.index_gate.ptr();
-            let mut mv = Mv::new(&indexer.attn_q_b, s.qn.ptr(), s.qi.ptr()); // A10.2 qi from qn
-            mv.gate = gate;
-            mv.run(k)?;
             k.index_q_prep(s.qi.ptr(), cfg.n_idx_head, rope, s.step.ptr(), gate)?;
-            let mut mv = Mv::new(&indexer.proj, s.xa.ptr(), s.iw.ptr());
-            mv.gate = gate;
-            mv.alpha = cfg.indexer_score_scale();
-            mv.run(k)?;
             k.index_scores(
                 icache.ptr(),
                 s.qi.ptr(),
@@ -524,7 +608,20 @@ fn attention_sublayer(
 fn ffn_sublayer(k: &Kernels, cfg: &Config, l: &DevLayer, s: &Scratch) -> Result<(), Error> {
     let xf = s.xa.ptr();
     hc_pre(k, cfg, &l.hc_ffn, &l.ffn_norm, s, xf)?; // F1
-    Mv::new(&l.ffn_gate_inp, xf, s.router.ptr()).run(k)?; // F2
+                                                    // F2 router logits and F6 the shared expert's SwiGLU, both from xf, in one launch.
+    let from_xf = DenseInput {
+        x: xf,
+        n_in: cfg.n_embd,
+        clamp: cfg.swiglu_clamp,
+        ..Default::default()
+    };
+    k.dense(
+        from_xf,
+        &[
+            dense_mat(&l.ffn_gate_inp, s.router.ptr())?,
+            dense_swiglu(&l.ffn_gate_shexp, &l.ffn_up_shexp, s.shmid.ptr())?,
+        ],
+    )?;
     k.route(
         s.router.ptr(),
         l.exp_probs_b.as_ref().map_or(0, |t| t.ptr()),
@@ -563,17 +660,6 @@ fn ffn_sublayer(k: &Kernels, cfg: &Config, l: &DevLayer, s: &Scratch) -> Result<
         ..Default::default()
     };
     k.gemv(d.ty, GemvMode::Down, a, 1)?; // F5: Σ_k in selection order
-    swiglu(
-        k,
-        &l.ffn_gate_shexp,
-        &l.ffn_up_shexp,
-        xf,
-        s.shmid.ptr(),
-        0,
-        0,
-        1,
-        cfg.swiglu_clamp,
-    )?; // F6
     let mut mv = Mv::new(&l.ffn_down_shexp, s.shmid.ptr(), s.ffn_out.ptr());
     mv.add = s.moe.ptr(); // F7: moe + sh
     mv.run(k)?;

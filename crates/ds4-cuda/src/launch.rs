@@ -79,10 +79,62 @@ pub enum GemvMode {
     Down,
 }
 
-const TYPES: [TensorType; 6] = [
+/// Most matrices one [`Kernels::dense`] launch serves (`DENSE_MAX_MATS` in kernels/gemv.cu).
+pub const DENSE_MAX_MATS: usize = 8;
+
+/// `DenseMat` of kernels/gemv.cu: one matrix of a dense launch (Q8_0 repacked, F16 or F32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DenseMat {
+    pub w: DPtr,
+    pub s: DPtr,
+    pub w2: DPtr,
+    pub s2: DPtr,
+    pub y: DPtr,
+    pub add: DPtr,
+    pub gate: DPtr,
+    pub ty: i32,
+    pub n_rows: i32,
+    pub rows_per_group: i32,
+    pub swiglu: i32,
+    pub block0: i32,
+    pub alpha: f32,
+}
+
+/// `DenseArgs` of kernels/gemv.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct DenseArgs {
+    m: [DenseMat; DENSE_MAX_MATS],
+    x: DPtr,
+    xscale: DPtr,
+    norm_w: DPtr,
+    n_mats: i32,
+    n_in: i32,
+    norm: i32,
+    eps: f32,
+    clamp: f32,
+    pad: i32,
+}
+
+/// What a dense launch reads: the shared input and how it is prepared.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DenseInput {
+    /// The input vector (one per group for grouped matrices).
+    pub x: DPtr,
+    pub n_in: usize,
+    /// Optional device scalar multiplied into every output.
+    pub xscale: DPtr,
+    /// `Some((w, eps))`: the input is RMS-normalised and weighted by `w` first (spec §3.2 P1).
+    pub norm: Option<(DPtr, f32)>,
+    /// SwiGLU clamp for matrices with `swiglu` set.
+    pub clamp: f32,
+}
+
+/// Types of the per-row-item GEMV family (Q8_0 goes through [`Kernels::dense`]: it is repacked).
+const TYPES: [TensorType; 5] = [
     TensorType::F32,
     TensorType::F16,
-    TensorType::Q8_0,
     TensorType::Q2K,
     TensorType::Q4K,
     TensorType::Iq2Xxs,
@@ -117,6 +169,9 @@ pub struct Kernels {
     dev: Arc<Device>,
     /// `(type, mode, rows per warp, function)`
     gemv: Vec<(TensorType, GemvMode, usize, sys::CUfunction)>,
+    /// `dense_r1`, `dense_r2`, `dense_r4`
+    dense: [sys::CUfunction; 3],
+    fill_q8_scales: sys::CUfunction,
     embed: sys::CUfunction,
     rms_scale: sys::CUfunction,
     rms_norm: sys::CUfunction,
@@ -172,6 +227,12 @@ impl Kernels {
         let k = Kernels {
             dev: dev.clone(),
             gemv,
+            dense: [
+                f("gemv", "dense_r1")?,
+                f("gemv", "dense_r2")?,
+                f("gemv", "dense_r4")?,
+            ],
+            fill_q8_scales: f("gemv", "fill_q8_scales")?,
             embed: f("ops", "embed")?,
             rms_scale: f("ops", "rms_scale")?,
             rms_norm: f("ops", "rms_norm")?,
@@ -321,8 +382,6 @@ impl Kernels {
             wpr *= 2;
         }
         a.wpr = wpr as i32;
-        // Q8_0 rows of a multiple of 8 blocks are 16-byte aligned: staged coalesced loads.
-        a.pad = (ty == TensorType::Q8_0 && a.row_bytes.is_multiple_of(16)) as i32;
         let f = self
             .gemv
             .iter()
@@ -342,6 +401,85 @@ impl Kernels {
             GemvMode::Down => "gemv_down",
         };
         self.launch(name, f, grid, 256, 0, &mut p)
+    }
+
+    /// One launch of up to [`DENSE_MAX_MATS`] matrices (Q8_0 repacked, F16, F32) that read the same
+    /// input: `y_m = alpha_m·(W_m·x)·xscale + add_m`, or the SwiGLU pair when `swiglu` is set.
+    /// `mats[i].block0` is filled in here.
+    pub fn dense(&self, input: DenseInput, mats: &[DenseMat]) -> Result<(), Error> {
+        assert!(
+            !mats.is_empty() && mats.len() <= DENSE_MAX_MATS,
+            "invariant: dense launch of {} matrices",
+            mats.len()
+        );
+        let n_in = input.n_in;
+        assert!(input.x != 0 && n_in > 0, "invariant: dense input set");
+        for m in mats {
+            let ty = TensorType::from_code(m.ty as u32);
+            let ok = match ty {
+                Some(TensorType::Q8_0) => n_in.is_multiple_of(32) && m.s != 0,
+                Some(TensorType::F16) => n_in.is_multiple_of(8),
+                Some(TensorType::F32) => n_in.is_multiple_of(4),
+                _ => false,
+            };
+            assert!(
+                ok && m.w != 0 && m.y != 0 && m.n_rows > 0,
+                "invariant: dense matrix {m:?} over {n_in} inputs"
+            );
+            assert!(
+                m.swiglu == 0 || (m.w2 != 0 && (m.s2 != 0 || m.s == 0)),
+                "invariant: swiglu needs the up matrix"
+            );
+        }
+        // Rows per warp: 4 (or 2) rows share each input read when that still leaves a few waves
+        // of 8-warp blocks; grouped matrices need whole groups per block.
+        let dots: usize = mats
+            .iter()
+            .map(|m| m.n_rows as usize * if m.swiglu != 0 { 2 } else { 1 })
+            .sum();
+        let fits = |r: usize| {
+            mats.iter()
+                .all(|m| m.rows_per_group == 0 || (m.rows_per_group as usize).is_multiple_of(8 * r))
+                && !mats.iter().any(|m| m.swiglu != 0 && r > 2)
+        };
+        let r = if dots / 32 >= 2 * 132 && fits(4) {
+            4
+        } else if dots / 16 >= 132 && fits(2) {
+            2
+        } else if fits(1) {
+            1
+        } else {
+            return Err(Error::Unsupported(
+                "dense launch: grouped rows must come in multiples of 8".into(),
+            ));
+        };
+        let mut a = DenseArgs {
+            x: input.x,
+            xscale: input.xscale,
+            n_mats: mats.len() as i32,
+            n_in: n_in as i32,
+            clamp: input.clamp,
+            ..Default::default()
+        };
+        if let Some((w, eps)) = input.norm {
+            a.norm_w = w;
+            a.norm = 1;
+            a.eps = eps;
+        }
+        let mut blocks = 0usize;
+        for (i, m) in mats.iter().enumerate() {
+            a.m[i] = *m;
+            a.m[i].block0 = blocks as i32;
+            blocks += (m.n_rows as usize).div_ceil(8 * r);
+        }
+        let f = self.dense[match r {
+            1 => 0,
+            2 => 1,
+            _ => 2,
+        }];
+        let smem = (n_in.div_ceil(512) * 512 * 4) as u32;
+        let mut p = args![a];
+        self.launch("dense", f, (blocks as u32, 1, 1), 256, smem, &mut p)
     }
 
     // ---- small ops ----------------------------------------------------------------------------
@@ -715,6 +853,20 @@ impl Kernels {
     }
 
     // ---- synthetic weights --------------------------------------------------------------------
+
+    /// Synthetic repacked Q8_0: `n` f16 block scales near `scale` at `dst`.
+    pub fn fill_q8_scales(&self, dst: DPtr, n: usize, scale: f32) -> Result<(), Error> {
+        let n = n as u64;
+        let mut p = args![dst, n, scale];
+        self.launch(
+            "fill_q8_scales",
+            self.fill_q8_scales,
+            (1024, 1, 1),
+            256,
+            0,
+            &mut p,
+        )
+    }
 
     /// Fills `bytes` at `dst` with random valid weights of type `ty`: F16/F32 uniform in ±scale;
     /// quantized blocks with random quants and super-scale d near `scale`, dmin = dmin_ratio·d.

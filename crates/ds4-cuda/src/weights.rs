@@ -1,5 +1,6 @@
-//! Device copies of the weights, laid out exactly as in the GGUF (blocks are not repacked), bound
-//! by the same names as `ds4_model::Weights`. Built either by uploading a model's tensors once, or
+//! Device copies of the weights, bound by the same names as `ds4_model::Weights`. Blocks stay as
+//! in the GGUF except Q8_0, which is repacked ([`repack_q8_0`]) so that rows stream with aligned
+//! 16-byte loads. Built either by uploading a model's tensors once, or
 //! by generating random-but-valid full-shape weights in GPU memory (`ds4-bench --synthetic`).
 
 use std::sync::Arc;
@@ -28,8 +29,20 @@ impl DevTensor {
     pub fn n_out(&self) -> usize {
         self.dims.get(1).copied().unwrap_or(1) as usize
     }
+    /// Bytes of one row as stored on the device (Q8_0: the int8 quants only).
     pub fn row_bytes(&self) -> u64 {
+        if self.ty == TensorType::Q8_0 {
+            return self.dims[0];
+        }
         self.ty.row_bytes(self.dims[0]).unwrap_or(0)
+    }
+    /// Q8_0 only: the f16 block scales, `[rows][n_in/32]` (see [`repack_q8_0`]); 0 otherwise.
+    pub fn q8_scales_ptr(&self) -> DPtr {
+        if self.ty != TensorType::Q8_0 {
+            return 0;
+        }
+        let rows: u64 = self.dims[1..].iter().product();
+        self.buf.ptr() + q8_scales_offset((rows * self.dims[0]) as usize) as u64
     }
     /// Bytes of one expert matrix of a 3-D tensor.
     pub fn expert_bytes(&self) -> u64 {
@@ -38,6 +51,33 @@ impl DevTensor {
     pub fn bytes(&self) -> usize {
         self.buf.bytes()
     }
+}
+
+/// Byte offset of the scales in a repacked Q8_0 tensor of `n` elements.
+pub fn q8_scales_offset(n: usize) -> usize {
+    n.div_ceil(256) * 256
+}
+
+/// Repacks GGUF Q8_0 blocks (`f16 d, int8 qs[32]`, 34 bytes each) into the device layout: all
+/// int8 quants row-major (`n` bytes), then at [`q8_scales_offset`]`(n)` every block's f16 scale in
+/// the same order. Rows then start 32-byte aligned and stream with plain 16-byte loads.
+pub fn repack_q8_0(raw: &[u8]) -> Result<Vec<u8>, Error> {
+    if !raw.len().is_multiple_of(34) {
+        return Err(Error::Unsupported(format!(
+            "Q8_0 data of {} bytes is not a whole number of 34-byte blocks",
+            raw.len()
+        )));
+    }
+    let n_blocks = raw.len() / 34;
+    let n = n_blocks * 32;
+    let off = q8_scales_offset(n);
+    let mut out = vec![0u8; off + 2 * n_blocks];
+    let (qs, scales) = out.split_at_mut(off);
+    for (b, blk) in raw.chunks_exact(34).enumerate() {
+        scales[2 * b..2 * b + 2].copy_from_slice(&blk[..2]);
+        qs[32 * b..32 * b + 32].copy_from_slice(&blk[2..]);
+    }
+    Ok(out)
 }
 
 /// `E[v²]/d² = E[((2t+1)/8)²]·E[g²]` for IQ2_XXS over the grid's bytes (ds4-quant synth.rs).
@@ -69,7 +109,18 @@ struct Builder<'a> {
 impl Builder<'_> {
     /// Uploads `t` (file source).
     fn upload(&mut self, t: &Tensor) -> Result<DevTensor, Error> {
-        let bytes = t.bytes();
+        if t.ty() == TensorType::Q8_0 && t.dims().len() > 2 {
+            return Err(Error::Unsupported(
+                "Q8_0 expert tensors (3-D) are not supported on CUDA".into(),
+            ));
+        }
+        let repacked;
+        let bytes = if t.ty() == TensorType::Q8_0 {
+            repacked = repack_q8_0(t.bytes())?;
+            &repacked[..]
+        } else {
+            t.bytes()
+        };
         let buf = self.kern.device().alloc(bytes.len())?;
         buf.upload(0, bytes)?;
         self.total_bytes += bytes.len();
@@ -86,9 +137,25 @@ impl Builder<'_> {
             unreachable!("invariant: random() only for synthetic sources")
         };
         let n: u64 = dims.iter().product();
+        *seed += 1;
+        if ty == TensorType::Q8_0 {
+            // Repacked layout: random int8 quants, then scales with RMS(d·q) about `rms`.
+            let n = n as usize;
+            let off = q8_scales_offset(n);
+            let bytes = off + 2 * (n / 32);
+            let buf = kern.device().alloc(bytes)?;
+            // Every int8 pattern is a valid quant: fill_random gives integer types random bits.
+            kern.fill_random(buf.ptr(), off, TensorType::I32, *seed, 0.0, 0.0)?;
+            kern.fill_q8_scales(buf.ptr() + off as u64, n / 32, rms / 73.900_27)?;
+            self.total_bytes += bytes;
+            return Ok(DevTensor {
+                buf,
+                ty,
+                dims: dims.to_vec(),
+            });
+        }
         let bytes = (n / ty.block_elems() as u64 * ty.block_bytes() as u64) as usize;
         let buf = kern.device().alloc(bytes)?;
-        *seed += 1;
         // RMS of a block's values per unit super-scale d, and dmin/d for a zero mean, for random
         // quant fields (derived in ds4-quant's synth.rs). Uniform ±a has RMS a/√3.
         let (rms_per_d, dmin_ratio) = match ty {
@@ -410,4 +477,29 @@ fn build(b: &mut Builder, cfg: &Config, w: Option<&Weights>) -> Result<DevWeight
         output: b.get(h.map(|h| &h.output), Q8_0, &[e, v])?,
         total_bytes: b.total_bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q8_0_repack_splits_quants_and_scales_in_block_order() {
+        // Three blocks with distinct scales and quants.
+        let mut raw = Vec::new();
+        for b in 0..3u8 {
+            raw.extend_from_slice(&half::f16::from_f32(0.5 + b as f32).to_le_bytes());
+            raw.extend((0..32u8).map(|i| i.wrapping_mul(7).wrapping_add(b * 40)));
+        }
+        let out = repack_q8_0(&raw).unwrap();
+        let off = q8_scales_offset(96);
+        assert_eq!(off, 256);
+        assert_eq!(out.len(), off + 6);
+        for b in 0..3 {
+            assert_eq!(&out[32 * b..32 * b + 32], &raw[34 * b + 2..34 * b + 34]);
+            assert_eq!(&out[off + 2 * b..off + 2 * b + 2], &raw[34 * b..34 * b + 2]);
+        }
+        assert!(out[96..off].iter().all(|&v| v == 0), "padding stays zero");
+        assert!(repack_q8_0(&raw[..33]).is_err(), "a torn block is an error");
+    }
 }

@@ -6,7 +6,8 @@
 
 use std::sync::Arc;
 
-use ds4_cuda::launch::{GemvArgs, GemvMode, Kernels};
+use ds4_cuda::launch::{DenseInput, DenseMat, GemvArgs, GemvMode, Kernels};
+use ds4_cuda::weights::{q8_scales_offset, repack_q8_0};
 use ds4_cuda::{CudaBackend, Device};
 use ds4_gguf::TensorType;
 use ds4_model::{Backend, Logits, Model};
@@ -59,6 +60,132 @@ const TYPES: [TensorType; 6] = [
     TensorType::Iq2Xxs,
 ];
 
+/// A matrix as the dense kernels read it (Q8_0 repacked).
+fn device_layout(ty: TensorType, bytes: &[u8]) -> Vec<u8> {
+    if ty == TensorType::Q8_0 {
+        repack_q8_0(bytes).unwrap()
+    } else {
+        bytes.to_vec()
+    }
+}
+
+fn scales_ptr(ty: TensorType, base: u64, n: usize) -> u64 {
+    if ty == TensorType::Q8_0 {
+        base + q8_scales_offset(n) as u64
+    } else {
+        0
+    }
+}
+
+/// Several matrices of mixed types in one launch, with the RMSNorm prologue, a SwiGLU pair, a
+/// closed gate (skipped matrix) and per-matrix alpha/add: each output against a float64 host dot.
+#[test]
+fn dense_multi_matrix_launch_matches_host() {
+    let Some((dev, k)) = device() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for (n_in, with_norm) in [(1024usize, true), (4096, false), (96, true)] {
+        let x = random_vec(n_in, &mut rng);
+        let norm_w = random_vec(n_in, &mut rng);
+        // The input the matrices see.
+        let xin: Vec<f32> = if with_norm {
+            let ss: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
+            let sc = 1.0f32 / ((ss / n_in as f64) as f32 + 1e-6).sqrt();
+            x.iter().zip(&norm_w).map(|(&v, &w)| (v * sc) * w).collect()
+        } else {
+            x.clone()
+        };
+        let xb = dev.alloc(n_in * 4).unwrap();
+        xb.upload(0, &x).unwrap();
+        let nwb = dev.alloc(n_in * 4).unwrap();
+        nwb.upload(0, &norm_w).unwrap();
+        let (open, closed) = (dev.alloc(4).unwrap(), dev.alloc(4).unwrap());
+        open.upload(0, &[1i32]).unwrap();
+        closed.upload(0, &[0i32]).unwrap();
+        // (type, rows, swiglu, gate closed)
+        let specs = [
+            (TensorType::Q8_0, 1000usize, false, false),
+            (TensorType::F16, 40, false, false),
+            (TensorType::Q8_0, 300, true, false),
+            (TensorType::F32, 17, false, false),
+            (TensorType::F16, 64, false, true),
+        ];
+        let mut keep = Vec::new();
+        let mut mats = Vec::new();
+        let mut wants = Vec::new();
+        for (i, &(ty, rows, swiglu, gated)) in specs.iter().enumerate() {
+            if ty == TensorType::Q8_0 && !n_in.is_multiple_of(32) {
+                continue;
+            }
+            let (w, wd) = random_matrix(ty, n_in, rows, rng.gen());
+            let (u, ud) = random_matrix(ty, n_in, rows, rng.gen());
+            let (wl, ul) = (device_layout(ty, &w), device_layout(ty, &u));
+            let (wb, ub) = (dev.alloc(wl.len()).unwrap(), dev.alloc(ul.len()).unwrap());
+            wb.upload(0, &wl).unwrap();
+            ub.upload(0, &ul).unwrap();
+            let yb = dev.alloc(rows * 4).unwrap();
+            yb.upload(0, &vec![f32::NAN; rows]).unwrap();
+            let add = random_vec(rows, &mut rng);
+            let ab = dev.alloc(rows * 4).unwrap();
+            ab.upload(0, &add).unwrap();
+            let alpha = 0.5 + i as f32;
+            let mut m = DenseMat {
+                w: wb.ptr(),
+                s: scales_ptr(ty, wb.ptr(), n_in * rows),
+                y: yb.ptr(),
+                gate: if gated { closed.ptr() } else { open.ptr() },
+                ty: ty.code() as i32,
+                n_rows: rows as i32,
+                alpha,
+                ..Default::default()
+            };
+            let want: Vec<f64> = (0..rows)
+                .map(|o| {
+                    let g = dot64(&wd[o * n_in..(o + 1) * n_in], &xin);
+                    if swiglu {
+                        let g = g.min(7.0);
+                        let uu = dot64(&ud[o * n_in..(o + 1) * n_in], &xin).clamp(-7.0, 7.0);
+                        g / (1.0 + (-g).exp()) * uu
+                    } else {
+                        add[o] as f64 + alpha as f64 * g
+                    }
+                })
+                .collect();
+            if swiglu {
+                m.w2 = ub.ptr();
+                m.s2 = scales_ptr(ty, ub.ptr(), n_in * rows);
+                m.swiglu = 1;
+            } else {
+                m.add = ab.ptr();
+            }
+            mats.push(m);
+            wants.push((ty, swiglu, gated, want));
+            keep.push((wb, ub, yb, ab));
+        }
+        let input = DenseInput {
+            x: xb.ptr(),
+            n_in,
+            norm: with_norm.then_some((nwb.ptr(), 1e-6)),
+            clamp: 7.0,
+            ..Default::default()
+        };
+        k.dense(input, &mats).unwrap();
+        for ((ty, swiglu, gated, want), (_, _, yb, _)) in wants.iter().zip(&keep) {
+            let mut y = vec![0f32; want.len()];
+            yb.download(0, &mut y).unwrap();
+            if *gated {
+                assert!(
+                    y.iter().all(|v| v.is_nan()),
+                    "a closed gate must skip the matrix"
+                );
+                continue;
+            }
+            let err = rel_err(&y, want);
+            println!("dense multi n_in {n_in} {ty} swiglu {swiglu}: max rel err {err:.2e}");
+            assert!(err < 5e-5, "dense multi {ty} swiglu {swiglu}: {err:.3e}");
+        }
+    }
+}
+
 #[test]
 fn gemv_matches_dequantized_rows_for_every_type() {
     let Some((dev, k)) = device() else { return };
@@ -83,6 +210,48 @@ fn gemv_matches_dequantized_rows_for_every_type() {
             ab.upload(0, &add).unwrap();
             sb.upload(0, &[0.5f32]).unwrap();
             yb.upload(0, &vec![f32::NAN; n_rows]).unwrap(); // poison: every row must be written
+            let dense = matches!(ty, TensorType::Q8_0 | TensorType::F16 | TensorType::F32);
+            if dense {
+                // The dense family reads Q8_0 repacked (weights.rs), F16/F32 as stored.
+                let stored = device_layout(ty, &bytes);
+                let db = dev.alloc(stored.len()).unwrap();
+                db.upload(0, &stored).unwrap();
+                let y2b = dev.alloc(n_rows * 4).unwrap();
+                y2b.upload(0, &vec![f32::NAN; n_rows]).unwrap();
+                let m = DenseMat {
+                    w: db.ptr(),
+                    s: scales_ptr(ty, db.ptr(), n_in * n_rows),
+                    y: y2b.ptr(),
+                    add: ab.ptr(),
+                    ty: ty.code() as i32,
+                    n_rows: n_rows as i32,
+                    rows_per_group: group as i32,
+                    alpha: 2.0,
+                    ..Default::default()
+                };
+                let input = DenseInput {
+                    x: xb.ptr(),
+                    n_in,
+                    xscale: sb.ptr(),
+                    ..Default::default()
+                };
+                k.dense(input, &[m]).unwrap();
+                let mut y = vec![0f32; n_rows];
+                y2b.download(0, &mut y).unwrap();
+                let want: Vec<f64> = (0..n_rows)
+                    .map(|o| {
+                        let g = o.checked_div(group).unwrap_or(0);
+                        add[o] as f64
+                            + dot64(&deq[o * n_in..(o + 1) * n_in], &x[g * n_in..(g + 1) * n_in])
+                    })
+                    .collect();
+                let err = rel_err(&y, &want);
+                println!("dense {ty:7} n_in {n_in:5} rows {n_rows:5} group {group:3}: max rel err {err:.2e}");
+                assert!(err < 2e-5, "dense {ty} {n_in}x{n_rows}: rel err {err:.3e}");
+            }
+            if ty == TensorType::Q8_0 {
+                continue; // Q8_0 has only the dense kernel
+            }
             let a = GemvArgs {
                 w: wb.ptr(),
                 x: xb.ptr(),
@@ -125,7 +294,6 @@ fn expert_swiglu_and_down_match_host_in_selection_order() {
     for (gate_ty, down_ty) in [
         (TensorType::Iq2Xxs, TensorType::Q2K),
         (TensorType::Q4K, TensorType::Q4K),
-        (TensorType::Q8_0, TensorType::Q8_0),
     ] {
         let (gate, gd) = random_matrix(gate_ty, n_embd, n_ff * n_expert, rng.gen());
         let (up, ud) = random_matrix(gate_ty, n_embd, n_ff * n_expert, rng.gen());
