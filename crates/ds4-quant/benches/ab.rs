@@ -6,7 +6,9 @@
 use ds4_quant::{synth_blocks, Kernels, QuantizedActs, TensorType};
 use std::time::Instant;
 
-const N_IN: usize = 4096;
+fn n_in() -> usize {
+    env("DS4_AB_NIN", 4096)
+}
 
 fn thread_cpu_seconds() -> f64 {
     let mut ts = libc::timespec {
@@ -39,7 +41,7 @@ fn main() {
     let mib = env("DS4_AB_MIB", 64);
     let rounds = env("DS4_AB_ROUNDS", 9);
     let only = std::env::var("DS4_AB_TYPES").unwrap_or_default();
-    let x: Vec<f32> = (0..N_IN)
+    let x: Vec<f32> = (0..n_in())
         .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
         .collect();
     let tables = variants();
@@ -52,10 +54,10 @@ fn main() {
         if !only.is_empty() && !only.split(',').any(|t| t == ty.name()) {
             continue;
         }
-        let row_bytes = ty.row_bytes(N_IN as u64).expect("whole blocks") as usize;
+        let row_bytes = ty.row_bytes(n_in() as u64).expect("whole blocks") as usize;
         let n_rows = (mib << 20) / row_bytes;
         let mut w = vec![0u8; n_rows * row_bytes];
-        synth_blocks(ty, 7, n_rows * N_IN, 0.02, &mut w);
+        synth_blocks(ty, 7, n_rows * n_in(), 0.02, &mut w);
         let gb = w.len() as f64 / 1e9;
         let acts = QuantizedActs::quantize(ty, &x);
         let mut y = vec![0.0f32; n_rows];

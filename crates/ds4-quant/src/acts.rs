@@ -46,7 +46,16 @@ pub struct QuantizedActs {
     /// `w + 128` with the signed activations.
     q8_0_sum: Vec<i32>,
     q8k: Vec<BlockQ8K>,
+    /// The Q8_K quants again, contiguous and 64-byte aligned: a `BlockQ8K` is 292 bytes with
+    /// its quants at offset 4, so 64-byte loads from the blocks themselves always split cache
+    /// lines, which the AVX-512 kernels measured to cost (BENCHMARKS.md, ds4-quant).
+    q8k_qs: Vec<Align64>,
 }
+
+/// 64 activation quants on a cache line of their own.
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(64))]
+pub(crate) struct Align64(pub [i8; 64]);
 
 impl QuantizedActs {
     /// Quantizes `x` into the activation format that weights of type `ty` dot with.
@@ -71,6 +80,7 @@ impl QuantizedActs {
             q8_0_qs: Vec::new(),
             q8_0_sum: Vec::new(),
             q8k: Vec::new(),
+            q8k_qs: Vec::new(),
         }
     }
 
@@ -105,6 +115,13 @@ impl QuantizedActs {
             ActFormat::Q8K => {
                 self.q8k.clear();
                 self.q8k.extend(x.chunks_exact(256).map(BlockQ8K::quantize));
+                self.q8k_qs.clear();
+                self.q8k_qs.extend(self.q8k.iter().flat_map(|b| {
+                    let q = &b.qs;
+                    std::array::from_fn::<Align64, 4, _>(|i| {
+                        Align64(std::array::from_fn(|j| q[64 * i + j]))
+                    })
+                }));
             }
         }
     }
@@ -155,6 +172,15 @@ impl QuantizedActs {
     pub fn q8k_blocks(&self) -> &[BlockQ8K] {
         match self.format {
             ActFormat::Q8K => &self.q8k,
+            ActFormat::Q8_0 => &[],
+        }
+    }
+
+    /// The Q8_K quants of all blocks, contiguous, 64-byte aligned (empty unless the format is
+    /// Q8_K).
+    pub(crate) fn q8k_qs(&self) -> &[i8] {
+        match self.format {
+            ActFormat::Q8K => bytemuck::cast_slice(&self.q8k_qs),
             ActFormat::Q8_0 => &[],
         }
     }

@@ -13,7 +13,7 @@ pub type DotF32 = unsafe fn(&[u8], &[f32]) -> f32;
 /// Integer dot of a row with Q8_0 activations (blocks, and their scales contiguous).
 pub type DotQ8_0 = unsafe fn(&[u8], &QuantizedActs) -> f32;
 /// Integer dot of a row with Q8_K activations.
-pub type DotQ8K = unsafe fn(&[u8], &[BlockQ8K]) -> f32;
+pub type DotQ8K = unsafe fn(&[u8], &QuantizedActs) -> f32;
 /// Q8_0 matrix (`n_rows` rows of `row_bytes`) times Q8_0 activations into `out[..n_rows]`.
 pub type MatvecQ8_0 = unsafe fn(&[u8], usize, usize, &QuantizedActs, &mut [f32]);
 /// Dequantize a row (whole blocks) into f32.
@@ -61,9 +61,9 @@ impl Kernels {
                     *o = scalar::dot_q_blocks::<BlockQ8_0>(row, a.q8_0_blocks());
                 }
             },
-            q2_k_q: |r, a| scalar::dot_q_blocks::<BlockQ2K>(r, a),
-            q4_k_q: |r, a| scalar::dot_q_blocks::<BlockQ4K>(r, a),
-            iq2_xxs_q: |r, a| scalar::dot_q_blocks::<BlockIq2Xxs>(r, a),
+            q2_k_q: |r, a| scalar::dot_q_blocks::<BlockQ2K>(r, a.q8k_blocks()),
+            q4_k_q: |r, a| scalar::dot_q_blocks::<BlockQ4K>(r, a.q8k_blocks()),
+            iq2_xxs_q: |r, a| scalar::dot_q_blocks::<BlockIq2Xxs>(r, a.q8k_blocks()),
             f16_dequant: |s, d| plain::dequantize_f16(s, d),
             q8_0_dequant: |s, d| scalar::dequantize_blocks::<BlockQ8_0>(s, d),
             q2_k_dequant: |s, d| scalar::dequantize_blocks::<BlockQ2K>(s, d),
@@ -94,9 +94,9 @@ impl Kernels {
                 q8_0_matvec_q: |w, rb, n, a, out| unsafe {
                     k::matvec_q_q8_0(w, rb, n, a.q8_0_blocks(), a.q8_0_scales(), out)
                 },
-                q2_k_q: k::dot_q_q2_k,
-                q4_k_q: k::dot_q_q4_k,
-                iq2_xxs_q: k::dot_q_iq2_xxs,
+                q2_k_q: |r, a| unsafe { k::dot_q_q2_k(r, a.q8k_blocks()) },
+                q4_k_q: |r, a| unsafe { k::dot_q_q4_k(r, a.q8k_blocks()) },
+                iq2_xxs_q: |r, a| unsafe { k::dot_q_iq2_xxs(r, a.q8k_blocks()) },
                 ..Kernels::scalar()
             });
         }
@@ -165,9 +165,9 @@ impl Kernels {
         unsafe {
             match ty {
                 TensorType::Q8_0 => (self.q8_0_q)(row, acts),
-                TensorType::Q2K => (self.q2_k_q)(row, acts.q8k_blocks()),
-                TensorType::Q4K => (self.q4_k_q)(row, acts.q8k_blocks()),
-                TensorType::Iq2Xxs => (self.iq2_xxs_q)(row, acts.q8k_blocks()),
+                TensorType::Q2K => (self.q2_k_q)(row, acts),
+                TensorType::Q4K => (self.q4_k_q)(row, acts),
+                TensorType::Iq2Xxs => (self.iq2_xxs_q)(row, acts),
                 _ => unreachable!("check_for accepts only formats with an activation format"),
             }
         }

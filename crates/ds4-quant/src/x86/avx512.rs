@@ -25,12 +25,23 @@ pub fn supported() -> bool {
 }
 
 /// `base` (the AVX2 table) with the AVX-512 kernels swapped in where they measured faster on the
-/// dev machine (BENCHMARKS.md, ds4-quant section). 512-bit Q2_K / Q4_K integer dots (two planes
-/// or nibbles per register, `vpsrlvw` + `maddubs` + `madd`) measured 15-25 % slower than the
-/// 256-bit ones there, so those stay 256-bit here and only gain VNNI's `vpdpwssd` (scale multiply
-/// and accumulate in one instruction) and cheaper scale unpacking.
+/// dev machine (BENCHMARKS.md, ds4-quant section), including those that need VBMI and BITALG
+/// when the CPU has them (Ice Lake and later).
 pub fn kernels(base: Kernels) -> Kernels {
-    let mut k = Kernels {
+    let mut k = kernels_without_vbmi(base);
+    if supported_vbmi() {
+        // SAFETY (both): supported_vbmi said yes.
+        k.iq2_xxs_q = |r, a| unsafe { dot_q_iq2_xxs_vbmi(r, a.q8k_blocks()) };
+        k.q2_k_q = dot_q_q2_k_vbmi;
+    }
+    k
+}
+
+/// [`kernels`] without the VBMI / BITALG ones (what Skylake-X and Cascade Lake get). Its Q2_K
+/// dot stays 256-bit (two planes per 512-bit register measured slower there) and gains only
+/// VNNI's `vpdpwssd`.
+pub fn kernels_without_vbmi(base: Kernels) -> Kernels {
+    Kernels {
         name: "avx512",
         q8_0_q: dot_q_q8_0,
         q8_0_matvec_q: matvec_q_q8_0,
@@ -39,8 +50,9 @@ pub fn kernels(base: Kernels) -> Kernels {
         q2_k_f32: dot_f32_q2_k,
         q4_k_f32: dot_f32_q4_k,
         iq2_xxs_f32: dot_f32_iq2_xxs,
-        iq2_xxs_q: dot_q_iq2_xxs,
-        q2_k_q: dot_q_q2_k,
+        // SAFETY (both): this table exists only where `supported` said yes.
+        iq2_xxs_q: |r, a| unsafe { dot_q_iq2_xxs(r, a.q8k_blocks()) },
+        q2_k_q: |r, a| unsafe { dot_q_q2_k(r, a.q8k_blocks()) },
         q4_k_q: dot_q_q4_k,
         f16_dequant: dequant_f16,
         q8_0_dequant: dequant_q8_0,
@@ -48,11 +60,7 @@ pub fn kernels(base: Kernels) -> Kernels {
         q4_k_dequant: dequant_q4_k,
         iq2_xxs_dequant: dequant_iq2_xxs,
         ..base
-    };
-    if supported_vbmi() {
-        k.iq2_xxs_q = dot_q_iq2_xxs_vbmi;
     }
-    k
 }
 
 macro_rules! avx512_fn {
@@ -749,7 +757,7 @@ vbmi_fn! {
     }
 }
 
-// ---- 256-bit K-quant integer dots with VNNI ------------------------------------------------------
+// ---- K-quant integer dots with VNNI -------------------------------------------------------------
 
 avx512_fn! {
     /// The packed Q4_K scales as four u32 words of four 6-bit values each:
@@ -768,45 +776,227 @@ avx512_fn! {
 }
 
 avx512_fn! {
-    /// Q4_K · Q8_K, exact (same integers and f32 operations as the scalar `BlockQ4K::dot`).
-    pub unsafe fn dot_q_q4_k(row: &[u8], y: &[BlockQ8K]) -> f32 {
-        let m4 = _mm256_set1_epi8(15);
+    /// One Q4_K block's integer sums as two 8-lane partial vectors: `Σ_j sc_j·Σ q·q_y` and
+    /// `Σ_j m_j·(bsums[2j]+bsums[2j+1])`. The 32 bytes of nibble pair `c` broadcast to both
+    /// halves and shifted by 0 / 4 give the 64 contiguous quants `64c..64c+64`, so the
+    /// activations are one load; `vpdpbusd` sums four products per i32 lane (|Σ| ≤ 4·15·128 fits
+    /// i16) and `vpdpwssd` against `(scale, 0)` i16 pairs applies the sub-block scale and
+    /// accumulates.
+    #[inline]
+    unsafe fn q4k_block_sums(p: *const u8, yb: &BlockQ8K, yq: *const u8, sel: &[__m512i; 4]) -> (__m256i, __m256i) {
+        // SAFETY: p points at a whole 144-byte Q4_K block.
+        unsafe {
+            crate::x86::prefetch_ahead::<144>(p);
+            let m4 = _mm512_set1_epi8(15);
+            let shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+            let w = q4k_scale_words(p.add(4));
+            let sc = _mm512_castsi256_si512(_mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, w[1] as i32, w[0] as i32)));
+            let mins = _mm_set_epi32(0, 0, w[3] as i32, w[2] as i32);
+            let mm = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mins, mins));
+            let summs = _mm256_madd_epi16(mm, _mm256_loadu_si256(yb.bsums.as_ptr() as *const __m256i));
+            let mut isum = _mm512_setzero_si512();
+            for (c, sel) in sel.iter().enumerate() {
+                let q = _mm512_broadcast_i64x4(ld256(p.add(16 + 32 * c)));
+                let wq = _mm512_and_si512(_mm512_srlv_epi64(q, shift), m4);
+                let v = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, ld512(yq.add(64 * c)));
+                isum = _mm512_dpwssd_epi32(isum, v, _mm512_permutexvar_epi32(*sel, sc));
+            }
+            (_mm256_add_epi32(_mm512_castsi512_si256(isum), _mm512_extracti64x4_epi64::<1>(isum)), summs)
+        }
+    }
+}
+
+avx512_fn! {
+    /// Eight K-quant blocks' f32 terms `(d_y·d)·isum − (d_y·dmin)·summs`, lane `i` = block `i`,
+    /// from their 8-lane partial sums; `dd` holds each block's f16 `d` (low half) and `dmin` (high
+    /// half) and `y` the blocks' activations. Same operations per lane as the scalar.
+    #[inline]
+    unsafe fn kq_terms8(isum: [__m256i; 8], summs: [__m256i; 8], dd: __m256i, y: *const BlockQ8K) -> __m256 {
+        use crate::x86::avx2::reduce8_i32;
+        let yoff = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(size_of::<BlockQ8K>() as i32));
+        // SAFETY: the caller passes 8 activation blocks at y; `d` is each block's first field.
+        let yd = unsafe { _mm256_i32gather_ps::<1>(y as *const f32, yoff) };
+        let d = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(dd));
+        let dmin = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32::<16>(dd)));
+        let is = _mm256_cvtepi32_ps(reduce8_i32(isum));
+        let ms = _mm256_cvtepi32_ps(reduce8_i32(summs));
+        _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(yd, d), is), _mm256_mul_ps(_mm256_mul_ps(yd, dmin), ms))
+    }
+}
+
+avx512_fn! {
+    /// Q4_K · Q8_K, exact, eight blocks per step: their integer sums reduced together and their
+    /// f32 terms computed in one vector, then added blocks ascending as the scalar does. The
+    /// activation quants come from the aligned copy ([`QuantizedActs::q8k_qs`]).
+    pub unsafe fn dot_q_q4_k(row: &[u8], a: &QuantizedActs) -> f32 {
+        let y = a.q8k_blocks();
+        let yqa = a.q8k_qs().as_ptr() as *const u8;
+        let sel: [__m512i; 4] = std::array::from_fn(|c| {
+            let (a, b) = (2 * c as i32, 2 * c as i32 + 1);
+            _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b)
+        });
+        let nb = (row.len() / 144).min(y.len());
+        let off = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(144));
         let mut acc = 0.0f32;
-        for (b, yb) in y.iter().enumerate().take(row.len() / 144) {
-            // SAFETY: block b is bytes 144b..144b+144 of row.
+        let mut b = 0;
+        while b + 8 <= nb {
+            // SAFETY: blocks b..b+8 lie in row and y.
             unsafe {
                 let p = row.as_ptr().add(144 * b);
-                crate::x86::prefetch_ahead::<144>(p);
-                let yq = yb.qs.as_ptr() as *const u8;
-                let w = q4k_scale_words(p.add(4));
-                // Each scale as an i16 pair in one i32, so a 32-bit broadcast feeds vpdpwssd.
-                let sc16 = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, w[1] as i32, w[0] as i32));
-                let mut sc32 = [0u32; 8];
-                _mm256_storeu_si256(sc32.as_mut_ptr() as *mut __m256i, _mm256_cvtepu16_epi32(sc16));
-                let mins = _mm_set_epi32(0, 0, w[3] as i32, w[2] as i32);
-                let mm = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mins, mins));
-                let bs = _mm256_loadu_si256(yb.bsums.as_ptr() as *const __m256i);
-                let summs = _mm256_madd_epi16(mm, bs);
-                let mut isum = _mm256_setzero_si256();
-                for c in 0..4 {
-                    let q = ld256(p.add(16 + 32 * c));
-                    let lo = _mm256_and_si256(q, m4);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
-                    let plo = _mm256_maddubs_epi16(lo, ld256(yq.add(64 * c)));
-                    let phi = _mm256_maddubs_epi16(hi, ld256(yq.add(64 * c + 32)));
-                    let s0 = _mm256_set1_epi32((sc32[2 * c] * 0x0001_0001) as i32);
-                    let s1 = _mm256_set1_epi32((sc32[2 * c + 1] * 0x0001_0001) as i32);
-                    isum = _mm256_dpwssd_epi32(isum, plo, s0);
-                    isum = _mm256_dpwssd_epi32(isum, phi, s1);
+                let mut is = [_mm256_setzero_si256(); 8];
+                let mut ms = [_mm256_setzero_si256(); 8];
+                for i in 0..8 {
+                    (is[i], ms[i]) = q4k_block_sums(p.add(144 * i), &y[b + i], yqa.add(256 * (b + i)), &sel);
                 }
-                // One reduction for both sums: lanes 0-3 isum, 4-7 summs after the hadds.
-                let h = _mm256_hadd_epi32(isum, summs);
+                // Each block's first dword is its f16 d (low half) and dmin (high half).
+                let dd = _mm256_i32gather_epi32::<1>(p as *const i32, off);
+                let mut t = [0.0f32; 8];
+                _mm256_storeu_ps(t.as_mut_ptr(), kq_terms8(is, ms, dd, y.as_ptr().add(b)));
+                for v in t {
+                    acc += v;
+                }
+            }
+            b += 8;
+        }
+        for (bb, yb) in y.iter().enumerate().take(nb).skip(b) {
+            // SAFETY: block bb lies in row.
+            unsafe {
+                let p = row.as_ptr().add(144 * bb);
+                let (is, ms) = q4k_block_sums(p, yb, yqa.add(256 * bb), &sel);
+                let h = _mm256_hadd_epi32(is, ms);
                 let h = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
                 let h = _mm_hadd_epi32(h, h);
                 let isum = _mm_cvtsi128_si32(h);
                 let summs = _mm_extract_epi32::<1>(h);
                 let d = f16_to_f32(rd16(p));
                 let dmin = f16_to_f32(rd16(p.add(2)));
+                acc += (yb.d * d) * isum as f32 - (yb.d * dmin) * summs as f32;
+            }
+        }
+        acc
+    }
+}
+
+vbmi_fn! {
+    /// One Q2_K block's integer sums as two 8-lane partial vectors: `Σ sc·q·q_y` and
+    /// `Σ m·bsums`. Each 64-quant chunk is its 32 packed bytes broadcast to both halves and
+    /// shifted to the two planes it holds; `(q & 3) | sc << 2` indexes a 64-byte product table
+    /// (`vpermb`), so the bytes fed to `vpdpbusd` are already `sc·q` (≤ 45) and one accumulator
+    /// takes all four chunks (|lane| ≤ 16·45·128, exact).
+    #[inline]
+    unsafe fn q2k_block_sums(p: *const u8, yb: &BlockQ8K, yq: *const u8, c: &Q2kConsts) -> (__m256i, __m256i) {
+        // SAFETY: p points at a whole 84-byte Q2_K block.
+        unsafe {
+            crate::x86::prefetch_ahead::<84>(p);
+            let scl = ld128(p);
+            let m15 = _mm_set1_epi8(15);
+            let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(scl), m15));
+            let summs = _mm256_madd_epi16(mins, _mm256_loadu_si256(yb.bsums.as_ptr() as *const __m256i));
+            let sc4 = _mm512_zextsi128_si512(_mm_slli_epi16::<2>(_mm_and_si128(scl, m15)));
+            let m3 = _mm512_set1_epi8(3);
+            let mut acc = _mm512_setzero_si512();
+            for k in 0..4 {
+                let q = _mm512_broadcast_i64x4(ld256(p.add(16 + 32 * (k / 2))));
+                let qs = _mm512_srlv_epi64(q, c.shift[k & 1]);
+                let s4 = _mm512_permutexvar_epi8(c.sc_idx[k], sc4);
+                let ix = _mm512_ternarylogic_epi32::<0xEA>(qs, m3, s4);
+                let w = _mm512_permutexvar_epi8(ix, c.prod);
+                acc = _mm512_dpbusd_epi32(acc, w, ld512(yq.add(64 * k)));
+            }
+            (_mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64::<1>(acc)), summs)
+        }
+    }
+}
+
+/// Loop constants of [`q2k_block_sums`].
+struct Q2kConsts {
+    /// Per-qword right shifts of chunk `k & 1`: planes 0/1 or 2/3 of the broadcast bytes.
+    shift: [__m512i; 2],
+    /// `vpermb` indices giving byte `i` of chunk `k` the scale of sub-block `4k + i/16`.
+    sc_idx: [__m512i; 4],
+    /// `prod[i] = (i >> 2)·(i & 3)`: scale times quant.
+    prod: __m512i,
+}
+
+/// `vpermb` indices of [`Q2kConsts::sc_idx`], and the product table of [`Q2kConsts::prod`].
+static Q2K_SC_IDX: [[u8; 64]; 4] = {
+    let mut t = [[0u8; 64]; 4];
+    let mut k = 0;
+    while k < 4 {
+        let mut i = 0;
+        while i < 64 {
+            t[k][i] = (4 * k + i / 16) as u8;
+            i += 1;
+        }
+        k += 1;
+    }
+    t
+};
+static Q2K_PROD: [u8; 64] = {
+    let mut t = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        t[i] = ((i >> 2) * (i & 3)) as u8;
+        i += 1;
+    }
+    t
+};
+
+vbmi_fn! {
+    #[inline]
+    unsafe fn q2k_consts() -> Q2kConsts {
+        // SAFETY: the statics are 64 readable bytes each.
+        unsafe {
+            Q2kConsts {
+                shift: [_mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2), _mm512_setr_epi64(4, 4, 4, 4, 6, 6, 6, 6)],
+                sc_idx: std::array::from_fn(|k| ld512(Q2K_SC_IDX[k].as_ptr())),
+                prod: ld512(Q2K_PROD.as_ptr()),
+            }
+        }
+    }
+}
+
+vbmi_fn! {
+    /// Q2_K · Q8_K, exact, eight blocks per step (see [`dot_q_q4_k`] for the batching).
+    pub unsafe fn dot_q_q2_k_vbmi(row: &[u8], a: &QuantizedActs) -> f32 {
+        let y = a.q8k_blocks();
+        let yqa = a.q8k_qs().as_ptr() as *const u8;
+        let c = q2k_consts();
+        let nb = (row.len() / 84).min(y.len());
+        let off = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(84)), _mm256_set1_epi32(80));
+        let mut acc = 0.0f32;
+        let mut b = 0;
+        while b + 8 <= nb {
+            // SAFETY: blocks b..b+8 lie in row and y.
+            unsafe {
+                let p = row.as_ptr().add(84 * b);
+                let mut is = [_mm256_setzero_si256(); 8];
+                let mut ms = [_mm256_setzero_si256(); 8];
+                for i in 0..8 {
+                    (is[i], ms[i]) = q2k_block_sums(p.add(84 * i), &y[b + i], yqa.add(256 * (b + i)), &c);
+                }
+                // The dword at byte 80 of each block is its f16 d (low half) and dmin (high half).
+                let dd = _mm256_i32gather_epi32::<1>(p as *const i32, off);
+                let mut t = [0.0f32; 8];
+                _mm256_storeu_ps(t.as_mut_ptr(), kq_terms8(is, ms, dd, y.as_ptr().add(b)));
+                for v in t {
+                    acc += v;
+                }
+            }
+            b += 8;
+        }
+        for (bb, yb) in y.iter().enumerate().take(nb).skip(b) {
+            // SAFETY: block bb lies in row.
+            unsafe {
+                let p = row.as_ptr().add(84 * bb);
+                let (is, ms) = q2k_block_sums(p, yb, yqa.add(256 * bb), &c);
+                let h = _mm256_hadd_epi32(is, ms);
+                let h = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+                let h = _mm_hadd_epi32(h, h);
+                let isum = _mm_cvtsi128_si32(h);
+                let summs = _mm_extract_epi32::<1>(h);
+                let d = f16_to_f32(rd16(p.add(80)));
+                let dmin = f16_to_f32(rd16(p.add(82)));
                 acc += (yb.d * d) * isum as f32 - (yb.d * dmin) * summs as f32;
             }
         }
