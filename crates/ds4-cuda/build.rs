@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// One module per op family (STYLE §2.5).
-const KERNELS: &[&str] = &["gemv", "ops", "attention", "prefill"];
+const KERNELS: &[&str] = &["gemv", "ops", "attention", "prefill", "experts"];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DS4_NVCC");
