@@ -4,7 +4,9 @@
 
 use ds4_chat::SpecialTokens;
 use ds4_engine::SessionSnapshot;
-use ds4_kvcache::{CacheError, Checkpoint, DiskCache, KeyKind, Loaded, SaveOutcome, SaveReason};
+use ds4_kvcache::{
+    CacheError, Checkpoint, DiskCache, KeyKind, Loaded, SaveOutcome, SaveReason, ToolMemory,
+};
 
 /// The `--kv-cache-*` knobs this server honours (spec §5.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,22 +125,36 @@ pub struct DiskKv {
 }
 
 impl DiskKv {
-    /// Saves `snap` keyed by `key_text` (the detokenized checkpoint tokens, spec §5.6). Shorter
-    /// than `min_tokens` is not an error: the store answers [`SaveOutcome::TooShort`].
+    /// Saves `snap` keyed by `key_text` (the detokenized checkpoint tokens, spec §5.6), with no
+    /// tool map. Shorter than `min_tokens` is not an error: the store answers
+    /// [`SaveOutcome::TooShort`].
     pub fn save(
         &self,
         key_text: &[u8],
         reason: SaveReason,
         snap: &SessionSnapshot,
     ) -> Result<SaveOutcome, CacheError> {
+        self.save_keyed(key_text, KeyKind::TokenText, reason, snap, &[])
+    }
+
+    /// [`DiskKv::save`] with the key's kind (token text or a visible transcript, spec §5.6) and
+    /// the remembered tool calls whose blocks occur in the key text (the KTM section, §5.4).
+    pub fn save_keyed(
+        &self,
+        key_text: &[u8],
+        key_kind: KeyKind,
+        reason: SaveReason,
+        snap: &SessionSnapshot,
+        tool_map: &[ToolMemory],
+    ) -> Result<SaveOutcome, CacheError> {
         self.cache.save(&Checkpoint {
             key_text,
-            key_kind: KeyKind::TokenText,
+            key_kind,
             reason,
             tokens: &snap.tokens,
             logits: &snap.logits,
             kv: &snap.kv,
-            tool_map: &[],
+            tool_map,
         })
     }
 

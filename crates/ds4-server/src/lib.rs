@@ -13,6 +13,7 @@
 pub mod api;
 pub mod disk;
 pub mod error;
+pub mod live;
 pub mod metrics;
 pub mod state;
 pub mod trace;
@@ -57,6 +58,16 @@ pub fn start_with_disk(
     let metrics = Arc::new(metrics::Metrics::default());
     let trace = Arc::new(trace);
     let shutdown = Arc::new(AtomicBool::new(false));
+    let tool_memory = Arc::new(Mutex::new(ToolMemory::new(
+        if cfg.exact_replay {
+            cfg.tool_memory_max_ids
+        } else {
+            0
+        },
+        TOOL_MEMORY_MAX_BYTES,
+    )));
+    let live_ids = Arc::new(Mutex::new(live::LiveIds::default()));
+    let disk = disk.map(Arc::new);
     let mut worker = Worker::new(
         session,
         tokenizer,
@@ -65,23 +76,20 @@ pub fn start_with_disk(
         cfg.prefill_chunk,
         shutdown.clone(),
     );
-    worker.disk = disk;
+    worker.disk = disk.clone();
+    worker.tool_memory = tool_memory.clone();
+    worker.exact_replay = cfg.exact_replay;
+    worker.live_ids = live_ids.clone();
     let (jobs, handle) = worker::spawn(worker)?;
-    let tool_memory = ToolMemory::new(
-        if cfg.exact_replay {
-            cfg.tool_memory_max_ids
-        } else {
-            0
-        },
-        TOOL_MEMORY_MAX_BYTES,
-    );
     Ok(Arc::new(Inner {
         cfg,
         tokenizer,
         jobs: Mutex::new(jobs),
         metrics,
         trace,
-        tool_memory: Mutex::new(tool_memory),
+        tool_memory,
+        live_ids,
+        disk,
         next_id: AtomicU64::new(0),
         ready: AtomicBool::new(true),
         shutdown,
@@ -181,4 +189,69 @@ pub async fn serve(
             flag.store(true, Ordering::Relaxed);
         })
         .await
+}
+
+/// Entry points for the cargo-fuzz targets in `crates/ds4-server/fuzz` (not an API).
+#[doc(hidden)]
+pub mod fuzzing {
+    use ds4_chat::dsml::{ToolMemory, TOOL_MEMORY_MAX_BYTES};
+    use ds4_chat::{SpecialKind, Tokenizer};
+
+    use crate::api::{chat_completions, completions, messages, parse_object, responses};
+    use crate::state::ServerConfig;
+
+    /// Call ids a live binding could hold while the request arrives.
+    const LIVE: [&str; 2] = ["call_live", "toolu_live"];
+
+    /// One request body through the server's own parser for `endpoint` (0 chat completions,
+    /// 1 completions, 2 responses, 3 messages) and, when it parses, the replay memory, the
+    /// renderer, the tokenizer and the live-tail split the worker uses. Panics only on a bug:
+    /// the tokens must decode to the rendered text, and the tail must be `EOS` + a suffix of it.
+    pub fn request(endpoint: u8, body: &[u8]) {
+        let cfg = ServerConfig::default();
+        let tok = Tokenizer::builtin();
+        let live: Vec<String> = LIVE.iter().map(|s| s.to_string()).collect();
+        let Ok(obj) = parse_object(body) else { return };
+        let job = match endpoint % 4 {
+            0 => chat_completions::parse_request(&cfg, &obj, body).map(|(j, _)| j),
+            1 => {
+                if let Ok(c) = completions::parse_request(&cfg, &obj) {
+                    let ids = tok.encode_segments(&c.rendered);
+                    assert_eq!(tok.decode(&ids), c.rendered.text().as_bytes());
+                }
+                return;
+            }
+            2 => responses::parse_request(&cfg, &obj, body, &live).map(|p| p.job),
+            _ => messages::parse_request(&cfg, &obj, body, &live),
+        };
+        let mut job = match job {
+            Ok(j) => j,
+            Err(e) => {
+                // Error bodies are built for every rejection; they must not panic either.
+                let _ = e.body();
+                return;
+            }
+        };
+        // A memory that knows some of the ids the input may name, with arbitrary blocks.
+        let mut mem = ToolMemory::new(64, TOOL_MEMORY_MAX_BYTES);
+        for m in &job.messages {
+            for c in &m.tool_calls {
+                if c.id.len() % 2 == 0 {
+                    mem.remember(&[c.id.as_str()], &c.arguments);
+                }
+            }
+        }
+        mem.apply(&mut job.messages);
+        let p = chat_completions::prepare(tok, &job);
+        assert_eq!(tok.decode(&p.prompt), p.prompt_text.as_bytes());
+        if let Some(t) = &p.tail {
+            let text = t.rendered.text();
+            let rest = text
+                .strip_prefix(SpecialKind::Eos.text())
+                .unwrap_or_else(|| panic!("tail without EOS: {text:?}"));
+            assert!(p.prompt_text.ends_with(rest), "tail {rest:?} not a suffix");
+            let ids = tok.encode_segments(&t.rendered);
+            assert_eq!(tok.decode(&ids), text.as_bytes());
+        }
+    }
 }

@@ -8,7 +8,9 @@ use ds4_chat::dsml::ToolMemory;
 use ds4_chat::Tokenizer;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
+use crate::disk::DiskKv;
 use crate::error::{ApiError, ApiErrorKind};
+use crate::live::LiveIds;
 use crate::metrics::Metrics;
 use crate::trace::Trace;
 use crate::worker::{Event, Job};
@@ -63,7 +65,12 @@ pub struct Inner {
     pub jobs: Mutex<std::sync::mpsc::Sender<Job>>,
     pub metrics: Arc<Metrics>,
     pub trace: Arc<Trace>,
-    pub tool_memory: Mutex<ToolMemory>,
+    /// Exact-replay memory (spec §3.5), shared with the worker, which fills it after each turn.
+    pub tool_memory: Arc<Mutex<ToolMemory>>,
+    /// Call ids of the worker's live bindings (spec §5.3), for request validation.
+    pub live_ids: Arc<Mutex<LiveIds>>,
+    /// `--kv-disk-dir`: consulted for tool ids before rendering (spec §3.5 step 1).
+    pub disk: Option<Arc<DiskKv>>,
     pub next_id: AtomicU64,
     pub ready: AtomicBool,
     pub shutdown: Arc<AtomicBool>,
@@ -82,6 +89,11 @@ impl Inner {
             self.shutdown.store(true, Ordering::Relaxed);
             let _ = h.join();
         }
+    }
+
+    /// The live bindings' call ids as of now.
+    pub fn live_ids(&self) -> LiveIds {
+        self.live_ids.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     /// Process-wide response counter (`chatcmpl-N`, `cmpl-N`), starting at 1.

@@ -517,10 +517,14 @@ fn thinking_follow_up_continues_from_hidden_reasoning() {
     let cached = v2["usage"]["prompt_tokens_details"]["cached_tokens"]
         .as_u64()
         .unwrap();
-    assert!(
-        cached > p1,
-        "thinking binding should reuse the live reasoning: cached={cached} p1={p1}"
-    );
+    // spec §5.2 rule 6: the whole live state (prompt + hidden reasoning + answer) is reused; only
+    // EOS and the new user turn are prefilled.
+    let g1 = v1["usage"]["completion_tokens"].as_u64().unwrap();
+    assert_eq!(cached, p1 + g1, "{v2}");
+    let written = v2["usage"]["prompt_tokens_details"]["cache_write_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(written < 16, "{v2}");
 }
 
 #[test]
@@ -550,7 +554,8 @@ fn tool_round_trip_replays_sampled_dsml_exactly() {
     let cached = v2["usage"]["prompt_tokens_details"]["cached_tokens"]
         .as_u64()
         .unwrap();
-    assert_eq!(cached, p1 + g1 - 1, "{v2}");
+    // The live state ends with the block closer (spec §5.1); all of it is reused.
+    assert_eq!(cached, p1 + g1, "{v2}");
     assert_eq!(v2["choices"][0]["message"]["content"], "It is sunny.");
 }
 
@@ -833,4 +838,407 @@ fn anthropic_non_streaming_blocks_and_tool_result_ids() {
         v2["usage"]["cache_read_input_tokens"].as_u64().unwrap() > 0,
         "{v2}"
     );
+}
+
+// ---- live protocol bindings (§5.2 rules 1-4, §5.3) -------------------------------------------
+
+/// The `cache_source` lines of a trace, in request order.
+fn cache_sources(trace: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(trace)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("cache_source: "))
+        .map(str::to_string)
+        .collect()
+}
+
+fn responses_tools() -> Value {
+    json!([{"type": "function", "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}])
+}
+
+/// (input, cached, written, output) tokens of a Responses usage.
+fn r_usage(v: &Value) -> (u64, u64, u64, u64) {
+    let u = &v["usage"];
+    (
+        u["input_tokens"].as_u64().unwrap(),
+        u["input_tokens_details"]["cached_tokens"].as_u64().unwrap(),
+        u["input_tokens_details"]["cache_write_tokens"]
+            .as_u64()
+            .unwrap(),
+        u["output_tokens"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn responses_tool_round_trip_prefills_only_the_new_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.txt");
+    let s = start_traced(test_config(), std::time::Duration::ZERO, &trace);
+    let first = json!({"input": "Weather in Rome?", "tools": responses_tools()});
+    // Thinking (the default) without summaries: the client never sees the reasoning, so its replay
+    // renders `<think></think>` where the live KV holds the sampled reasoning.
+    let v1 = post_forced(
+        s.addr,
+        "/v1/responses",
+        &first,
+        &format!("Rome needs a lookup.</think>{WEATHER_DSML}"),
+    )
+    .json();
+    let (p1, c1, _, g1) = r_usage(&v1);
+    assert_eq!(c1, 0);
+    let call = v1["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["type"] == "function_call")
+        .unwrap()
+        .clone();
+    let call_id = call["call_id"].as_str().unwrap();
+    // Full replay, arguments in another key order: rule 1 (visible prefix) continues the live KV.
+    let second = json!({"tools": responses_tools(), "input": [
+        {"type": "message", "role": "user", "content": "Weather in Rome?"},
+        {"type": "function_call", "call_id": call_id, "name": "get_weather", "arguments": "{\"days\":2,\"city\":\"Rome\"}"},
+        {"type": "function_call_output", "call_id": call_id, "output": "Sunny, 24C"}]});
+    let v2 = post_forced(
+        s.addr,
+        "/v1/responses",
+        &second,
+        "Done.</think>It is sunny.",
+    )
+    .json();
+    let (p2, c2, w2, _) = r_usage(&v2);
+    assert_eq!(c2, p1 + g1, "the whole first turn is reused: {v2}");
+    assert_eq!(p2, c2 + w2);
+    // EOS + USER + the tool result + ASSISTANT + <think>.
+    assert!(w2 < 20, "only the new tail is prefilled: {v2}");
+    assert_eq!(v2["output"][0]["content"][0]["text"], "It is sunny.");
+    assert_eq!(
+        cache_sources(&trace),
+        ["none", "responses-visible"],
+        "{}",
+        std::fs::read_to_string(&trace).unwrap()
+    );
+}
+
+#[test]
+fn responses_tool_output_only_request_continues_live_state_or_gets_409() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.txt");
+    // A slow model, so a request can be parsed while the live state it needs is still there and
+    // executed after another request replaced it.
+    let s = start_traced(test_config(), std::time::Duration::from_millis(2), &trace);
+    let turn = |s: &TestServer| {
+        let v = post_forced(
+            s.addr,
+            "/v1/responses",
+            &json!({"input": "Weather in Rome?", "tools": responses_tools()}),
+            &format!("Lookup.</think>{WEATHER_DSML}"),
+        )
+        .json();
+        let (p, _, _, g) = r_usage(&v);
+        let id = v["output"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|i| i["call_id"].as_str())
+            .unwrap()
+            .to_string();
+        (p + g, id)
+    };
+    let output_only = |id: &str| {
+        json!({"tools": responses_tools(), "input": [
+            {"type": "function_call_output", "call_id": id, "output": "Sunny"}]})
+    };
+    // Rule 2: only the tool output is sent; the live binding knows the call.
+    let (live, id) = turn(&s);
+    let v = post_forced(
+        s.addr,
+        "/v1/responses",
+        &output_only(&id),
+        "x</think>Sunny.",
+    )
+    .json();
+    let (_, cached, written, _) = r_usage(&v);
+    assert_eq!(cached, live, "{v}");
+    assert!(written < 16, "{v}");
+    assert_eq!(
+        cache_sources(&trace).last().unwrap(),
+        "responses-tool-output"
+    );
+
+    // Rule 4: another request runs first and takes the live state: 409.
+    let (_, id) = turn(&s);
+    let addr = s.addr;
+    let long: String = (0..300).map(|i| format!("w{i} ")).collect();
+    let other = std::thread::spawn(move || {
+        post_forced(
+            addr,
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": long}], "think": false}),
+            "ok",
+        )
+    });
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let r = post_forced(s.addr, "/v1/responses", &output_only(&id), "x</think>y");
+    assert_eq!(other.join().unwrap().status, 200);
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(
+        r.json()["error"]["message"],
+        "Responses continuation state is not available; retry by replaying the full input history"
+    );
+    // Now the id is unknown at parse time: 400.
+    let r = post(s.addr, "/v1/responses", &output_only(&id));
+    assert_eq!(r.status, 400);
+}
+
+fn anthropic_tools() -> Value {
+    json!([{"name": "get_weather", "input_schema": {"type": "object"}}])
+}
+
+#[test]
+fn anthropic_tool_round_trip_prefills_only_the_new_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.txt");
+    let s = start_traced(test_config(), std::time::Duration::ZERO, &trace);
+    let first = json!({"max_tokens": 100, "tools": anthropic_tools(),
+        "messages": [{"role": "user", "content": "Weather?"}]});
+    let v1 = post_forced(
+        s.addr,
+        "/v1/messages",
+        &first,
+        &format!("Hmm.</think>Checking.{WEATHER_DSML}"),
+    )
+    .json();
+    let u1 = &v1["usage"];
+    let p1 = u1["cache_read_input_tokens"].as_u64().unwrap()
+        + u1["cache_creation_input_tokens"].as_u64().unwrap();
+    let g1 = u1["output_tokens"].as_u64().unwrap();
+    let id = v1["content"][2]["id"].as_str().unwrap();
+    // The client drops the thinking block (the replay renders `<think></think>`), so neither the
+    // tokens nor the text of the live state prefix the new prompt; the tool_result ids do.
+    let second = json!({"max_tokens": 10, "tools": anthropic_tools(), "system": "be brief", "messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": [{"type": "text", "text": "Checking."},
+            {"type": "tool_use", "id": id, "name": "get_weather", "input": {"days": 2, "city": "Rome"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": id, "content": "Sunny"}]}]});
+    let v2 = post_forced(s.addr, "/v1/messages", &second, "ok</think>Sunny.").json();
+    let u2 = &v2["usage"];
+    assert_eq!(u2["cache_read_input_tokens"], p1 + g1, "{v2}");
+    assert!(
+        u2["cache_creation_input_tokens"].as_u64().unwrap() < 20,
+        "{v2}"
+    );
+    assert_eq!(u2["input_tokens"], 0);
+    assert_eq!(
+        cache_sources(&trace),
+        ["none", "anthropic-tool-output"],
+        "{}",
+        std::fs::read_to_string(&trace).unwrap()
+    );
+
+    // A tool-result-only request answering the new live call works too (rule 3), and after
+    // another request took the live state its id is unknown: 400.
+    let v3 = post_forced(
+        s.addr,
+        "/v1/messages",
+        &first,
+        &format!("Hmm.</think>Checking.{WEATHER_DSML}"),
+    )
+    .json();
+    let id3 = v3["content"][2]["id"].as_str().unwrap();
+    let only = json!({"max_tokens": 10, "tools": anthropic_tools(), "messages": [
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": id3, "content": "Rain"}]}]});
+    let v4 = post_forced(s.addr, "/v1/messages", &only, "ok</think>Rain.").json();
+    assert!(
+        v4["usage"]["cache_read_input_tokens"].as_u64().unwrap() > p1,
+        "{v4}"
+    );
+    assert_eq!(
+        v4["content"].as_array().unwrap().last().unwrap()["text"],
+        "Rain."
+    );
+    let r = post(s.addr, "/v1/messages", &only);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["type"], "error");
+}
+
+#[test]
+fn anthropic_tool_result_only_request_gets_409_when_live_state_is_gone() {
+    let s = start_with_delay(test_config(), std::time::Duration::from_millis(2));
+    let v = post_forced(
+        s.addr,
+        "/v1/messages",
+        &json!({"max_tokens": 100, "tools": anthropic_tools(),
+            "messages": [{"role": "user", "content": "Weather?"}]}),
+        &format!("Hmm.</think>{WEATHER_DSML}"),
+    )
+    .json();
+    let id = v["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|b| b["id"].as_str())
+        .unwrap()
+        .to_string();
+    let addr = s.addr;
+    let long: String = (0..300).map(|i| format!("w{i} ")).collect();
+    let other = std::thread::spawn(move || {
+        post_forced(
+            addr,
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": long}], "think": false}),
+            "ok",
+        )
+    });
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let only = json!({"max_tokens": 10, "messages": [
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": id, "content": "Rain"}]}]});
+    let r = post_forced(s.addr, "/v1/messages", &only, "x");
+    assert_eq!(other.join().unwrap().status, 200);
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.json()["type"], "error");
+    assert_eq!(
+        r.json()["error"]["message"],
+        "Anthropic continuation state is not available; retry by replaying the full messages history"
+    );
+}
+
+// ---- canonicalization fallback (§3.6) --------------------------------------------------------
+
+#[test]
+fn canonicalization_rewrites_the_live_tail_when_exact_replay_is_off() {
+    // A sampled block the canonical renderer would write differently (spacing in a JSON value).
+    let sampled = "\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"get_weather\">\n<｜DSML｜parameter name=\"city\" string=\"true\">Rome</｜DSML｜parameter>\n<｜DSML｜parameter name=\"days\" string=\"false\"> 2 </｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>";
+    let follow_up = |s: &TestServer| {
+        let first = json!({"messages": [{"role": "user", "content": "Weather in Rome?"}], "tools": weather_tools()});
+        let v1 = post_forced(
+            s.addr,
+            "/v1/chat/completions",
+            &first,
+            &format!("Need it.</think>{sampled}"),
+        )
+        .json();
+        let call = v1["choices"][0]["message"]["tool_calls"][0].clone();
+        let second = json!({"tools": weather_tools(), "messages": [
+            {"role": "user", "content": "Weather in Rome?"},
+            {"role": "assistant", "content": "", "reasoning_content": "Need it.", "tool_calls": [call.clone()]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "Sunny"}]});
+        let v2 = post_forced(s.addr, "/v1/chat/completions", &second, "ok</think>Sunny.").json();
+        let u = &v2["usage"];
+        (
+            v1["usage"]["prompt_tokens"].as_u64().unwrap(),
+            u["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap(),
+            u["prompt_tokens_details"]["cache_write_tokens"]
+                .as_u64()
+                .unwrap(),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.txt");
+    let off = ServerConfig {
+        exact_replay: false,
+        ..test_config()
+    };
+    let s = start_traced(off, std::time::Duration::ZERO, &trace);
+    let (p1, cached, written) = follow_up(&s);
+    // The live tail was rewritten to the canonical block before the response went out, so the
+    // canonically rendered follow-up reuses everything up to the new turn.
+    assert!(cached > p1, "cached {cached}, first prompt {p1}");
+    assert!(written < 16, "written {written}");
+    let text = std::fs::read_to_string(&trace).unwrap();
+    assert!(
+        text.contains("canonicalize: rewrote the live tail"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tool_replay: mem=0 disk=0 canonical=1"),
+        "{text}"
+    );
+    // With exact replay on, the sampled bytes are replayed and no rewrite is needed.
+    let s = start(test_config());
+    let (p1, cached, written) = follow_up(&s);
+    assert!(cached > p1 && written < 16);
+}
+
+// ---- trace (§4.14) ---------------------------------------------------------------------------
+
+#[test]
+fn trace_records_header_cache_decision_prompt_generation_and_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.txt");
+    let s = start_traced(test_config(), std::time::Duration::ZERO, &trace);
+    let first = json!({"model": "m1", "messages": [{"role": "user", "content": "Weather in Rome?"}],
+        "tools": weather_tools(), "temperature": 0.5});
+    let out = format!("Need it.</think>{WEATHER_DSML}");
+    let v1 = post_forced(s.addr, "/v1/chat/completions", &first, &out).json();
+    let call = v1["choices"][0]["message"]["tool_calls"][0].clone();
+    let second = json!({"tools": weather_tools(), "stream": true, "messages": [
+        {"role": "user", "content": "Weather in Rome?"},
+        {"role": "assistant", "content": "", "reasoning_content": "Need it.", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": v1["choices"][0]["message"]["tool_calls"][0]["id"], "content": "Sunny"}]});
+    post_forced(s.addr, "/v1/chat/completions", &second, "ok</think>Sunny.");
+    // A different, longer conversation: a token mismatch with a window around it.
+    let long = "Something else entirely. ".repeat(200);
+    post_forced(
+        s.addr,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": long}], "think": false}),
+        "fine",
+    );
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let records: Vec<&str> = text.split("===== request ").skip(1).collect();
+    assert_eq!(records.len(), 3, "{text}");
+    let r1 = records[0];
+    for field in [
+        "kind: chat\n",
+        "model: m1\n",
+        "stream: false\n",
+        "tools: 1\n",
+        "think_mode: high\n",
+        "prompt_tokens: ",
+        "effective_tokens: ",
+        "cached_tokens: 0\n",
+        "sampling: temperature=",
+        "--- cache decision ---\n",
+        "live_tokens: 0\n",
+        "common_prefix: 0\n",
+        "miss_reason: no-live-checkpoint\n",
+        "tool_replay: mem=0 disk=0 canonical=0 missing_ids=0\n",
+        "cache_source: none\n",
+        "--- request json ---\n",
+        "\"model\":\"m1\"",
+        "--- rendered prompt ---\n<｜begin▁of▁sentence｜>## Tools",
+        "--- generated ---\nNeed it.</think>",
+        "--- parsed ---\nfinish: tool_calls\n",
+        "tool_calls: 1\n",
+        "get_weather {\"city\":\"Rome\",\"days\":2}",
+    ] {
+        assert!(r1.contains(field), "request 1 lacks {field:?}:\n{r1}");
+    }
+    assert!(r1.starts_with("1 "), "{r1}");
+    let date = r1.split_whitespace().nth(1).unwrap();
+    assert_eq!(date.len(), 10, "YYYY-MM-DD: {date}");
+    let r2 = records[1];
+    for field in [
+        "stream: true\n",
+        "tool_replay: mem=1 disk=0 canonical=0 missing_ids=0\n",
+        "cache_source: memory-token\n",
+        "finish: stop\n",
+        "content: \"Sunny.\"",
+    ] {
+        assert!(r2.contains(field), "request 2 lacks {field:?}:\n{r2}");
+    }
+    let r3 = records[2];
+    for field in [
+        "miss_reason: token-mismatch\n",
+        "mismatch_window: token ",
+        "  live:   [",
+        "  prompt: [",
+        "think_mode: none\n",
+    ] {
+        assert!(r3.contains(field), "request 3 lacks {field:?}:\n{r3}");
+    }
 }

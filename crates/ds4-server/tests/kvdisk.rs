@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use ds4_chat::Tokenizer;
 use ds4_engine::{BackendKind, Engine, EngineOptions, ModelSource};
-use ds4_kvcache::{CacheOptions, DiskCache, ModelIdentity};
+use ds4_kvcache::{CacheOptions, DiskCache, ModelIdentity, SaveReason};
 use ds4_server::disk::{DiskKv, DiskPolicy};
 use ds4_server::trace::Trace;
 use ds4_server::{AppState, ServerConfig};
@@ -196,7 +196,7 @@ fn a_restarted_server_restores_the_saved_chat_from_disk() {
 }
 
 #[test]
-fn a_thinking_follow_up_reuses_the_cold_chat_anchor_after_a_restart() {
+fn a_thinking_follow_up_restores_the_hidden_reasoning_after_a_restart() {
     let model_dir = tempfile::tempdir().unwrap();
     let kv_dir = tempfile::tempdir().unwrap();
     let (tokens, merges) = ds4_chat::builtin_vocab();
@@ -212,9 +212,9 @@ fn a_thinking_follow_up_reuses_the_cold_chat_anchor_after_a_restart() {
     let system: String = (0..60)
         .map(|i| format!("Rule {i}: think, then answer. "))
         .collect();
-    // Thinking mode: the follow-up drops the hidden reasoning, so the shutdown checkpoint (which
-    // holds it) is no prefix of the new prompt; the cold save at the chat anchor (the shared
-    // scaffolding, ending just before the last USER token ahead of the first ASSISTANT) still is.
+    // Thinking mode: the follow-up drops the hidden reasoning, so the live tokens are no prefix
+    // of the new prompt. The shutdown checkpoint is keyed by the thinking binding's visible
+    // transcript (spec §5.6), which is, and its payload holds the sampled reasoning.
     let first = json!({"messages": [
         {"role": "system", "content": system},
         {"role": "user", "content": "What is 2+2?"}]});
@@ -224,17 +224,37 @@ fn a_thinking_follow_up_reuses_the_cold_chat_anchor_after_a_restart() {
         {"role": "assistant", "content": "4"},
         {"role": "user", "content": "And 3+3?"}]});
     let a = start(&engine, Some(kv_dir.path()));
-    let (p1, _) =
-        usage(&post_forced(a.addr, "/v1/chat/completions", &first, "Add.</think>4").json());
+    let v1 = post_forced(a.addr, "/v1/chat/completions", &first, "Add.</think>4").json();
+    let (p1, _) = usage(&v1);
+    let g1 = v1["usage"]["completion_tokens"].as_u64().unwrap();
     a.stop();
     let b = start(&engine, Some(kv_dir.path()));
     let vb = post_forced(b.addr, "/v1/chat/completions", &second, "Add.</think>6").json();
     let (_, c2) = usage(&vb);
     assert_eq!(b.metric("ds4_kv_disk_hits_total"), 1, "{vb}");
-    // The anchor sits before the first user turn: most of the prompt, not all of it.
-    assert!(
-        c2 >= policy().min_tokens as u64 && c2 < p1,
-        "cached {c2}, first prompt {p1}"
+    assert_eq!(
+        c2,
+        p1 + g1,
+        "the whole first turn, reasoning included: {vb}"
     );
     b.stop();
+
+    // Without the shutdown checkpoint the cold save at the chat anchor (the shared scaffolding,
+    // just before the last USER ahead of the first ASSISTANT) still serves part of the prompt.
+    for e in std::fs::read_dir(kv_dir.path()).unwrap().flatten() {
+        let f = std::fs::File::open(e.path()).unwrap();
+        let mut head = [0u8; 8];
+        use std::io::Read;
+        if (&f).read_exact(&mut head).is_ok() && head[5] == SaveReason::Shutdown as u8 {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let c = start(&engine, Some(kv_dir.path()));
+    let vc = post_forced(c.addr, "/v1/chat/completions", &second, "Add.</think>6").json();
+    let (_, c3) = usage(&vc);
+    assert!(
+        c3 >= policy().min_tokens as u64 && c3 < p1,
+        "cached {c3}, first prompt {p1}"
+    );
+    c.stop();
 }

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::Event as SseEvent;
 use axum::response::Response;
-use ds4_chat::dsml::{IdKind, StreamConfig, StreamEvent};
+use ds4_chat::dsml::{StreamConfig, StreamEvent};
 use ds4_chat::{render_chat, Message, Role, ThinkMode, ToolCall};
 use serde_json::{json, Map, Value};
 
@@ -15,9 +15,10 @@ use super::{
     Streamer, ThinkingControl,
 };
 use crate::error::ApiError;
+use crate::live::{Protocol, ToolTail};
 use crate::metrics::Endpoint;
-use crate::state::AppState;
-use crate::worker::{Event, Job, Outcome, OutputMode, Usage};
+use crate::state::{AppState, ServerConfig};
+use crate::worker::{Event, Job, Outcome, OutputMode, TraceInfo, Usage};
 
 // ---- request -----------------------------------------------------------------------------------
 
@@ -114,6 +115,13 @@ pub struct ChatJob {
     pub gen: GenSettings,
     pub forced: Option<Vec<u32>>,
     pub param: &'static str,
+    pub protocol: Protocol,
+    /// Ids named by the trailing tool outputs and the calls right before them (spec §5.2 rules
+    /// 2-3); empty for chat completions.
+    pub output_ids: Vec<String>,
+    pub prev_call_ids: Vec<String>,
+    /// A tool output names a call only the live state knows (spec §4.8.4, §4.9.2).
+    pub requires_live: bool,
 }
 
 /// Tool history: any assistant call or tool message (spec §2.2 `tool_context`).
@@ -123,42 +131,87 @@ pub fn has_tool_history(messages: &[Message]) -> bool {
         .any(|m| !m.tool_calls.is_empty() || matches!(m.role, Role::Tool | Role::Function))
 }
 
+/// A chat job rendered and tokenized, before it is queued: what the fuzz target drives too.
+pub struct Prepared {
+    pub rendered: ds4_chat::Rendered,
+    pub prompt: Vec<u32>,
+    pub prompt_text: String,
+    pub cfg: StreamConfig,
+    pub tail: Option<ToolTail>,
+}
+
+/// Renders and tokenizes a chat job (after the replay memory filled its blocks).
+pub fn prepare(tokenizer: &ds4_chat::Tokenizer, job: &ChatJob) -> Prepared {
+    let rendered = render_chat(&job.messages, &job.schemas, job.gen.think);
+    let prompt = tokenizer.encode_segments(&rendered);
+    let prompt_text = rendered.text();
+    let cfg = StreamConfig {
+        thinking: job.gen.think.is_enabled(),
+        tools_active: !job.schemas.is_empty(),
+    };
+    let tail = match job.protocol {
+        Protocol::Responses { .. } | Protocol::Anthropic => {
+            ToolTail::from_rendered(&rendered, job.output_ids.clone(), job.prev_call_ids.clone())
+        }
+        Protocol::Chat | Protocol::Completions => None,
+    };
+    Prepared {
+        rendered,
+        prompt,
+        prompt_text,
+        cfg,
+        tail,
+    }
+}
+
 /// Renders, tokenizes, checks the context and queues (spec §4.3).
 pub fn submit_chat(
     state: &AppState,
     id: u64,
     mut job: ChatJob,
+    request_json: &[u8],
 ) -> Result<(tokio::sync::mpsc::UnboundedReceiver<Event>, StreamConfig), ApiError> {
-    tools::apply_memory(state, &mut job.messages, id);
-    let rendered = render_chat(&job.messages, &job.schemas, job.gen.think);
-    let prompt = state.tokenizer.encode_segments(&rendered);
-    check_context(state, prompt.len(), job.param)?;
-    let prompt_text = rendered.text();
-    state.trace.block(id, "rendered prompt", &prompt_text);
-    let cfg = StreamConfig {
-        thinking: job.gen.think.is_enabled(),
-        tools_active: !job.schemas.is_empty(),
-    };
+    let tool_replay = tools::apply_memory(state, &mut job.messages);
+    let p = prepare(state.tokenizer, &job);
+    check_context(state, p.prompt.len(), job.param)?;
+    let cfg = p.cfg;
     let tool_history = has_tool_history(&job.messages);
+    let trace = TraceInfo {
+        model: job.gen.model.clone(),
+        stream: job.gen.stream,
+        tools: job.schemas.len(),
+        think: job.gen.think,
+        request_json: if state.trace.enabled() {
+            String::from_utf8_lossy(request_json).into_owned()
+        } else {
+            String::new()
+        },
+        tool_replay,
+    };
     let rx = state.submit(|events| Job {
         id,
+        protocol: job.protocol,
         mode: OutputMode::Chat(cfg),
-        rendered,
-        prompt,
-        prompt_text,
+        rendered: p.rendered,
+        prompt: p.prompt,
+        prompt_text: p.prompt_text,
         sampling: job.gen.sampling,
         seed: job.gen.seed,
         max_tokens: job.gen.max_tokens,
         stop: job.gen.stop,
         tool_history,
+        tail: p.tail,
+        requires_live: job.requires_live,
+        trace,
         forced: job.forced,
         events,
     })?;
     Ok((rx, cfg))
 }
 
-fn parse_request(
-    state: &AppState,
+/// spec §4.6.1: a chat completions body into a job.
+pub fn parse_request(
+    cfg: &ServerConfig,
     m: &Map<String, Value>,
     raw: &[u8],
 ) -> Result<(ChatJob, bool), ApiError> {
@@ -172,8 +225,8 @@ fn parse_request(
     let disabled = matches!(m.get("tool_choice"), Some(Value::String(s)) if s == "none");
     let model = model_name(m)?;
     let control = ThinkingControl::read(m, &[m.get("reasoning_effort")])?;
-    let think = control.mode(&model).effective(state.cfg.ctx);
-    let mut max_tokens = state.cfg.default_max_tokens;
+    let think = control.mode(&model).effective(cfg.ctx);
+    let mut max_tokens = cfg.default_max_tokens;
     for key in ["max_tokens", "max_completion_tokens"] {
         if let Some(n) = opt_limit(m, key)? {
             max_tokens = n;
@@ -201,6 +254,10 @@ fn parse_request(
             gen,
             forced: None,
             param: "messages",
+            protocol: Protocol::Chat,
+            output_ids: Vec::new(),
+            prev_call_ids: Vec::new(),
+            requires_live: false,
         },
         disabled,
     ))
@@ -217,16 +274,6 @@ pub fn openai_usage(u: &Usage) -> Value {
     })
 }
 
-/// Ids for the parsed calls: the ones allocated while streaming, then fresh ones.
-pub fn call_ids(state: &AppState, kind: IdKind, streamed: &[String], n: usize) -> Vec<String> {
-    let mut ids: Vec<String> = streamed.iter().take(n).cloned().collect();
-    while ids.len() < n {
-        let id = tools::alloc_id(state, kind, &ids);
-        ids.push(id);
-    }
-    ids
-}
-
 fn tool_calls_json(out: &Outcome, ids: &[String]) -> Vec<Value> {
     let calls = out.parsed.as_ref().map_or(&[][..], |p| &p.tool_calls[..]);
     calls
@@ -238,17 +285,16 @@ fn tool_calls_json(out: &Outcome, ids: &[String]) -> Vec<Value> {
         .collect()
 }
 
-fn finish_json(state: &AppState, id: u64, model: &str, out: &Outcome) -> Value {
+fn finish_json(id: u64, model: &str, out: &Outcome) -> Value {
     let parsed = out.parsed.clone().unwrap_or_default();
-    let ids = call_ids(state, IdKind::Call, &[], parsed.tool_calls.len());
-    tools::remember(state, &ids, parsed.raw_dsml.as_deref());
+    let ids = &out.tool_ids;
     let mut message = Map::new();
     message.insert("role".into(), json!("assistant"));
     message.insert("content".into(), json!(parsed.content));
     if let Some(r) = parsed.reasoning.as_deref().filter(|r| !r.is_empty()) {
         message.insert("reasoning_content".into(), json!(r));
     }
-    let calls = tool_calls_json(out, &ids);
+    let calls = tool_calls_json(out, ids);
     if !calls.is_empty() {
         message.insert("tool_calls".into(), Value::Array(calls));
     }
@@ -264,12 +310,10 @@ fn finish_json(state: &AppState, id: u64, model: &str, out: &Outcome) -> Value {
 
 /// spec §4.6.5 chunk sequence.
 struct ChatStreamer {
-    state: AppState,
     id: String,
     created: u64,
     model: String,
     include_usage: bool,
-    tool_ids: Vec<String>,
 }
 
 impl ChatStreamer {
@@ -294,9 +338,7 @@ impl Streamer for ChatStreamer {
             Event::Chat(StreamEvent::Content(s)) => {
                 out.push(self.chunk(json!({"content": s}), None))
             }
-            Event::Chat(StreamEvent::ToolCallStart { index, name }) => {
-                let id = tools::alloc_id(&self.state, IdKind::Call, &self.tool_ids);
-                self.tool_ids.push(id.clone());
+            Event::ToolCallStart { index, name, id } => {
                 out.push(self.chunk(
                     json!({"tool_calls": [{"index": index, "id": id, "type": "function",
                         "function": {"name": name, "arguments": ""}}]}),
@@ -308,16 +350,9 @@ impl Streamer for ChatStreamer {
                 None,
             )),
             Event::Finished(o) => {
-                let parsed = o.parsed.clone().unwrap_or_default();
-                let ids = call_ids(
-                    &self.state,
-                    IdKind::Call,
-                    &self.tool_ids,
-                    parsed.tool_calls.len(),
-                );
-                tools::remember(&self.state, &ids, parsed.raw_dsml.as_deref());
-                if !parsed.tool_calls.is_empty() && !o.streamed_tool_header {
-                    let calls: Vec<Value> = tool_calls_json(&o, &ids)
+                let n_calls = o.parsed.as_ref().map_or(0, |p| p.tool_calls.len());
+                if n_calls > 0 && !o.streamed_tool_header {
+                    let calls: Vec<Value> = tool_calls_json(&o, &o.tool_ids)
                         .into_iter()
                         .enumerate()
                         .map(|(i, mut c)| {
@@ -336,10 +371,11 @@ impl Streamer for ChatStreamer {
                 }
                 out.push(SseEvent::default().data("[DONE]"));
             }
-            Event::Chat(StreamEvent::ToolCallEnd { .. })
+            Event::Chat(StreamEvent::ToolCallEnd { .. } | StreamEvent::ToolCallStart { .. })
             | Event::Text(_)
             | Event::Prefill { .. }
-            | Event::Failed(_) => {}
+            | Event::Failed(_)
+            | Event::Conflict(_) => {}
         }
     }
 
@@ -355,30 +391,22 @@ pub async fn handler(
 ) -> Result<Response, ApiError> {
     state.metrics.request(Endpoint::ChatCompletions);
     let body = body?;
-    let (mut job, _) = parse_request(&state, &body.obj, &body.raw)?;
+    let (mut job, _) = parse_request(&state.cfg, &body.obj, &body.raw)?;
     job.forced = forced_output(&state, &headers);
     let id = state.next_request_id();
-    state
-        .trace
-        .block(id, "chat request", &String::from_utf8_lossy(&body.raw));
     let (stream, include_usage, model) =
         (job.gen.stream, job.gen.include_usage, job.gen.model.clone());
-    let (mut rx, _) = submit_chat(&state, id, job)?;
+    let (mut rx, _) = submit_chat(&state, id, job, &body.raw)?;
     if !stream {
         let out = collect(rx).await?;
-        return Ok(super::json_response(
-            &finish_json(&state, id, &model, &out),
-            true,
-        ));
+        return Ok(super::json_response(&finish_json(id, &model, &out), true));
     }
     let first = first_event(&mut rx).await?;
     let streamer = ChatStreamer {
-        state: state.clone(),
         id: format!("chatcmpl-{id}"),
         created: unix_now(),
         model,
         include_usage,
-        tool_ids: Vec::new(),
     };
     Ok(sse_response(first, rx, streamer))
 }

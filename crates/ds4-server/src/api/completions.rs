@@ -6,7 +6,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::Event as SseEvent;
 use axum::response::Response;
 use ds4_chat::render_completion;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::chat_completions::openai_usage;
 use super::{
@@ -15,9 +15,10 @@ use super::{
     ThinkingControl,
 };
 use crate::error::ApiError;
+use crate::live::Protocol;
 use crate::metrics::Endpoint;
-use crate::state::AppState;
-use crate::worker::{Event, Job, OutputMode};
+use crate::state::{AppState, ServerConfig};
+use crate::worker::{Event, Job, OutputMode, TraceInfo};
 
 struct TextStreamer {
     id: String,
@@ -58,14 +59,24 @@ impl Streamer for TextStreamer {
     }
 }
 
-pub async fn handler(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<JsonBody, ApiError>,
-) -> Result<Response, ApiError> {
-    state.metrics.request(Endpoint::Completions);
-    let body = body?;
-    let m = &body.obj;
+/// A parsed `/v1/completions` body (spec §4.7), rendered.
+pub struct CompletionRequest {
+    pub rendered: ds4_chat::Rendered,
+    pub model: String,
+    pub think: ds4_chat::ThinkMode,
+    pub params: ds4_engine::sampler::SamplingParams,
+    pub seed: u64,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// spec §4.7 request fields.
+pub fn parse_request(
+    cfg: &ServerConfig,
+    m: &Map<String, Value>,
+) -> Result<CompletionRequest, ApiError> {
     let prompt = match m.get("prompt") {
         None => return Err(ApiError::bad_request("missing prompt")),
         Some(Value::String(s)) => s.clone(),
@@ -79,25 +90,61 @@ pub async fn handler(
     let model = model_name(m)?;
     let think = ThinkingControl::read(m, &[m.get("reasoning_effort")])?
         .mode(&model)
-        .effective(state.cfg.ctx);
-    let params = sampling(m, think, true)?;
-    let seed = seed(m)?;
-    let max_tokens = opt_limit(m, "max_tokens")?.unwrap_or(state.cfg.default_max_tokens);
-    let stop = stop_list(m.get("stop"));
-    let stream = opt_bool(m, "stream")?.unwrap_or(false);
-    let include_usage = match opt_obj(m, "stream_options")? {
-        Some(o) => opt_bool(o, "include_usage")?.unwrap_or(false),
-        None => false,
-    };
-    let rendered = render_completion(&prompt, think);
+        .effective(cfg.ctx);
+    Ok(CompletionRequest {
+        params: sampling(m, think, true)?,
+        seed: seed(m)?,
+        max_tokens: opt_limit(m, "max_tokens")?.unwrap_or(cfg.default_max_tokens),
+        stop: stop_list(m.get("stop")),
+        stream: opt_bool(m, "stream")?.unwrap_or(false),
+        include_usage: match opt_obj(m, "stream_options")? {
+            Some(o) => opt_bool(o, "include_usage")?.unwrap_or(false),
+            None => false,
+        },
+        rendered: render_completion(&prompt, think),
+        model,
+        think,
+    })
+}
+
+pub async fn handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<JsonBody, ApiError>,
+) -> Result<Response, ApiError> {
+    state.metrics.request(Endpoint::Completions);
+    let body = body?;
+    let CompletionRequest {
+        rendered,
+        model,
+        think,
+        params,
+        seed,
+        max_tokens,
+        stop,
+        stream,
+        include_usage,
+    } = parse_request(&state.cfg, &body.obj)?;
     let tokens = state.tokenizer.encode_segments(&rendered);
     check_context(&state, tokens.len(), "prompt")?;
     let id = state.next_request_id();
     let prompt_text = rendered.text();
-    state.trace.block(id, "completion prompt", &prompt_text);
     let forced = forced_output(&state, &headers);
+    let trace = TraceInfo {
+        model: model.clone(),
+        stream,
+        tools: 0,
+        think,
+        request_json: if state.trace.enabled() {
+            String::from_utf8_lossy(&body.raw).into_owned()
+        } else {
+            String::new()
+        },
+        tool_replay: Default::default(),
+    };
     let mut rx = state.submit(|events| Job {
         id,
+        protocol: Protocol::Completions,
         mode: OutputMode::Raw,
         rendered,
         prompt: tokens,
@@ -107,6 +154,9 @@ pub async fn handler(
         max_tokens,
         stop,
         tool_history: false,
+        tail: None,
+        requires_live: false,
+        trace,
         forced,
         events,
     })?;

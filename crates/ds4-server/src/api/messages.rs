@@ -6,19 +6,20 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::Event as SseEvent;
 use axum::response::Response;
-use ds4_chat::dsml::{escape_tool_result, IdKind, StreamEvent};
+use ds4_chat::dsml::{escape_tool_result, StreamEvent};
 use ds4_chat::{Message, Role, ToolCall};
 use serde_json::{json, Map, Value};
 
-use super::chat_completions::{call_ids, submit_chat, ChatJob, GenSettings};
+use super::chat_completions::{submit_chat, ChatJob, GenSettings};
 use super::tools;
 use super::{
     arguments_value, collect, first_event, forced_output, model_name, opt_bool, opt_limit, opt_obj,
     sampling, seed, stop_list, JsonBody, Streamer, ThinkingControl,
 };
 use crate::error::{ApiError, Dialect};
+use crate::live::Protocol;
 use crate::metrics::Endpoint;
-use crate::state::AppState;
+use crate::state::{AppState, ServerConfig};
 use crate::worker::{Event, Outcome, Usage};
 
 fn text_of(v: &Value) -> String {
@@ -128,10 +129,13 @@ fn system_text(v: Option<&Value>) -> String {
     out
 }
 
-fn parse_request(
-    state: &AppState,
+/// spec §4.9.1: a Messages body into a job. `live` are the call ids of the live Anthropic binding
+/// (§5.3): a `tool_result` may answer one of them without the replayed `tool_use`.
+pub fn parse_request(
+    cfg: &ServerConfig,
     m: &Map<String, Value>,
     raw: &[u8],
+    live: &[String],
 ) -> Result<ChatJob, ApiError> {
     let list = match m.get("messages") {
         None => return Err(ApiError::bad_request("missing messages")),
@@ -139,22 +143,29 @@ fn parse_request(
         Some(_) => return Err(ApiError::invalid_json()),
     };
     let mut messages = Vec::with_capacity(list.len() + 1);
+    let mut results: Vec<Vec<String>> = Vec::with_capacity(list.len() + 1);
     let mut known_ids: HashSet<String> = HashSet::new();
+    let mut requires_live = false;
     for v in list {
         let (msg, result_ids) = parse_message(v)?;
-        // spec §4.9.2: a tool_result must answer a tool_use of an earlier assistant message (the
-        // live Anthropic binding, which would also accept it, is not kept by this server).
+        // spec §4.9.2: a tool_result answers a tool_use of an earlier assistant message, or a
+        // call of the live Anthropic binding (then the request needs the live state).
         for id in &result_ids {
-            if !known_ids.contains(id) {
+            if known_ids.contains(id) {
+                continue;
+            }
+            if !live.contains(id) {
                 return Err(ApiError::bad_request(format!(
                     "Anthropic continuation state is not available for tool_use_id {id}; retry by replaying the full messages history"
                 )));
             }
+            requires_live = true;
         }
         if msg.role == Role::Assistant {
             known_ids.extend(msg.tool_calls.iter().map(|c| c.id.clone()));
         }
         messages.push(msg);
+        results.push(result_ids);
     }
     let system = system_text(m.get("system"));
     if !system.is_empty() {
@@ -166,23 +177,30 @@ fn parse_request(
     let model = model_name(m)?;
     let effort_cfg = opt_obj(m, "output_config")?.and_then(|o| o.get("effort"));
     let control = ThinkingControl::read(m, &[effort_cfg, m.get("reasoning_effort")])?;
-    let think = control.mode(&model).effective(state.cfg.ctx);
+    let think = control.mode(&model).effective(cfg.ctx);
     let gen = GenSettings {
         sampling: sampling(m, think, true)?,
         seed: seed(m)?,
-        max_tokens: opt_limit(m, "max_tokens")?.unwrap_or(state.cfg.default_max_tokens),
+        max_tokens: opt_limit(m, "max_tokens")?.unwrap_or(cfg.default_max_tokens),
         stop: stop_list(m.get("stop_sequences")),
         stream: opt_bool(m, "stream")?.unwrap_or(false),
         include_usage: false,
         model,
         think,
     };
+    let (output_ids, prev_call_ids) = tools::trailing_tool_ids(&messages, |i, _| {
+        results.get(i).cloned().unwrap_or_default()
+    });
     Ok(ChatJob {
         messages,
         schemas: tools::active_lines(&schemas, disabled),
         gen,
         forced: None,
         param: "messages",
+        protocol: Protocol::Anthropic,
+        output_ids,
+        prev_call_ids,
+        requires_live,
     })
 }
 
@@ -195,10 +213,9 @@ pub fn anthropic_usage(u: &Usage) -> Value {
     })
 }
 
-fn response_json(state: &AppState, id: &str, model: &str, out: &Outcome) -> Value {
+fn response_json(id: &str, model: &str, out: &Outcome) -> Value {
     let parsed = out.parsed.clone().unwrap_or_default();
-    let ids = call_ids(state, IdKind::Anthropic, &[], parsed.tool_calls.len());
-    tools::remember(state, &ids, parsed.raw_dsml.as_deref());
+    let ids = &out.tool_ids;
     let mut blocks = Vec::new();
     if let Some(r) = parsed.reasoning.as_deref().filter(|r| !r.is_empty()) {
         blocks.push(json!({"type": "thinking", "thinking": r, "signature": id}));
@@ -206,7 +223,7 @@ fn response_json(state: &AppState, id: &str, model: &str, out: &Outcome) -> Valu
     if !parsed.content.is_empty() {
         blocks.push(json!({"type": "text", "text": parsed.content}));
     }
-    for (c, cid) in parsed.tool_calls.iter().zip(&ids) {
+    for (c, cid) in parsed.tool_calls.iter().zip(ids) {
         blocks.push(json!({"type": "tool_use", "id": cid, "name": c.name, "input": arguments_value(&c.compact_arguments())}));
     }
     if blocks.iter().all(|b| b["type"] == "thinking") {
@@ -227,14 +244,12 @@ enum Block {
 
 /// spec §4.9.4 event sequence.
 struct AnthropicStreamer {
-    state: AppState,
     id: String,
     model: String,
     index: usize,
     open: Option<Block>,
     thinking_seen: bool,
     text_seen: bool,
-    tool_ids: Vec<String>,
 }
 
 fn named(name: &str, v: Value) -> SseEvent {
@@ -298,9 +313,7 @@ impl Streamer for AnthropicStreamer {
                 }
                 out.push(self.delta(json!({"type": "text_delta", "text": s})));
             }
-            Event::Chat(StreamEvent::ToolCallStart { name, .. }) => {
-                let id = tools::alloc_id(&self.state, IdKind::Anthropic, &self.tool_ids);
-                self.tool_ids.push(id.clone());
+            Event::ToolCallStart { name, id, .. } => {
                 self.open_block(Block::Tool, json!({"type": "tool_use", "id": id, "name": name, "input": {}}), out);
             }
             Event::Chat(StreamEvent::ToolArguments { fragment, .. }) if self.open == Some(Block::Tool) => {
@@ -310,10 +323,8 @@ impl Streamer for AnthropicStreamer {
             Event::Finished(o) => {
                 self.close(out);
                 let parsed = o.parsed.clone().unwrap_or_default();
-                let ids = call_ids(&self.state, IdKind::Anthropic, &self.tool_ids, parsed.tool_calls.len());
-                tools::remember(&self.state, &ids, parsed.raw_dsml.as_deref());
                 if !o.streamed_tool_header {
-                    for (c, cid) in parsed.tool_calls.iter().zip(&ids) {
+                    for (c, cid) in parsed.tool_calls.iter().zip(&o.tool_ids) {
                         self.open_block(Block::Tool, json!({"type": "tool_use", "id": cid, "name": c.name, "input": {}}), out);
                         out.push(self.delta(json!({"type": "input_json_delta", "partial_json": c.compact_arguments()})));
                         self.close(out);
@@ -350,32 +361,28 @@ pub async fn handler(
     let anthropic = |e: ApiError| e.in_dialect(Dialect::Anthropic);
     state.metrics.request(Endpoint::Messages);
     let body = body.map_err(anthropic)?;
-    let mut job = parse_request(&state, &body.obj, &body.raw).map_err(anthropic)?;
+    let live = state.live_ids().anthropic;
+    let mut job = parse_request(&state.cfg, &body.obj, &body.raw, &live).map_err(anthropic)?;
     job.forced = forced_output(&state, &headers);
     let id = state.next_request_id();
-    state
-        .trace
-        .block(id, "messages request", &String::from_utf8_lossy(&body.raw));
     let (stream, model) = (job.gen.stream, job.gen.model.clone());
-    let (mut rx, _) = submit_chat(&state, id, job).map_err(anthropic)?;
+    let (mut rx, _) = submit_chat(&state, id, job, &body.raw).map_err(anthropic)?;
     let msg_id = format!("chatcmpl-{id}");
     if !stream {
         let out = collect(rx).await.map_err(anthropic)?;
         return Ok(super::json_response(
-            &response_json(&state, &msg_id, &model, &out),
+            &response_json(&msg_id, &model, &out),
             true,
         ));
     }
     let first = first_event(&mut rx).await.map_err(anthropic)?;
     let streamer = AnthropicStreamer {
-        state: state.clone(),
         id: msg_id,
         model,
         index: 0,
         open: None,
         thinking_seen: false,
         text_seen: false,
-        tool_ids: Vec::new(),
     };
     Ok(super::sse_response(first, rx, streamer))
 }

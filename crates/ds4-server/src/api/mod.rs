@@ -352,6 +352,7 @@ pub async fn collect(mut rx: UnboundedReceiver<Event>) -> Result<Outcome, ApiErr
         match ev {
             Event::Finished(out) => return Ok(*out),
             Event::Failed(msg) => return Err(ApiError::internal(msg)),
+            Event::Conflict(msg) => return Err(ApiError::new(ApiErrorKind::Conflict(msg))),
             _ => {}
         }
     }
@@ -363,6 +364,7 @@ pub async fn collect(mut rx: UnboundedReceiver<Event>) -> Result<Outcome, ApiErr
 pub async fn first_event(rx: &mut UnboundedReceiver<Event>) -> Result<Event, ApiError> {
     match rx.recv().await {
         Some(Event::Failed(msg)) => Err(ApiError::internal(msg)),
+        Some(Event::Conflict(msg)) => Err(ApiError::new(ApiErrorKind::Conflict(msg))),
         Some(ev) => Ok(ev),
         None => Err(ApiError::internal("generation was interrupted")),
     }
@@ -421,7 +423,7 @@ pub fn sse_response<S: Streamer>(
                         out.push(SseEvent::default().comment("prefill"));
                     }
                 }
-                Some(Event::Failed(msg)) => {
+                Some(Event::Failed(msg) | Event::Conflict(msg)) => {
                     out.push(st.streamer.error_event(&msg));
                     st.done = true;
                 }

@@ -7,20 +7,21 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::Event as SseEvent;
 use axum::response::Response;
-use ds4_chat::dsml::{new_item_id, IdKind, StreamEvent};
+use ds4_chat::dsml::{new_item_id, StreamEvent};
 use ds4_chat::{Message, Role, ToolCall};
 use rand::RngCore;
 use serde_json::{json, Map, Value};
 
-use super::chat_completions::{arguments_text, call_ids, submit_chat, ChatJob, GenSettings};
+use super::chat_completions::{arguments_text, submit_chat, ChatJob, GenSettings};
 use super::tools::{self, ToolSchema};
 use super::{
     arguments_value, collect, first_event, forced_output, model_name, opt_bool, opt_limit, opt_obj,
     opt_str, sampling, seed, JsonBody, Streamer, ThinkingControl,
 };
 use crate::error::ApiError;
+use crate::live::Protocol;
 use crate::metrics::Endpoint;
-use crate::state::AppState;
+use crate::state::{AppState, ServerConfig};
 use crate::worker::{Event, Finish, Outcome, Usage};
 
 fn hex_id(prefix: &str) -> String {
@@ -80,10 +81,15 @@ fn output_text(v: Option<&Value>) -> Result<String, ApiError> {
 struct InputParse {
     messages: Vec<Message>,
     extra_tools: Vec<ToolSchema>,
+    requires_live: bool,
 }
 
-/// spec §4.8.2 input items → messages.
-fn parse_input(input: &Value, instructions: Option<&str>) -> Result<InputParse, ApiError> {
+/// spec §4.8.2 input items → messages. `live`: call ids of the live Responses binding (§4.8.4).
+fn parse_input(
+    input: &Value,
+    instructions: Option<&str>,
+    live: &[String],
+) -> Result<InputParse, ApiError> {
     let mut messages: Vec<Message> = Vec::new();
     if let Some(i) = instructions.filter(|s| !s.is_empty()) {
         messages.push(Message::new(Role::System, i));
@@ -95,6 +101,7 @@ fn parse_input(input: &Value, instructions: Option<&str>) -> Result<InputParse, 
             return Ok(InputParse {
                 messages,
                 extra_tools,
+                requires_live: false,
             });
         }
         Value::Array(a) => a,
@@ -102,6 +109,7 @@ fn parse_input(input: &Value, instructions: Option<&str>) -> Result<InputParse, 
     };
     let mut pending_reasoning: Option<String> = None;
     let mut known_calls: HashSet<String> = HashSet::new();
+    let mut requires_live = false;
     let flush_reasoning = |messages: &mut Vec<Message>, pending: &mut Option<String>| {
         if let Some(r) = pending.take() {
             let mut m = Message::new(Role::Assistant, "");
@@ -210,11 +218,14 @@ fn parse_input(input: &Value, instructions: Option<&str>) -> Result<InputParse, 
             | "image_generation_call_output" => {
                 flush_reasoning(&mut messages, &mut pending_reasoning);
                 let id = call_id();
-                // spec §4.8.4: without a live Responses binding, the call must be in the replay.
+                // spec §4.8.4: the call is in the replay, or only the live binding knows it.
                 if !known_calls.contains(&id) {
-                    return Err(ApiError::bad_request(format!(
-                        "Responses continuation state is not available for call_id {id}; retry by replaying the full input history"
-                    )));
+                    if !live.contains(&id) {
+                        return Err(ApiError::bad_request(format!(
+                            "Responses continuation state is not available for call_id {id}; retry by replaying the full input history"
+                        )));
+                    }
+                    requires_live = true;
                 }
                 let content = if ty.starts_with("function") || ty.starts_with("custom") {
                     output_text(o.get("output"))?
@@ -251,16 +262,24 @@ fn parse_input(input: &Value, instructions: Option<&str>) -> Result<InputParse, 
     Ok(InputParse {
         messages,
         extra_tools,
+        requires_live,
     })
 }
 
-struct Parsed {
-    job: ChatJob,
-    schemas: Vec<ToolSchema>,
-    summary: bool,
+/// A parsed Responses request: the job plus what the response writer needs.
+pub struct Parsed {
+    pub job: ChatJob,
+    pub schemas: Vec<ToolSchema>,
+    pub summary: bool,
 }
 
-fn parse_request(state: &AppState, m: &Map<String, Value>, raw: &[u8]) -> Result<Parsed, ApiError> {
+/// spec §4.8.1: a Responses body into a job. `live`: call ids of the live Responses binding.
+pub fn parse_request(
+    cfg: &ServerConfig,
+    m: &Map<String, Value>,
+    raw: &[u8],
+    live: &[String],
+) -> Result<Parsed, ApiError> {
     for key in ["previous_response_id", "conversation"] {
         if m.get(key).is_some_and(|v| !v.is_null()) {
             return Err(ApiError::bad_request(format!(
@@ -271,7 +290,7 @@ fn parse_request(state: &AppState, m: &Map<String, Value>, raw: &[u8]) -> Result
     let input = m
         .get("input")
         .ok_or_else(|| ApiError::bad_request("missing input"))?;
-    let parsed = parse_input(input, opt_str(m, "instructions")?)?;
+    let parsed = parse_input(input, opt_str(m, "instructions")?, live)?;
     let tools_raw = tools::top_level_raw(raw, "tools")?;
     let mut schemas = tools::parse_tools(tools_raw.as_deref())?;
     schemas.extend(parsed.extra_tools);
@@ -291,14 +310,14 @@ fn parse_request(state: &AppState, m: &Map<String, Value>, raw: &[u8]) -> Result
     let effort = reasoning.and_then(|r| r.get("effort"));
     let mut control = ThinkingControl::read(&Map::new(), &[effort])?;
     control.explicit = effort.is_some_and(|e| !e.is_null());
-    let think = control.mode(&model).effective(state.cfg.ctx);
+    let think = control.mode(&model).effective(cfg.ctx);
     let summary = matches!(
         reasoning
             .and_then(|r| r.get("summary"))
             .and_then(Value::as_str),
         Some("auto" | "concise" | "detailed")
     );
-    let mut max_tokens = state.cfg.default_max_tokens;
+    let mut max_tokens = cfg.default_max_tokens;
     for key in ["max_output_tokens", "max_tokens"] {
         if let Some(n) = opt_limit(m, key)? {
             max_tokens = n;
@@ -315,6 +334,12 @@ fn parse_request(state: &AppState, m: &Map<String, Value>, raw: &[u8]) -> Result
         think,
     };
     let lines = tools::active_lines(&schemas, disabled);
+    let (output_ids, prev_call_ids) = tools::trailing_tool_ids(&parsed.messages, |_, m| {
+        match (m.role, m.tool_call_id.as_ref()) {
+            (Role::Tool, Some(id)) => vec![id.clone()],
+            _ => Vec::new(),
+        }
+    });
     Ok(Parsed {
         job: ChatJob {
             messages: parsed.messages,
@@ -322,6 +347,10 @@ fn parse_request(state: &AppState, m: &Map<String, Value>, raw: &[u8]) -> Result
             gen,
             forced: None,
             param: "input",
+            protocol: Protocol::Responses { summary },
+            output_ids,
+            prev_call_ids,
+            requires_live: parsed.requires_live,
         },
         schemas,
         summary,
@@ -419,12 +448,7 @@ fn response_object(
     Value::Object(r)
 }
 
-fn final_items(
-    state: &AppState,
-    schemas: &[ToolSchema],
-    out: &Outcome,
-    summary: bool,
-) -> Vec<Value> {
+fn final_items(schemas: &[ToolSchema], out: &Outcome, summary: bool) -> Vec<Value> {
     let parsed = out.parsed.clone().unwrap_or_default();
     let st = item_status(out.finish);
     let mut items = Vec::new();
@@ -444,15 +468,12 @@ fn final_items(
             "content": [{"type": "output_text", "text": parsed.content, "annotations": []}]}),
         );
     }
-    let ids = call_ids(state, IdKind::Call, &[], parsed.tool_calls.len());
-    tools::remember(state, &ids, parsed.raw_dsml.as_deref());
-    items.extend(call_items(schemas, out, &ids, st, true));
+    items.extend(call_items(schemas, out, &out.tool_ids, st, true));
     items
 }
 
 /// spec §4.8.6 event sequence.
 struct ResponsesStreamer {
-    state: AppState,
     schemas: Vec<ToolSchema>,
     summary: bool,
     resp_id: String,
@@ -561,15 +582,9 @@ impl Streamer for ResponsesStreamer {
                     ));
                     output.push(item);
                 }
-                let n_calls = o.parsed.as_ref().map_or(0, |p| p.tool_calls.len());
-                let ids = call_ids(&self.state, IdKind::Call, &[], n_calls);
-                tools::remember(
-                    &self.state,
-                    &ids,
-                    o.parsed.as_ref().and_then(|p| p.raw_dsml.as_deref()),
-                );
-                let done_items = call_items(&self.schemas, &o, &ids, st, true);
-                let added_items = call_items(&self.schemas, &o, &ids, "in_progress", false);
+                let ids = &o.tool_ids;
+                let done_items = call_items(&self.schemas, &o, ids, st, true);
+                let added_items = call_items(&self.schemas, &o, ids, "in_progress", false);
                 for (mut added, done) in added_items.into_iter().zip(done_items) {
                     let idx = self.next_output;
                     self.next_output += 1;
@@ -623,19 +638,21 @@ pub async fn handler(
         mut job,
         schemas,
         summary,
-    } = parse_request(&state, &body.obj, &body.raw)?;
+    } = parse_request(
+        &state.cfg,
+        &body.obj,
+        &body.raw,
+        &state.live_ids().responses,
+    )?;
     job.forced = forced_output(&state, &headers);
     let id = state.next_request_id();
-    state
-        .trace
-        .block(id, "responses request", &String::from_utf8_lossy(&body.raw));
     let (stream, model) = (job.gen.stream, job.gen.model.clone());
-    let (mut rx, _) = submit_chat(&state, id, job)?;
+    let (mut rx, _) = submit_chat(&state, id, job, &body.raw)?;
     let resp_id = hex_id("resp_");
     let created = super::unix_now();
     if !stream {
         let out = collect(rx).await?;
-        let items = final_items(&state, &schemas, &out, summary);
+        let items = final_items(&schemas, &out, summary);
         return Ok(super::json_response(
             &response_object(&resp_id, created, &model, &out, items),
             false,
@@ -643,7 +660,6 @@ pub async fn handler(
     }
     let first = first_event(&mut rx).await?;
     let streamer = ResponsesStreamer {
-        state: state.clone(),
         schemas,
         summary,
         resp_id,

@@ -3,13 +3,13 @@
 
 use std::collections::HashMap;
 
-use ds4_chat::dsml::{new_tool_call_id, IdKind};
-use ds4_chat::Message;
+use ds4_chat::{Message, Role};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::worker::ReplayStats;
 
 /// One rendered schema line and the names needed to report calls back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,45 +142,70 @@ pub fn parse_tools(raw: Option<&RawValue>) -> Result<Vec<ToolSchema>, ApiError> 
     Ok(out)
 }
 
-/// A fresh call id, unique in `taken` and in the replay memory.
-pub fn alloc_id(state: &AppState, kind: IdKind, taken: &[String]) -> String {
-    let mem = state.tool_memory.lock().ok();
-    new_tool_call_id(kind, |c| {
-        taken.iter().any(|t| t == c) || mem.as_ref().is_some_and(|m| m.contains(c))
-    })
-}
-
 /// spec §3.5: fills `raw_dsml` of assistant messages from the replay memory before rendering.
-pub fn apply_memory(state: &AppState, messages: &mut [Message], request: u64) {
+/// With the disk cache on, call ids the memory lacks are looked up first in the tool maps of the
+/// `.kv` files (step 1: exact replay survives a restart).
+pub fn apply_memory(state: &AppState, messages: &mut [Message]) -> ReplayStats {
+    let mut stats = ReplayStats::default();
     if !state.cfg.exact_replay {
-        return;
+        stats.canonical = messages
+            .iter()
+            .filter(|m| m.role == Role::Assistant && !m.tool_calls.is_empty())
+            .count();
+        return stats;
     }
-    if let Ok(mut mem) = state.tool_memory.lock() {
-        let st = mem.apply(messages);
-        if st.mem + st.canonical > 0 {
-            state.trace.line(
-                request,
-                &format!(
-                    "tool_replay: mem={} disk=0 canonical={} missing_ids={}",
-                    st.mem, st.canonical, st.missing_ids
-                ),
-            );
+    let Ok(mut mem) = state.tool_memory.lock() else {
+        return stats;
+    };
+    if let Some(disk) = &state.disk {
+        let missing: Vec<&str> = messages
+            .iter()
+            .flat_map(|m| {
+                m.tool_calls
+                    .iter()
+                    .map(|c| c.id.as_str())
+                    .chain(m.tool_call_id.as_deref())
+            })
+            .filter(|id| !id.is_empty() && !mem.contains(id))
+            .collect();
+        if !missing.is_empty() {
+            for t in disk.cache.find_tool_memories(&missing) {
+                mem.remember(&[t.id.as_str()], &t.dsml);
+                stats.disk += 1;
+            }
         }
     }
+    let st = mem.apply(messages);
+    stats.mem = st.mem;
+    stats.canonical = st.canonical;
+    stats.missing_ids = st.missing_ids;
+    stats
 }
 
-/// spec §3.5: remembers the sampled block for every id of the turn.
-pub fn remember(state: &AppState, ids: &[String], raw_dsml: Option<&str>) {
-    let (true, Some(raw)) = (state.cfg.exact_replay, raw_dsml) else {
-        return;
-    };
-    if ids.is_empty() {
-        return;
+/// spec §5.2 rules 2-3: the ids named by the tool outputs that end the request (the messages
+/// after the last assistant turn, system messages skipped; `output_ids` says which ids a message
+/// carries), and the call ids of that assistant turn.
+pub fn trailing_tool_ids(
+    messages: &[Message],
+    output_ids: impl Fn(usize, &Message) -> Vec<String>,
+) -> (Vec<String>, Vec<String>) {
+    let mut outputs = Vec::new();
+    let mut calls = Vec::new();
+    for (i, m) in messages.iter().enumerate().rev() {
+        match m.role {
+            Role::System | Role::Developer | Role::Other => continue,
+            Role::Assistant => {
+                calls = m.tool_calls.iter().map(|c| c.id.clone()).collect();
+                break;
+            }
+            Role::User | Role::Tool | Role::Function => {
+                let mut ids = output_ids(i, m);
+                ids.append(&mut outputs);
+                outputs = ids;
+            }
+        }
     }
-    if let Ok(mut mem) = state.tool_memory.lock() {
-        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        mem.remember(&refs, raw);
-    }
+    (outputs, calls)
 }
 
 /// Schema lines of the active tools (empty when `tool_choice` disabled them).

@@ -44,6 +44,15 @@ pub fn start(cfg: ServerConfig) -> TestServer {
 
 /// `delay`: sleep per evaluated token in the fake backend (a slow model).
 pub fn start_with_delay(cfg: ServerConfig, delay: Duration) -> TestServer {
+    start_full(cfg, delay, Trace::off())
+}
+
+/// A server that traces into `path` (`--trace`).
+pub fn start_traced(cfg: ServerConfig, delay: Duration, path: &std::path::Path) -> TestServer {
+    start_full(cfg, delay, Trace::open(path).unwrap())
+}
+
+pub fn start_full(cfg: ServerConfig, delay: Duration, trace: Trace) -> TestServer {
     let tok = Tokenizer::builtin();
     let mut backend = FakeBackend::new(tok.n_vocab(), cfg.ctx);
     backend.delay_per_token = delay;
@@ -53,7 +62,7 @@ pub fn start_with_delay(cfg: ServerConfig, delay: Duration) -> TestServer {
         .enable_all()
         .build()
         .unwrap();
-    let state = ds4_server::start(cfg, session, tok, Trace::off()).unwrap();
+    let state = ds4_server::start(cfg, session, tok, trace).unwrap();
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
