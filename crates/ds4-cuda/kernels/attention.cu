@@ -318,3 +318,126 @@ extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32) attention(const fl
     __syncthreads();
     for (int i = threadIdx.x; i < head_dim; i += blockDim.x) out[(size_t)h * head_dim + i] = sc[i];
 }
+
+// The same attention (spec §3.5 A11-A12), split for the whole GPU: block (g, s) takes ATT_HG heads
+// and the s-th slice of the visible rows, so every key row is read once per head group (the KV rows
+// are shared by all heads) and 16·n_split blocks share the work. Each block writes, per head, its
+// slice's max m, sum l = Σ exp(score - m) and unnormalised output o = Σ exp(score - m)·row; the last
+// block of a head group (a counter; the order of finishing decides nothing) combines the slices in
+// slice order with the sink: M = max(sink, m_s), out = Σ_s e^(m_s-M)·o_s / (e^(sink-M) + Σ_s e^(m_s-M)·l_s),
+// then the inverse RoPE. Dynamic shared memory: (ATT_HG·slice_cap + head_dim) floats.
+#define ATT_HG 4
+extern "C" __global__ void __launch_bounds__(256)
+    attention_split(const float* q, const float* ring, int raw_cap, const float* comp, const int* list,
+                    const float* sinks, const Step* step, int n_swa, int ratio, int top_k, int head_dim,
+                    float kq_scale, RopeArgs rope, float* out, float* part_o, float* part_ml,
+                    unsigned int* counters, int slice_cap) {
+    extern __shared__ float sm[];
+    float* p = sm;                      // [ATT_HG][slice_cap] scores, then weights
+    float* row = sm + ATT_HG * slice_cap;  // [head_dim] the combined output row
+    __shared__ float red[32];
+    __shared__ int is_last;
+    const int g = blockIdx.x, s = blockIdx.y, n_split = gridDim.y;
+    const int pos = step->pos;
+    const int n_raw = min(pos + 1, n_swa);
+    int n_comp = 0;
+    if (ratio > 0) {
+        n_comp = (pos + 1) / ratio;
+        if (ratio == 4) n_comp = min(n_comp, top_k);
+    }
+    const int n_rows = n_raw + n_comp;
+    const int per = (n_rows + n_split - 1) / n_split;
+    const int j0 = min(n_rows, s * per), j1 = min(n_rows, j0 + per), nj = j1 - j0;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warp = blockDim.x >> 5;
+    const int n_chunk = head_dim / 128;
+    const int h0 = g * ATT_HG;
+    // Scores: warps over rows, each row against the group's heads.
+    float4 qv[ATT_HG][4];
+#pragma unroll
+    for (int hh = 0; hh < ATT_HG; hh++)
+#pragma unroll
+        for (int c = 0; c < 4; c++)
+            qv[hh][c] = c < n_chunk ? *((const float4*)(q + (size_t)(h0 + hh) * head_dim) + c * 32 + lane)
+                                    : make_float4(0, 0, 0, 0);
+    for (int j = warp; j < nj; j += n_warp) {
+        const float4* k = (const float4*)attn_row(j0 + j, n_raw, pos, raw_cap, head_dim, ring, comp, list, ratio);
+        float sc[ATT_HG];
+#pragma unroll
+        for (int hh = 0; hh < ATT_HG; hh++) sc[hh] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            if (c < n_chunk) {
+                const float4 a = __ldg(k + c * 32 + lane);
+#pragma unroll
+                for (int hh = 0; hh < ATT_HG; hh++)
+                    sc[hh] += a.x * qv[hh][c].x + a.y * qv[hh][c].y + a.z * qv[hh][c].z + a.w * qv[hh][c].w;
+            }
+        }
+#pragma unroll
+        for (int hh = 0; hh < ATT_HG; hh++) {
+            const float v = warp_sum(sc[hh]);
+            if (lane == 0) p[hh * slice_cap + j] = v * kq_scale;
+        }
+    }
+    __syncthreads();
+    // Per head: slice max and weights (warp hh handles head hh).
+    if (warp < ATT_HG) {
+        float m = NEG_SENTINEL;
+        for (int j = lane; j < nj; j += 32) m = fmaxf(m, p[warp * slice_cap + j]);
+        m = warp_max(m);
+        float l = 0.0f;
+        for (int j = lane; j < nj; j += 32) {
+            const float e = nj > 0 ? expf(p[warp * slice_cap + j] - m) : 0.0f;
+            p[warp * slice_cap + j] = e;
+            l += e;
+        }
+        l = warp_sum(l);
+        if (lane == 0) {
+            float* ml = part_ml + ((size_t)(h0 + warp) * n_split + s) * 2;
+            ml[0] = nj > 0 ? m : NEG_SENTINEL;
+            ml[1] = l;
+        }
+    }
+    __syncthreads();
+    // Values: threads over the row's elements, rows in order.
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float o[ATT_HG];
+#pragma unroll
+        for (int hh = 0; hh < ATT_HG; hh++) o[hh] = 0.0f;
+        for (int j = 0; j < nj; j++) {
+            const float v = __ldg(attn_row(j0 + j, n_raw, pos, raw_cap, head_dim, ring, comp, list, ratio) + d);
+#pragma unroll
+            for (int hh = 0; hh < ATT_HG; hh++) o[hh] += p[hh * slice_cap + j] * v;
+        }
+#pragma unroll
+        for (int hh = 0; hh < ATT_HG; hh++) part_o[((size_t)(h0 + hh) * n_split + s) * head_dim + d] = o[hh];
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) is_last = atomicAdd(counters + g, 1u) == (unsigned)n_split - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    if (threadIdx.x == 0) counters[g] = 0u;
+    for (int hh = 0; hh < ATT_HG; hh++) {
+        const int h = h0 + hh;
+        const float* ml = part_ml + (size_t)h * n_split * 2;
+        const float sink = sinks[h];
+        float M = sink;
+        for (int t = 0; t < n_split; t++) M = fmaxf(M, __ldcg(ml + 2 * t));
+        float den = expf(sink - M);
+        for (int t = 0; t < n_split; t++) den += expf(__ldcg(ml + 2 * t) - M) * __ldcg(ml + 2 * t + 1);
+        const float inv = 1.0f / den;
+        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+            float o = 0.0f;
+            for (int t = 0; t < n_split; t++)
+                o += expf(__ldcg(ml + 2 * t) - M) * __ldcg(part_o + ((size_t)h * n_split + t) * head_dim + d);
+            row[d] = o * inv;
+        }
+        __syncthreads();
+        rope_tail_block(row, head_dim, rope, (float)pos, true);
+        __syncthreads();
+        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) out[(size_t)h * head_dim + d] = row[d];
+        __syncthreads();
+    }
+}

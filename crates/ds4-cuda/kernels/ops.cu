@@ -32,10 +32,9 @@ extern "C" __global__ void rms_norm(const float* x, const float* w, float* out, 
 // normalised through the rms_scale folded into the matvec), compute pre/post/Sinkhorn-combine into
 // `hcw` (pre[n_hc], post[n_hc], M[n_hc²]) and write xa = RMSNorm(Σ_h pre_h·X[h]) ⊙ norm_w.
 // Dynamic shared memory: n_embd floats.
-extern "C" __global__ void hc_pre(const float* mix, const float* scale, const float* base, const float* X,
-                                  const float* norm_w, float* hcw, float* xa, int n_embd, int n_hc,
-                                  int sinkhorn_iters, float hc_eps, float rms_eps) {
-    extern __shared__ float u[];
+__device__ void hc_pre_core(const float* mix, const float* scale, const float* base, const float* X,
+                            const float* norm_w, float* hcw, float* xa, int n_embd, int n_hc,
+                            int sinkhorn_iters, float hc_eps, float rms_eps, float* u) {
     __shared__ float w[2 * 8 + 64];
     __shared__ double red[32];
     // Warp 0 computes the split; lane e owns combine entries e and e+32 (n_hc <= 8). Every sum
@@ -118,6 +117,75 @@ extern "C" __global__ void hc_pre(const float* mix, const float* scale, const fl
     __syncthreads();
     const float sc = block_rms_scale(u, n_embd, rms_eps, red);
     for (int d = threadIdx.x; d < n_embd; d += blockDim.x) xa[d] = (u[d] * sc) * norm_w[d];
+}
+
+extern "C" __global__ void hc_pre(const float* mix, const float* scale, const float* base, const float* X,
+                                  const float* norm_w, float* hcw, float* xa, int n_embd, int n_hc,
+                                  int sinkhorn_iters, float hc_eps, float rms_eps) {
+    extern __shared__ float u[];
+    hc_pre_core(mix, scale, base, X, norm_w, hcw, xa, n_embd, n_hc, sinkhorn_iters, hc_eps, rms_eps, u);
+}
+
+// The whole hyper-connection step between two sublayers in one launch (spec §3.4): the previous
+// sublayer's HC post (when y is set), the flat RMS, the mixer rows m = (fn·r)·scale, and — in the
+// block that finishes last — the split, Sinkhorn and the sublayer input xa. Every block redoes the
+// post and the RMS from the same inputs in the same order, so all blocks hold bit-identical values;
+// block 0 writes the new streams to X_out (X_in stays intact for the other blocks). The finishing
+// order only decides which block does the tail, never a value. `counter` is zero between launches.
+// Dynamic shared memory: (n_hc + 1)·n_embd floats.
+extern "C" __global__ void __launch_bounds__(512) hc_fused(
+    const float* X_in, float* X_out, const float* y, const float* hcw_prev, const __half* fn, const float* scale,
+    const float* base, const float* norm_w, float* mix, float* hcw, float* xa, unsigned int* counter, int n_embd,
+    int n_hc, int n_mix, int sinkhorn_iters, float hc_eps, float rms_eps) {
+    extern __shared__ float xs[];  // [n_hc][n_embd] streams, then [n_embd] for the tail
+    __shared__ double red[32];
+    __shared__ float redf[32];
+    __shared__ float mixs[2 * 8 + 64];
+    __shared__ int is_last;
+    const int n = n_hc * n_embd;
+    if (y) {
+        const float* post = hcw_prev + n_hc;
+        const float* M = hcw_prev + 2 * n_hc;
+        for (int d = threadIdx.x; d < n_embd; d += blockDim.x) {
+            float xin[8];
+            for (int r = 0; r < n_hc; r++) xin[r] = X_in[(size_t)r * n_embd + d];
+            for (int c = 0; c < n_hc; c++) {
+                float s = post[c] * y[d];
+                for (int r = 0; r < n_hc; r++) s += M[r * n_hc + c] * xin[r];
+                xs[c * n_embd + d] = s;
+            }
+        }
+    } else {
+        for (int i = threadIdx.x; i < n; i += blockDim.x) xs[i] = X_in[i];
+    }
+    __syncthreads();
+    if (blockIdx.x == 0)
+        for (int i = threadIdx.x; i < n; i += blockDim.x) X_out[i] = xs[i];
+    const float sc = block_rms_scale(xs, n, rms_eps, red);
+    for (int r = blockIdx.x; r < n_mix; r += gridDim.x) {
+        const __half* row = fn + (size_t)r * n;
+        float acc = 0.0f;
+        for (int i = threadIdx.x * 8; i < n; i += blockDim.x * 8) {
+            const uint4 w = __ldg((const uint4*)(row + i));
+            const float4 a = *(const float4*)(xs + i), b = *(const float4*)(xs + i + 4);
+            const float2 w0 = __half22float2(*(const __half2*)&w.x), w1 = __half22float2(*(const __half2*)&w.y);
+            const float2 w2 = __half22float2(*(const __half2*)&w.z), w3 = __half22float2(*(const __half2*)&w.w);
+            acc += w0.x * a.x + w0.y * a.y + w1.x * a.z + w1.y * a.w + w2.x * b.x + w2.y * b.y + w3.x * b.z +
+                   w3.y * b.w;
+        }
+        acc = block_sum(acc, redf);
+        if (threadIdx.x == 0) mix[r] = acc * sc;
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) is_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < n_mix; i += blockDim.x) mixs[i] = __ldcg(mix + i);
+    if (threadIdx.x == 0) *counter = 0u;
+    __syncthreads();
+    hc_pre_core(mixs, scale, base, xs, norm_w, hcw, xa, n_embd, n_hc, sinkhorn_iters, hc_eps, rms_eps, xs + n);
 }
 
 // spec §3.4 HC post: X[c][d] = post_c·y[d] + Σ_r M[r][c]·X[r][d], in place.

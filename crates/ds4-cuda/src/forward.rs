@@ -137,7 +137,12 @@ impl KvState {
 pub struct Scratch {
     /// `Step { token, pos }`
     pub step: DevBuf,
+    /// The HC streams, ping-ponged between `x` and `x2` by the fused HC step (it reads one while
+    /// writing the other).
     pub x: DevBuf,
+    pub x2: DevBuf,
+    /// Zero between launches: `hc_fused`'s count of finished blocks.
+    pub hc_counter: DevBuf,
     pub hc_scale: DevBuf,
     pub mix: DevBuf,
     pub hcw: DevBuf,
@@ -158,6 +163,10 @@ pub struct Scratch {
     pub list: DevBuf,
     pub index_gate: DevBuf,
     pub o: DevBuf,
+    /// attention_split's per-slice partial outputs, (max, sum) pairs and head-group counters.
+    pub att_part_o: DevBuf,
+    pub att_part_ml: DevBuf,
+    pub att_counters: DevBuf,
     pub low: DevBuf,
     pub attn_out: DevBuf,
     pub router: DevBuf,
@@ -179,6 +188,8 @@ impl Scratch {
         Ok(Scratch {
             step: f(2)?,
             x: f(cfg.hc_dim())?,
+            x2: f(cfg.hc_dim())?,
+            hc_counter: f(1)?,
             hc_scale: f(1)?,
             mix: f(cfg.hc_mix().max(cfg.n_hc))?,
             hcw: f(cfg.hc_mix())?,
@@ -197,6 +208,9 @@ impl Scratch {
             list: f(comp_cap.max(cfg.idx_top_k))?,
             index_gate: f(1)?,
             o: f(cfg.q_dim())?,
+            att_part_o: f(cfg.n_head * Kernels::ATT_SPLIT * cfg.head_dim)?,
+            att_part_ml: f(cfg.n_head * Kernels::ATT_SPLIT * 2)?,
+            att_counters: f(cfg.n_head.div_ceil(Kernels::ATT_HG))?,
             low: f(cfg.out_low_dim())?,
             attn_out: f(cfg.n_embd)?,
             router: f(cfg.n_expert)?,
@@ -344,28 +358,37 @@ fn swiglu(
 
 // ---- spec/model.md §3.3 embedding, §3.4 hyper-connections ----------------------------------------
 
-/// §3.4 steps 1-6 + the sublayer norm: writes pre/post/combine to `s.hcw` and the normed input
-/// to `out`.
-fn hc_pre(
+/// §3.4: the pending HC post of the previous sublayer (output `y`, 0 for none) applied to the
+/// streams in `x_in`, written to `x_out`, then steps 1-6 + the sublayer norm: pre/post/combine to
+/// `s.hcw` and the normed sublayer input to `out`. One launch.
+#[allow(clippy::too_many_arguments)]
+fn hc_step(
     k: &Kernels,
     cfg: &Config,
     hc: &DevHc,
     norm: &DevTensor,
     s: &Scratch,
+    (x_in, x_out): (DPtr, DPtr),
+    y: DPtr,
     out: DPtr,
 ) -> Result<(), Error> {
-    k.rms_scale(s.x.ptr(), cfg.hc_dim(), cfg.rms_eps, s.hc_scale.ptr())?; // 1: flat RMS
-    let mut mv = Mv::new(&hc.fn_, s.x.ptr(), s.mix.ptr()); // 2: m = fn·r
-    mv.xscale = s.hc_scale.ptr();
-    mv.run(k)?;
-    k.hc_pre(
-        s.mix.ptr(),
-        hc.scale.ptr(),
-        hc.base.ptr(),
-        s.x.ptr(),
+    if hc.fn_.ty != TensorType::F16 {
+        return Err(Error::Unsupported(format!(
+            "HC mixer is {}, the CUDA backend reads F16",
+            hc.fn_.ty
+        )));
+    }
+    k.hc_fused(
+        x_in,
+        x_out,
+        y,
+        s.hcw.ptr(),
+        (hc.fn_.ptr(), hc.scale.ptr(), hc.base.ptr()),
         norm.ptr(),
+        s.mix.ptr(),
         s.hcw.ptr(),
         out,
+        s.hc_counter.ptr(),
         cfg,
     )
 }
@@ -417,9 +440,8 @@ fn attention_sublayer(
 ) -> Result<(), Error> {
     let kind = cfg.attn_kinds[il];
     let rope = RopeArgs::new(&cfg.rope(il), cfg.n_rot);
-    hc_pre(k, cfg, &l.hc_attn, &l.attn_norm, s, s.xa.ptr())?; // A1, A2
-                                                              // Every projection of xa in one launch: A3 q_a, A5 kv, A9/A10.1 C1 compressor kv and score,
-                                                              // A10 indexer weights (skipped while the indexer gate is closed).
+    // Every projection of xa in one launch: A3 q_a, A5 kv, A9/A10.1 C1 compressor kv and score,
+    // A10 indexer weights (skipped while the indexer gate is closed).
     let mut mats = vec![
         dense_mat(&l.attn_q_a, s.qa.ptr())?,
         dense_mat(&l.attn_kv, s.kv_raw.ptr())?,
@@ -575,10 +597,9 @@ fn attention_sublayer(
             AttnKind::Compressed4 => cfg.idx_top_k.min(kv.comp_cap),
             AttnKind::CompressedN(_) => kv.comp_cap,
         };
-    k.attention(
+    k.attention_split(
         s.q.ptr(),
-        kv.ring.ptr(),
-        raw_cap,
+        (kv.ring.ptr(), raw_cap),
         comp,
         list,
         l.attn_sinks.ptr(),
@@ -587,28 +608,25 @@ fn attention_sublayer(
         kind.ratio(),
         rope,
         s.o.ptr(),
+        (
+            s.att_part_o.ptr(),
+            s.att_part_ml.ptr(),
+            s.att_counters.ptr(),
+        ),
         max_rows,
     )?; // A11, A12
     let mut mv = Mv::new(&l.attn_output_a, s.o.ptr(), s.low.ptr()); // A13: 8 groups of 8 heads
     mv.rows_per_group = cfg.o_lora_rank;
     mv.run(k)?;
-    Mv::new(&l.attn_output_b, s.low.ptr(), s.attn_out.ptr()).run(k)?;
-    k.hc_post(
-        s.x.ptr(),
-        s.attn_out.ptr(),
-        s.hcw.ptr(),
-        cfg.n_embd,
-        cfg.n_hc,
-    ) // A14
+    Mv::new(&l.attn_output_b, s.low.ptr(), s.attn_out.ptr()).run(k) // A14: HC post in the next hc_step
 }
 
 // ---- spec/model.md §3.6 FFN sublayer -------------------------------------------------------------
 
 /// §3.6 F1-F8; `s.x` is updated in place.
 fn ffn_sublayer(k: &Kernels, cfg: &Config, l: &DevLayer, s: &Scratch) -> Result<(), Error> {
-    let xf = s.xa.ptr();
-    hc_pre(k, cfg, &l.hc_ffn, &l.ffn_norm, s, xf)?; // F1
-                                                    // F2 router logits and F6 the shared expert's SwiGLU, both from xf, in one launch.
+    let xf = s.xa.ptr(); // F1 (hc_step)
+                         // F2 router logits and F6 the shared expert's SwiGLU, both from xf, in one launch.
     let from_xf = DenseInput {
         x: xf,
         n_in: cfg.n_embd,
@@ -662,28 +680,27 @@ fn ffn_sublayer(k: &Kernels, cfg: &Config, l: &DevLayer, s: &Scratch) -> Result<
     k.gemv(d.ty, GemvMode::Down, a, 1)?; // F5: Σ_k in selection order
     let mut mv = Mv::new(&l.ffn_down_shexp, s.shmid.ptr(), s.ffn_out.ptr());
     mv.add = s.moe.ptr(); // F7: moe + sh
-    mv.run(k)?;
-    k.hc_post(
-        s.x.ptr(),
-        s.ffn_out.ptr(),
-        s.hcw.ptr(),
-        cfg.n_embd,
-        cfg.n_hc,
-    ) // F8
+    mv.run(k) // F8: HC post in the next hc_step
 }
 
 // ---- spec/model.md §3.7 output head, §3.1 the whole step -----------------------------------------
 
-fn output_head(k: &Kernels, cfg: &Config, w: &DevWeights, s: &Scratch) -> Result<(), Error> {
-    k.rms_scale(s.x.ptr(), cfg.hc_dim(), cfg.rms_eps, s.hc_scale.ptr())?; // 1
-    let mut mv = Mv::new(&w.output_hc_fn, s.x.ptr(), s.mix.ptr()); // 2
+fn output_head(
+    k: &Kernels,
+    cfg: &Config,
+    w: &DevWeights,
+    s: &Scratch,
+    x: DPtr,
+) -> Result<(), Error> {
+    k.rms_scale(x, cfg.hc_dim(), cfg.rms_eps, s.hc_scale.ptr())?; // 1
+    let mut mv = Mv::new(&w.output_hc_fn, x, s.mix.ptr()); // 2
     mv.xscale = s.hc_scale.ptr();
     mv.run(k)?;
     k.head_collapse(
         s.mix.ptr(),
         w.output_hc_scale.ptr(),
         w.output_hc_base.ptr(),
-        s.x.ptr(),
+        x,
         w.output_norm.ptr(),
         s.head_in.ptr(),
         cfg,
@@ -709,11 +726,41 @@ pub fn decode_step(
     if cfg.attn_kinds.contains(&AttnKind::Compressed4) {
         k.set_index_gate(s.step.ptr(), 4, cfg.idx_top_k, s.index_gate.ptr())?;
     }
+    // The streams alternate between two buffers; each sublayer's HC post runs at the start of the
+    // next hc_step (fused), the last one before the head.
+    let bufs = [s.x.ptr(), s.x2.ptr()];
+    let (mut cur, mut pending) = (0usize, 0 as DPtr);
     for (il, (l, lkv)) in w.layers.iter().zip(&kv.layers).enumerate() {
+        hc_step(
+            k,
+            cfg,
+            &l.hc_attn,
+            &l.attn_norm,
+            s,
+            (bufs[cur], bufs[1 - cur]),
+            pending,
+            s.xa.ptr(),
+        )?; // A1, A2
+        cur = 1 - cur;
         attention_sublayer(k, cfg, il, l, lkv, kv.raw_cap, s)?;
+        hc_step(
+            k,
+            cfg,
+            &l.hc_ffn,
+            &l.ffn_norm,
+            s,
+            (bufs[cur], bufs[1 - cur]),
+            s.attn_out.ptr(),
+            s.xa.ptr(),
+        )?; // A14 + F1
+        cur = 1 - cur;
         ffn_sublayer(k, cfg, l, s)?;
+        pending = s.ffn_out.ptr();
     }
-    output_head(k, cfg, w, s)
+    if pending != 0 {
+        k.hc_post(bufs[cur], pending, s.hcw.ptr(), cfg.n_embd, cfg.n_hc)?; // F8 of the last layer
+    }
+    output_head(k, cfg, w, s, bufs[cur])
 }
 
 /// Checks that the weights are in types the kernels read.

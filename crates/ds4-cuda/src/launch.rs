@@ -177,6 +177,7 @@ pub struct Kernels {
     rms_norm: sys::CUfunction,
     hc_pre: sys::CUfunction,
     hc_post: sys::CUfunction,
+    hc_fused: sys::CUfunction,
     head_norm_rope: sys::CUfunction,
     kv_finish: sys::CUfunction,
     route: sys::CUfunction,
@@ -187,6 +188,7 @@ pub struct Kernels {
     index_scores: sys::CUfunction,
     index_topk: sys::CUfunction,
     attention: sys::CUfunction,
+    attention_split: sys::CUfunction,
     fill_random: sys::CUfunction,
     fix_scales: sys::CUfunction,
     /// Per-launch event pairs while profiling (eager launches only, see [`Kernels::profile_start`]).
@@ -238,6 +240,7 @@ impl Kernels {
             rms_norm: f("ops", "rms_norm")?,
             hc_pre: f("ops", "hc_pre")?,
             hc_post: f("ops", "hc_post")?,
+            hc_fused: f("ops", "hc_fused")?,
             head_norm_rope: f("ops", "head_norm_rope")?,
             kv_finish: f("ops", "kv_finish")?,
             route: f("ops", "route")?,
@@ -248,6 +251,7 @@ impl Kernels {
             index_scores: f("attention", "index_scores")?,
             index_topk: f("attention", "index_topk")?,
             attention: f("attention", "attention")?,
+            attention_split: f("attention", "attention_split")?,
             fill_random: f("gemv", "fill_random")?,
             fix_scales: f("gemv", "fix_scales")?,
             profile: std::sync::Mutex::new(None),
@@ -565,6 +569,53 @@ impl Kernels {
         )
     }
 
+    /// The hyper-connection step between two sublayers in one launch (kernels/ops.cu `hc_fused`):
+    /// `X_out = post(X_in, y, hcw_prev)` (or a copy of `X_in` when `y` is 0), then the mixer and
+    /// split of `hc` into `hcw`, and the sublayer input `xa`. `counter`: a zeroed device u32.
+    #[allow(clippy::too_many_arguments)]
+    pub fn hc_fused(
+        &self,
+        x_in: DPtr,
+        x_out: DPtr,
+        y: DPtr,
+        hcw_prev: DPtr,
+        (fn_, scale, base): (DPtr, DPtr, DPtr),
+        norm_w: DPtr,
+        mix: DPtr,
+        hcw: DPtr,
+        xa: DPtr,
+        counter: DPtr,
+        cfg: &ds4_model::Config,
+    ) -> Result<(), Error> {
+        assert!(
+            cfg.n_hc <= 8 && cfg.hc_mix() <= 80 && (cfg.n_hc * cfg.n_embd).is_multiple_of(8),
+            "invariant: hc_fused holds at most 8 streams and 80 mixer rows, rows of whole uint4"
+        );
+        assert!(
+            x_in != x_out,
+            "invariant: hc_fused reads X_in while block 0 writes X_out"
+        );
+        let (n_embd, n_hc, n_mix, iters) = (
+            cfg.n_embd as i32,
+            cfg.n_hc as i32,
+            cfg.hc_mix() as i32,
+            cfg.sinkhorn_iters as i32,
+        );
+        let (he, re) = (cfg.hc_eps, cfg.rms_eps);
+        let mut p = args![
+            x_in, x_out, y, hcw_prev, fn_, scale, base, norm_w, mix, hcw, xa, counter, n_embd,
+            n_hc, n_mix, iters, he, re
+        ];
+        self.launch(
+            "hc_fused",
+            self.hc_fused,
+            (cfg.hc_mix() as u32, 1, 1),
+            512,
+            ((cfg.n_hc + 1) * cfg.n_embd * 4) as u32,
+            &mut p,
+        )
+    }
+
     pub fn hc_post(
         &self,
         x: DPtr,
@@ -847,6 +898,68 @@ impl Kernels {
             self.attention,
             (cfg.n_head as u32, 1, 1),
             block,
+            smem,
+            &mut p,
+        )
+    }
+
+    /// Heads per block of [`Kernels::attention_split`] (`ATT_HG` in kernels/attention.cu).
+    pub const ATT_HG: usize = 4;
+    /// Row slices of [`Kernels::attention_split`]: 16 head groups × 16 slices fill the GPU.
+    pub const ATT_SPLIT: usize = 16;
+
+    /// The attention of [`Kernels::attention`], split over head groups and row slices with a
+    /// fixed-order combine (kernels/attention.cu `attention_split`). `part_o`: n_head·ATT_SPLIT·
+    /// head_dim floats, `part_ml`: n_head·ATT_SPLIT·2 floats, `counters`: n_head/ATT_HG zeroed u32.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_split(
+        &self,
+        q: DPtr,
+        (ring, raw_cap): (DPtr, usize),
+        comp: DPtr,
+        list: DPtr,
+        sinks: DPtr,
+        step: DPtr,
+        cfg: &ds4_model::Config,
+        ratio: usize,
+        rope: RopeArgs,
+        out: DPtr,
+        (part_o, part_ml, counters): (DPtr, DPtr, DPtr),
+        max_rows: usize,
+    ) -> Result<(), Error> {
+        assert!(
+            cfg.head_dim.is_multiple_of(128)
+                && cfg.head_dim <= 512
+                && cfg.n_head.is_multiple_of(Self::ATT_HG),
+            "invariant: attention_split reads rows as 32 lanes × up to 4 float4 (head_dim {}), \
+             heads in groups of {}",
+            cfg.head_dim,
+            Self::ATT_HG
+        );
+        let slice_cap = max_rows.div_ceil(Self::ATT_SPLIT).max(1);
+        let (rc, swa, r, k, hd, sc) = (
+            raw_cap as i32,
+            cfg.n_swa as i32,
+            ratio as i32,
+            cfg.idx_top_k as i32,
+            cfg.head_dim as i32,
+            slice_cap as i32,
+        );
+        let kq = cfg.kq_scale();
+        let mut p = args![
+            q, ring, rc, comp, list, sinks, step, swa, r, k, hd, kq, rope, out, part_o, part_ml,
+            counters, sc
+        ];
+        let smem = ((Self::ATT_HG * slice_cap + cfg.head_dim) * 4) as u32;
+        self.launch(
+            "attention_split",
+            self.attention_split,
+            (
+                (cfg.n_head / Self::ATT_HG) as u32,
+                Self::ATT_SPLIT as u32,
+                1,
+            ),
+            256,
             smem,
             &mut p,
         )
