@@ -258,3 +258,173 @@ fn a_thinking_follow_up_restores_the_hidden_reasoning_after_a_restart() {
     );
     c.stop();
 }
+
+/// A `ds4-server --demo` process on a disk cache directory.
+struct Proc {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Proc {
+    fn spawn(
+        demo_cache: &std::path::Path,
+        kv_dir: &std::path::Path,
+        trace: &std::path::Path,
+    ) -> Proc {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ds4-server"))
+            .args([
+                "--demo",
+                "--test-forced-output",
+                "--port",
+                "0",
+                "--ctx",
+                "1024",
+                "-n",
+                "256",
+            ])
+            .arg("--kv-disk-dir")
+            .arg(kv_dir)
+            .args([
+                "--kv-cache-min-tokens",
+                "64",
+                "--kv-cache-cold-max-tokens",
+                "1000",
+                "--kv-cache-continued-interval-tokens",
+                "0",
+            ])
+            .arg("--trace")
+            .arg(trace)
+            .env("DS4_CACHE_DIR", demo_cache)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[server] {line}");
+                if let Some(url) = line.strip_prefix("ds4-server: listening on http://") {
+                    let _ = tx.send(url.trim().to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("server did not start")
+            .parse()
+            .unwrap();
+        Proc { child, addr }
+    }
+
+    /// SIGTERM, then wait for the exit (the worker's shutdown save happens on the way out).
+    fn terminate(mut self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let t = std::time::Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(st.success(), "server exited with {st}");
+                return;
+            }
+            assert!(t.elapsed().as_secs() < 60, "server did not exit on SIGTERM");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// spec §5.4 KTM / issue 7 item 4: server A samples a tool call and is stopped with SIGTERM (its
+/// shutdown checkpoint carries the call's exact DSML in the tool-id map); server B, a new process
+/// on the same directory, receives the follow-up with the call re-serialized by the client and
+/// still renders the sampled bytes, so the restored checkpoint covers the whole first turn.
+#[test]
+fn exact_tool_replay_survives_a_restart_through_the_kv_tool_map() {
+    let demo = tempfile::tempdir().unwrap();
+    let kv_dir = tempfile::tempdir().unwrap();
+    let traces = tempfile::tempdir().unwrap();
+    let system: String = (0..40).map(|i| format!("Tool rule {i}. ")).collect();
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}}]);
+    // Bytes the canonical renderer would not produce: spaces around a JSON value.
+    let sampled = "\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"get_weather\">\n<｜DSML｜parameter name=\"city\" string=\"true\">Rome</｜DSML｜parameter>\n<｜DSML｜parameter name=\"days\" string=\"false\"> 2 </｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>";
+    let first = json!({"tools": tools, "messages": [
+        {"role": "system", "content": system},
+        {"role": "user", "content": "Weather in Rome?"}]});
+
+    let a = Proc::spawn(demo.path(), kv_dir.path(), &traces.path().join("a.txt"));
+    let v1 = post_forced(
+        a.addr,
+        "/v1/chat/completions",
+        &first,
+        &format!("Look it up.</think>{sampled}"),
+    )
+    .json();
+    assert_eq!(v1["choices"][0]["finish_reason"], "tool_calls", "{v1}");
+    let (p1, _) = usage(&v1);
+    let g1 = v1["usage"]["completion_tokens"].as_u64().unwrap();
+    let call = v1["choices"][0]["message"]["tool_calls"][0].clone();
+    a.terminate();
+    // The shutdown checkpoint holds a tool map (header flag bit 0) naming the call.
+    let id = call["id"].as_str().unwrap();
+    let with_map: Vec<Vec<u8>> = std::fs::read_dir(kv_dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read(e.path()).unwrap())
+        .filter(|b| b.len() > 8 && b[6] & 1 == 1)
+        .collect();
+    assert_eq!(with_map.len(), 1, "one checkpoint with a KTM section");
+    let bytes = &with_map[0];
+    assert!(
+        bytes.windows(3).any(|w| w == b"KTM")
+            && bytes.windows(id.len()).any(|w| w == id.as_bytes())
+    );
+
+    let trace_b = traces.path().join("b.txt");
+    let b = Proc::spawn(demo.path(), kv_dir.path(), &trace_b);
+    let second = json!({"tools": tools, "messages": [
+        {"role": "system", "content": system},
+        {"role": "user", "content": "Weather in Rome?"},
+        {"role": "assistant", "content": "", "reasoning_content": "Look it up.", "tool_calls": [
+            {"id": id, "type": "function", "function": {"name": "get_weather", "arguments": "{\"days\": 2, \"city\": \"Rome\"}"}}]},
+        {"role": "tool", "tool_call_id": id, "content": "Sunny"}]});
+    let v2 = post_forced(
+        b.addr,
+        "/v1/chat/completions",
+        &second,
+        "Sunny.</think>It is sunny.",
+    )
+    .json();
+    let (_, cached) = usage(&v2);
+    assert_eq!(
+        cached,
+        p1 + g1,
+        "the restored checkpoint covers the sampled call: {v2}"
+    );
+    b.terminate();
+    let text = std::fs::read_to_string(&trace_b).unwrap();
+    assert!(
+        text.contains("tool_replay: mem=1 disk=1 canonical=0 missing_ids=0"),
+        "{text}"
+    );
+    assert!(text.contains("cache_source: disk-text"), "{text}");
+    let prompt = text
+        .split("--- rendered prompt ---\n")
+        .nth(1)
+        .and_then(|r| r.split("\n--- generated ---").next())
+        .unwrap();
+    assert!(
+        prompt.contains(sampled),
+        "exact sampled DSML in the prompt:\n{prompt}"
+    );
+}
