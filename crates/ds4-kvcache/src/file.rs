@@ -184,8 +184,10 @@ const KTM_VERSION: u8 = 1;
 /// spec/server.md §5.4 load limits.
 const MAX_ID_BYTES: u32 = 256;
 const MAX_DSML_BYTES: u32 = 512 << 20;
-/// Most entries read from one map (the spec's "4 x max ids"; the server remembers at most 4096).
-pub const MAX_TOOL_ENTRIES: u32 = 4 * 4096;
+/// Most entries in one map: spec/server.md §5.4's "4 x max ids" for the default
+/// `--tool-memory-max-ids` (100000). Reading allocates only for bytes that exist, so the bound is
+/// about refusing nonsense counts, not memory.
+pub const MAX_TOOL_ENTRIES: u32 = 4 * 100_000;
 
 pub(crate) fn encode_tool_map(entries: &[ToolMemory]) -> Vec<u8> {
     let mut out = Vec::new();

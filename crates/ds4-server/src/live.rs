@@ -184,7 +184,7 @@ pub struct LiveIds {
 }
 
 /// Most tool-map entries written into one `.kv` file (spec §5.4: the loader accepts 4 x the
-/// default `--tool-memory-max-ids`).
+/// default `--tool-memory-max-ids`; ds4-kvcache's `MAX_TOOL_ENTRIES` is the same number).
 pub const MAX_TOOL_MAP_ENTRIES: usize = 4 * ds4_chat::dsml::TOOL_MEMORY_MAX_IDS;
 
 /// The three block spellings (spec §2.4): opener, closer.
