@@ -29,12 +29,10 @@ fn env(name: &str, default: usize) -> usize {
 }
 
 fn variants() -> Vec<Kernels> {
-    let mut v: Vec<Kernels> = Kernels::available()
+    Kernels::available()
         .into_iter()
         .filter(|k| k.name != "scalar")
-        .collect();
-    v.extend(ds4_quant::x86::experiments());
-    v
+        .collect()
 }
 
 fn main() {
@@ -71,7 +69,6 @@ fn main() {
                 let t = t0.elapsed().as_secs_f64();
                 *b = (b.0.min(t), b.1.min(c));
                 match &first {
-                    _ if k.name.starts_with("x-") => {}
                     None => first = Some(y.clone()),
                     Some(f) => assert!(
                         f.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),

@@ -113,12 +113,33 @@ impl Kernels {
         None
     }
 
-    /// Every table this CPU can run, scalar first (for tests and benchmarks).
+    /// The AVX-512 table as a CPU without VBMI / BITALG (Skylake-X, Cascade Lake) gets it, if
+    /// this CPU has AVX-512 with VBMI (where it is otherwise the same as [`Kernels::avx512`]),
+    /// so tests and benchmarks cover those kernels too.
+    pub fn avx512_without_vbmi() -> Option<Kernels> {
+        #[cfg(target_arch = "x86_64")]
+        if crate::x86::avx512::supported_vbmi() {
+            let base = Kernels::avx2()?;
+            return Some(Kernels {
+                name: "avx512-novbmi",
+                ..crate::x86::avx512::kernels_without_vbmi(base)
+            });
+        }
+        None
+    }
+
+    /// Every table this CPU can run, scalar first and [`Kernels::best`] last (for tests and
+    /// benchmarks).
     pub fn available() -> Vec<Kernels> {
-        [Some(Kernels::scalar()), Kernels::avx2(), Kernels::avx512()]
-            .into_iter()
-            .flatten()
-            .collect()
+        [
+            Some(Kernels::scalar()),
+            Kernels::avx2(),
+            Kernels::avx512_without_vbmi(),
+            Kernels::avx512(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     /// The fastest table this CPU supports, chosen once per process.

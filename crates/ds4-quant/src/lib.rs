@@ -37,8 +37,7 @@ pub mod quantize;
 pub mod scalar;
 pub mod synth;
 #[cfg(target_arch = "x86_64")]
-#[doc(hidden)]
-pub mod x86;
+mod x86;
 
 pub use acts::{ActFormat, QuantizedActs};
 pub use ds4_gguf::TensorType;

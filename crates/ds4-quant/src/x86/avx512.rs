@@ -30,8 +30,7 @@ pub fn supported() -> bool {
 pub fn kernels(base: Kernels) -> Kernels {
     let mut k = kernels_without_vbmi(base);
     if supported_vbmi() {
-        // SAFETY (both): supported_vbmi said yes.
-        k.iq2_xxs_q = |r, a| unsafe { dot_q_iq2_xxs_vbmi(r, a.q8k_blocks()) };
+        k.iq2_xxs_q = dot_q_iq2_xxs_vbmi;
         k.q2_k_q = dot_q_q2_k_vbmi;
     }
     k
@@ -170,6 +169,7 @@ avx512_fn! {
         let mut i = 0;
         // SAFETY (loop bodies): i + 64 (or 16) <= n elements of row and x are readable.
         while i + 64 <= n {
+            crate::x86::prefetch_ahead::<128>(w.wrapping_add(2 * i));
             for (k, a) in acc.iter_mut().enumerate() {
                 let h = unsafe { ld256(w.add(2 * (i + 16 * k))) };
                 *a = _mm512_fmadd_ps(_mm512_cvtph_ps(h), unsafe { ldx(xp.add(i + 16 * k)) }, *a);
@@ -231,6 +231,7 @@ avx512_fn! {
                 _mm512_storeu_ps(ds.as_mut_ptr(), _mm512_cvtph_ps(ld256(dh.as_ptr() as *const u8)));
                 for i in 0..n {
                     let p = p0.add(34 * i);
+                    crate::x86::prefetch_ahead::<34>(p);
                     let xb = x.as_ptr().add(32 * (b0 + i));
                     let s = _mm512_mul_ps(i8x16_ps(ld128(p.add(2))), ldx(xb));
                     let s = _mm512_fmadd_ps(i8x16_ps(ld128(p.add(18))), ldx(xb.add(16)), s);
@@ -399,6 +400,7 @@ avx512_fn! {
             // SAFETY: block b is bytes 84b..84b+84 of row; x holds 256 values per block.
             unsafe {
                 let p = row.as_ptr().add(84 * b);
+                crate::x86::prefetch_ahead::<84>(p);
                 let xb = x.as_ptr().add(256 * b);
                 let (dl, ml) = q2k_dl_ml(p);
                 for h in 0..2 {
@@ -485,6 +487,7 @@ avx512_fn! {
             // SAFETY: block b is bytes 144b..144b+144 of row; x holds 256 values per block.
             unsafe {
                 let p = row.as_ptr().add(144 * b);
+                crate::x86::prefetch_ahead::<144>(p);
                 let xb = x.as_ptr().add(256 * b);
                 let (dl, ml) = q4k_dl_ml(p);
                 for c in 0..4 {
@@ -540,6 +543,7 @@ avx512_fn! {
             // SAFETY: block b is bytes 66b..66b+66 of row; x holds 256 values per block.
             unsafe {
                 let p = row.as_ptr().add(66 * b);
+                crate::x86::prefetch_ahead::<66>(p);
                 let xb = x.as_ptr().add(256 * b);
                 let db = iq2_sub_scales(p);
                 for sb in 0..8 {
@@ -696,64 +700,110 @@ vbmi_fn! {
     /// bit by `vpopcntb`; each 64-lane chunk's sign mask is one `vpermb` + `vptestmb`, applied
     /// to the activations by a masked negate. `vpdpbusd` (grid u8 × signed act) gives i32 lanes
     /// that fit in i16 (|Σ4| ≤ 4·43·127), so `vpdpwssd` against `(2t+1, 0)` i16 pairs applies
-    /// the sub-block scale and accumulates in one instruction.
-    pub unsafe fn dot_q_iq2_xxs_vbmi(row: &[u8], y: &[BlockQ8K]) -> f32 {
-        // Grid-index bytes 0-3 of each sub-block's u64, packed into bytes 0..32.
-        let pick_idx = _mm512_set_epi64(0, 0, 0, 0,
-            0x3b3a_3938_3332_3130, 0x2b2a_2928_2322_2120, 0x1b1a_1918_1312_1110, 0x0b0a_0908_0302_0100);
-        // Sign code l of each u64 starts at bit 32 + 7l.
-        let cut = _mm512_set1_epi64(0x352e_2720);
-        let m7 = _mm512_set1_epi8(0x7f);
-        let bits = _mm512_set1_epi64(0x8040_2010_0804_0201u64 as i64);
-        // For chunk g (sub-blocks 2g, 2g+1): lane j takes sign byte 8·(2g + j/32) + (j%32)/8.
-        let sign_idx: [__m512i; 4] = std::array::from_fn(|g| {
-            let mut b = [0u8; 64];
-            for (j, v) in b.iter_mut().enumerate() {
-                *v = (8 * (2 * g + j / 32) + (j % 32) / 8) as u8;
-            }
-            // SAFETY: b is 64 readable bytes.
-            unsafe { ld512(b.as_ptr()) }
-        });
-        // For chunk g: dword lanes 0-7 take sub-block 2g's scale (dword 2·2g), 8-15 sub-block 2g+1's.
-        let ls_idx: [__m512i; 4] = std::array::from_fn(|g| {
-            let (a, b) = (4 * g as i32, 4 * g as i32 + 2);
-            _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b)
-        });
+    /// the sub-block scale and accumulates in one instruction. Eight blocks' sums are reduced
+    /// together and their f32 terms computed in one vector, then added blocks ascending.
+    pub unsafe fn dot_q_iq2_xxs_vbmi(row: &[u8], a: &QuantizedActs) -> f32 {
+        let y = a.q8k_blocks();
+        let yqa = a.q8k_qs().as_ptr() as *const u8;
+        let nb = (row.len() / 66).min(y.len());
+        let off = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(66));
+        let yoff = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(size_of::<BlockQ8K>() as i32));
         let mut acc = 0.0f32;
-        for (b, yb) in y.iter().enumerate().take(row.len() / 66) {
-            // SAFETY: block b is bytes 66b..66b+66 of row; yb holds its 256 activations.
+        let mut b = 0;
+        while b + 8 <= nb {
+            // SAFETY: blocks b..b+8 lie in row and y; the aligned quants hold 256 per block.
             unsafe {
                 let p = row.as_ptr().add(66 * b);
-                crate::x86::prefetch_ahead::<66>(p);
-                let yq = yb.qs.as_ptr() as *const u8;
-                let q = ld512(p.add(2));
-                let idx = _mm512_permutexvar_epi8(pick_idx, q);
-                let i_lo = _mm512_cvtepu8_epi32(_mm512_castsi512_si128(idx));
-                let i_hi = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32::<1>(idx));
-                let gp = GRID.as_ptr() as *const i64;
-                let grid = [
-                    _mm512_i32gather_epi64::<8>(_mm512_castsi512_si256(i_lo), gp),
-                    _mm512_i32gather_epi64::<8>(_mm512_extracti64x4_epi64::<1>(i_lo), gp),
-                    _mm512_i32gather_epi64::<8>(_mm512_castsi512_si256(i_hi), gp),
-                    _mm512_i32gather_epi64::<8>(_mm512_extracti64x4_epi64::<1>(i_hi), gp),
-                ];
-                let codes = _mm512_and_si512(_mm512_multishift_epi64_epi8(cut, q), m7);
-                let par = _mm512_slli_epi16::<7>(_mm512_and_si512(_mm512_popcnt_epi8(codes), _mm512_set1_epi8(1)));
-                let signs = _mm512_or_si512(codes, par);
-                let ls = _mm512_add_epi64(_mm512_srli_epi64::<59>(_mm512_andnot_si512(_mm512_set1_epi64(0x0fff_ffff_ffff_ffff), q)), _mm512_set1_epi64(1));
-                let mut isum = _mm512_setzero_si512();
-                for g in 0..4 {
-                    let neg = _mm512_test_epi8_mask(_mm512_permutexvar_epi8(sign_idx[g], signs), bits);
-                    let yv = ld512(yq.add(64 * g));
-                    let sy = _mm512_mask_sub_epi8(yv, neg, _mm512_setzero_si512(), yv);
-                    let v = _mm512_dpbusd_epi32(_mm512_setzero_si512(), grid[g], sy);
-                    isum = _mm512_dpwssd_epi32(isum, v, _mm512_permutexvar_epi32(ls_idx[g], ls));
+                let mut sums = [_mm256_setzero_si256(); 8];
+                for (i, s) in sums.iter_mut().enumerate() {
+                    *s = iq2_block_sums(p.add(66 * i), yqa.add(256 * (b + i)));
                 }
-                let bsum = _mm512_reduce_add_epi32(isum);
+                let bsum = _mm256_cvtepi32_ps(crate::x86::avx2::reduce8_i32(sums));
+                let d = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_i32gather_epi32::<1>(p as *const i32, off)));
+                let yd = _mm256_i32gather_ps::<1>(y.as_ptr().add(b) as *const f32, yoff);
+                // 0.125·((d·d_y)·bsum), the scalar's order.
+                let t = _mm256_mul_ps(_mm256_set1_ps(0.125), _mm256_mul_ps(_mm256_mul_ps(d, yd), bsum));
+                let mut tt = [0.0f32; 8];
+                _mm256_storeu_ps(tt.as_mut_ptr(), t);
+                for v in tt {
+                    acc += v;
+                }
+            }
+            b += 8;
+        }
+        for (bb, yb) in y.iter().enumerate().take(nb).skip(b) {
+            // SAFETY: block bb lies in row; the aligned quants hold 256 per block.
+            unsafe {
+                let p = row.as_ptr().add(66 * bb);
+                let s = iq2_block_sums(p, yqa.add(256 * bb));
+                let bsum = _mm512_reduce_add_epi32(_mm512_castsi256_si512(s));
                 acc += 0.125 * ((f16_to_f32(rd16(p)) * yb.d) * bsum as f32);
             }
         }
         acc
+    }
+}
+
+/// `vpermb` indices of [`iq2_block_sums`]: for chunk `g` (sub-blocks 2g, 2g+1), lane `j` takes
+/// sign byte `8·(2g + j/32) + (j%32)/8`.
+static IQ2_SIGN_IDX: [[u8; 64]; 4] = {
+    let mut t = [[0u8; 64]; 4];
+    let mut g = 0;
+    while g < 4 {
+        let mut j = 0;
+        while j < 64 {
+            t[g][j] = (8 * (2 * g + j / 32) + (j % 32) / 8) as u8;
+            j += 1;
+        }
+        g += 1;
+    }
+    t
+};
+
+vbmi_fn! {
+    /// One IQ2_XXS block's `Σ_b (2t_b+1)·Σ sign·grid·q_y` as eight i32 partial sums (the method
+    /// is [`dot_q_iq2_xxs_vbmi`]'s); `yq` is the block's 256 activation quants.
+    #[inline]
+    unsafe fn iq2_block_sums(p: *const u8, yq: *const u8) -> __m256i {
+        // SAFETY: p points at a whole 66-byte block, yq at 256 readable quants; the statics are
+        // 64 bytes each.
+        unsafe {
+            crate::x86::prefetch_ahead::<66>(p);
+            // Grid-index bytes 0-3 of each sub-block's u64, packed into bytes 0..32.
+            let pick_idx = _mm512_set_epi64(0, 0, 0, 0,
+                0x3b3a_3938_3332_3130, 0x2b2a_2928_2322_2120, 0x1b1a_1918_1312_1110, 0x0b0a_0908_0302_0100);
+            // Sign code l of each u64 starts at bit 32 + 7l.
+            let cut = _mm512_set1_epi64(0x352e_2720);
+            let bits = _mm512_set1_epi64(0x8040_2010_0804_0201u64 as i64);
+            let q = ld512(p.add(2));
+            let idx = _mm512_permutexvar_epi8(pick_idx, q);
+            let i_lo = _mm512_cvtepu8_epi32(_mm512_castsi512_si128(idx));
+            let i_hi = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32::<1>(idx));
+            let gp = GRID.as_ptr() as *const i64;
+            let grid = [
+                _mm512_i32gather_epi64::<8>(_mm512_castsi512_si256(i_lo), gp),
+                _mm512_i32gather_epi64::<8>(_mm512_extracti64x4_epi64::<1>(i_lo), gp),
+                _mm512_i32gather_epi64::<8>(_mm512_castsi512_si256(i_hi), gp),
+                _mm512_i32gather_epi64::<8>(_mm512_extracti64x4_epi64::<1>(i_hi), gp),
+            ];
+            let codes = _mm512_and_si512(_mm512_multishift_epi64_epi8(cut, q), _mm512_set1_epi8(0x7f));
+            let par = _mm512_slli_epi16::<7>(_mm512_and_si512(_mm512_popcnt_epi8(codes), _mm512_set1_epi8(1)));
+            let signs = _mm512_or_si512(codes, par);
+            // 2t+1 in the low dword of each sub-block's u64.
+            let ls = _mm512_add_epi64(_mm512_srli_epi64::<59>(_mm512_andnot_si512(_mm512_set1_epi64(0x0fff_ffff_ffff_ffff), q)), _mm512_set1_epi64(1));
+            let mut isum = _mm512_setzero_si512();
+            for g in 0..4 {
+                let neg = _mm512_test_epi8_mask(_mm512_permutexvar_epi8(ld512(IQ2_SIGN_IDX[g].as_ptr()), signs), bits);
+                let yv = ld512(yq.add(64 * g));
+                let sy = _mm512_mask_sub_epi8(yv, neg, _mm512_setzero_si512(), yv);
+                let v = _mm512_dpbusd_epi32(_mm512_setzero_si512(), grid[g], sy);
+                // Dword lanes 0-7 take sub-block 2g's scale (dword 4g), 8-15 sub-block 2g+1's.
+                let (l0, l1) = (4 * g as i32, 4 * g as i32 + 2);
+                let sel = _mm512_setr_epi32(l0, l0, l0, l0, l0, l0, l0, l0, l1, l1, l1, l1, l1, l1, l1, l1);
+                isum = _mm512_dpwssd_epi32(isum, v, _mm512_permutexvar_epi32(sel, ls));
+            }
+            _mm256_add_epi32(_mm512_castsi512_si256(isum), _mm512_extracti64x4_epi64::<1>(isum))
+        }
     }
 }
 

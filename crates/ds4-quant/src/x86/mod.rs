@@ -43,16 +43,3 @@ pub(crate) fn prefetch_ahead<const BYTES: usize>(p: *const u8) {
         o += 64;
     }
 }
-
-/// Kernel tables beside the ones [`crate::Kernels::available`] lists, for `benches/ab.rs`: the
-/// AVX-512 table as a CPU without VBMI / BITALG gets it (Skylake-X, Cascade Lake).
-pub fn experiments() -> Vec<crate::Kernels> {
-    let mut v = Vec::new();
-    if let (true, Some(base)) = (avx512::supported(), crate::Kernels::avx2()) {
-        v.push(crate::Kernels {
-            name: "avx512-novbmi",
-            ..avx512::kernels_without_vbmi(base)
-        });
-    }
-    v
-}
