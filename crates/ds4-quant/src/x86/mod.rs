@@ -27,19 +27,20 @@ pub(crate) static KEVEN_SIGNS: [u64; 128] = {
 
 /// How far ahead of the block being read the row kernels prefetch. One thread streaming a matrix
 /// from DRAM (or a VM's L3) stalls on latency without it: the hardware prefetchers do not run far
-/// enough ahead of a kernel that spends tens of cycles per cache line (BENCHMARKS.md, ds4-quant).
-pub(crate) const PREFETCH_DIST: usize = 4096;
+/// enough ahead of kernels that spend several cycles per cache line. 16 KiB into L2 measured best
+/// of 1-32 KiB and the T0/T1/T2 hints at 64 MiB and 1 GiB (BENCHMARKS.md, ds4-quant).
+pub(crate) const PREFETCH_DIST: usize = 16384;
 
-/// Prefetches the `BYTES` bytes that lie [`PREFETCH_DIST`] past `p` into L1. A prefetch never
+/// Prefetches the `BYTES` bytes that lie [`PREFETCH_DIST`] past `p` into L2. A prefetch never
 /// faults, so the address may lie past the end of the row or the matrix.
 #[inline(always)]
 pub(crate) fn prefetch_ahead<const BYTES: usize>(p: *const u8) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
     let q = p.wrapping_add(PREFETCH_DIST);
     let mut o = 0;
     while o < BYTES + 63 {
         // SAFETY: prefetching is a hint that never faults, whatever the address.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(o) as *const i8) };
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(q.wrapping_add(o) as *const i8) };
         o += 64;
     }
 }
