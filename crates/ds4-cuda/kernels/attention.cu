@@ -325,17 +325,20 @@ extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32) attention(const fl
 // slice's max m, sum l = Σ exp(score - m) and unnormalised output o = Σ exp(score - m)·row; the last
 // block of a head group (a counter; the order of finishing decides nothing) combines the slices in
 // slice order with the sink: M = max(sink, m_s), out = Σ_s e^(m_s-M)·o_s / (e^(sink-M) + Σ_s e^(m_s-M)·l_s),
-// then the inverse RoPE. Dynamic shared memory: (ATT_HG·slice_cap + head_dim) floats.
+// then the inverse RoPE. Row addresses are looked up once into shared memory, and the loads of
+// several rows are in flight together (the slice is short; latency, not bandwidth, bounds it).
+// Dynamic shared memory: slice_cap pointers, then (ATT_HG·slice_cap + head_dim) floats.
 #define ATT_HG 4
+#define ATT_UNROLL 8
 extern "C" __global__ void __launch_bounds__(256)
     attention_split(const float* q, const float* ring, int raw_cap, const float* comp, const int* list,
                     const float* sinks, const Step* step, int n_swa, int ratio, int top_k, int head_dim,
                     float kq_scale, RopeArgs rope, float* out, float* part_o, float* part_ml,
                     unsigned int* counters, int slice_cap) {
     extern __shared__ float sm[];
-    float* p = sm;                      // [ATT_HG][slice_cap] scores, then weights
-    float* row = sm + ATT_HG * slice_cap;  // [head_dim] the combined output row
-    __shared__ float red[32];
+    const float** rows = (const float**)sm;                   // [slice_cap]
+    float* p = (float*)(rows + slice_cap);                    // [ATT_HG][slice_cap] scores, then weights
+    float* orow = p + ATT_HG * slice_cap;                     // [head_dim] the combined output row
     __shared__ int is_last;
     const int g = blockIdx.x, s = blockIdx.y, n_split = gridDim.y;
     const int pos = step->pos;
@@ -351,7 +354,8 @@ extern "C" __global__ void __launch_bounds__(256)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warp = blockDim.x >> 5;
     const int n_chunk = head_dim / 128;
     const int h0 = g * ATT_HG;
-    // Scores: warps over rows, each row against the group's heads.
+    for (int j = threadIdx.x; j < nj; j += blockDim.x)
+        rows[j] = attn_row(j0 + j, n_raw, pos, raw_cap, head_dim, ring, comp, list, ratio);
     float4 qv[ATT_HG][4];
 #pragma unroll
     for (int hh = 0; hh < ATT_HG; hh++)
@@ -359,24 +363,35 @@ extern "C" __global__ void __launch_bounds__(256)
         for (int c = 0; c < 4; c++)
             qv[hh][c] = c < n_chunk ? *((const float4*)(q + (size_t)(h0 + hh) * head_dim) + c * 32 + lane)
                                     : make_float4(0, 0, 0, 0);
-    for (int j = warp; j < nj; j += n_warp) {
-        const float4* k = (const float4*)attn_row(j0 + j, n_raw, pos, raw_cap, head_dim, ring, comp, list, ratio);
-        float sc[ATT_HG];
+    __syncthreads();
+    // Scores: warps over rows (two rows' loads in flight), each row against the group's heads.
+    for (int jb = warp; jb < nj; jb += 2 * n_warp) {
+        float4 kv[2][4];
 #pragma unroll
-        for (int hh = 0; hh < ATT_HG; hh++) sc[hh] = 0.0f;
+        for (int u = 0; u < 2; u++) {
+            const int j = jb + u * n_warp;
 #pragma unroll
-        for (int c = 0; c < 4; c++) {
-            if (c < n_chunk) {
-                const float4 a = __ldg(k + c * 32 + lane);
-#pragma unroll
-                for (int hh = 0; hh < ATT_HG; hh++)
-                    sc[hh] += a.x * qv[hh][c].x + a.y * qv[hh][c].y + a.z * qv[hh][c].z + a.w * qv[hh][c].w;
-            }
+            for (int c = 0; c < 4; c++)
+                kv[u][c] = (j < nj && c < n_chunk) ? __ldg((const float4*)rows[j] + c * 32 + lane)
+                                                   : make_float4(0, 0, 0, 0);
         }
 #pragma unroll
-        for (int hh = 0; hh < ATT_HG; hh++) {
-            const float v = warp_sum(sc[hh]);
-            if (lane == 0) p[hh * slice_cap + j] = v * kq_scale;
+        for (int u = 0; u < 2; u++) {
+            const int j = jb + u * n_warp;
+            float sc[ATT_HG];
+#pragma unroll
+            for (int hh = 0; hh < ATT_HG; hh++) {
+                sc[hh] = 0.0f;
+#pragma unroll
+                for (int c = 0; c < 4; c++)
+                    sc[hh] += kv[u][c].x * qv[hh][c].x + kv[u][c].y * qv[hh][c].y + kv[u][c].z * qv[hh][c].z +
+                              kv[u][c].w * qv[hh][c].w;
+            }
+#pragma unroll
+            for (int hh = 0; hh < ATT_HG; hh++) {
+                const float v = warp_sum(sc[hh]);
+                if (lane == 0 && j < nj) p[hh * slice_cap + j] = v * kq_scale;
+            }
         }
     }
     __syncthreads();
@@ -387,7 +402,7 @@ extern "C" __global__ void __launch_bounds__(256)
         m = warp_max(m);
         float l = 0.0f;
         for (int j = lane; j < nj; j += 32) {
-            const float e = nj > 0 ? expf(p[warp * slice_cap + j] - m) : 0.0f;
+            const float e = expf(p[warp * slice_cap + j] - m);
             p[warp * slice_cap + j] = e;
             l += e;
         }
@@ -399,15 +414,20 @@ extern "C" __global__ void __launch_bounds__(256)
         }
     }
     __syncthreads();
-    // Values: threads over the row's elements, rows in order.
+    // Values: threads over the row's elements, ATT_UNROLL rows' loads in flight, rows in order.
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float o[ATT_HG];
 #pragma unroll
         for (int hh = 0; hh < ATT_HG; hh++) o[hh] = 0.0f;
-        for (int j = 0; j < nj; j++) {
-            const float v = __ldg(attn_row(j0 + j, n_raw, pos, raw_cap, head_dim, ring, comp, list, ratio) + d);
+        for (int jb = 0; jb < nj; jb += ATT_UNROLL) {
+            float v[ATT_UNROLL];
 #pragma unroll
-            for (int hh = 0; hh < ATT_HG; hh++) o[hh] += p[hh * slice_cap + j] * v;
+            for (int u = 0; u < ATT_UNROLL; u++) v[u] = jb + u < nj ? __ldg(rows[jb + u] + d) : 0.0f;
+#pragma unroll
+            for (int u = 0; u < ATT_UNROLL; u++)
+                if (jb + u < nj)
+#pragma unroll
+                    for (int hh = 0; hh < ATT_HG; hh++) o[hh] += p[hh * slice_cap + jb + u] * v[u];
         }
 #pragma unroll
         for (int hh = 0; hh < ATT_HG; hh++) part_o[((size_t)(h0 + hh) * n_split + s) * head_dim + d] = o[hh];
@@ -432,12 +452,12 @@ extern "C" __global__ void __launch_bounds__(256)
             float o = 0.0f;
             for (int t = 0; t < n_split; t++)
                 o += expf(__ldcg(ml + 2 * t) - M) * __ldcg(part_o + ((size_t)h * n_split + t) * head_dim + d);
-            row[d] = o * inv;
+            orow[d] = o * inv;
         }
         __syncthreads();
-        rope_tail_block(row, head_dim, rope, (float)pos, true);
+        rope_tail_block(orow, head_dim, rope, (float)pos, true);
         __syncthreads();
-        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) out[(size_t)h * head_dim + d] = row[d];
+        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) out[(size_t)h * head_dim + d] = orow[d];
         __syncthreads();
     }
 }

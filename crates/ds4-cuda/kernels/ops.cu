@@ -111,7 +111,7 @@ __device__ void hc_pre_core(const float* mix, const float* scale, const float* b
     __syncthreads();
     for (int d = threadIdx.x; d < n_embd; d += blockDim.x) {
         float s = 0.0f;
-        for (int h = 0; h < n_hc; h++) s += w[h] * X[(size_t)h * n_embd + d];
+        for (int h = 0; h < n_hc; h++) s += w[h] * __ldcg(X + (size_t)h * n_embd + d);
         u[d] = s;
     }
     __syncthreads();
@@ -126,66 +126,84 @@ extern "C" __global__ void hc_pre(const float* mix, const float* scale, const fl
     hc_pre_core(mix, scale, base, X, norm_w, hcw, xa, n_embd, n_hc, sinkhorn_iters, hc_eps, rms_eps, u);
 }
 
-// The whole hyper-connection step between two sublayers in one launch (spec §3.4): the previous
-// sublayer's HC post (when y is set), the flat RMS, the mixer rows m = (fn·r)·scale, and — in the
-// block that finishes last — the split, Sinkhorn and the sublayer input xa. Every block redoes the
-// post and the RMS from the same inputs in the same order, so all blocks hold bit-identical values;
-// block 0 writes the new streams to X_out (X_in stays intact for the other blocks). The finishing
-// order only decides which block does the tail, never a value. `counter` is zero between launches.
-// Dynamic shared memory: (n_hc + 1)·n_embd floats.
-extern "C" __global__ void __launch_bounds__(512) hc_fused(
+// The whole hyper-connection step between two sublayers in one launch (spec §3.4). Block b owns a
+// slice of the columns: it applies the previous sublayer's HC post there (when y is set) and writes
+// the new streams to X_out, and computes its slice's share of the flat sum of squares and of every
+// mixer row fn·X. The block that finishes last (a counter; the finishing order decides nothing)
+// adds the shares in block order, scales by the flat RMS, and runs the split, Sinkhorn and the
+// sublayer input xa. `counter` is zero between launches; `part` holds gridDim.x doubles then
+// gridDim.x·n_mix floats. Dynamic shared memory: (n_hc·slice + n_embd) floats.
+extern "C" __global__ void __launch_bounds__(256) hc_fused(
     const float* X_in, float* X_out, const float* y, const float* hcw_prev, const __half* fn, const float* scale,
-    const float* base, const float* norm_w, float* mix, float* hcw, float* xa, unsigned int* counter, int n_embd,
-    int n_hc, int n_mix, int sinkhorn_iters, float hc_eps, float rms_eps) {
-    extern __shared__ float xs[];  // [n_hc][n_embd] streams, then [n_embd] for the tail
+    const float* base, const float* norm_w, float* mix, float* hcw, float* xa, unsigned int* counter, double* part,
+    int n_embd, int n_hc, int n_mix, int slice, int sinkhorn_iters, float hc_eps, float rms_eps) {
+    extern __shared__ float xs[];  // [n_hc][slice] this block's new streams, then [n_embd] for the tail
     __shared__ double red[32];
-    __shared__ float redf[32];
     __shared__ float mixs[2 * 8 + 64];
+    __shared__ float flat_scale;
     __shared__ int is_last;
+    const int G = gridDim.x, b = blockIdx.x;
+    const int c0 = min(n_embd, b * slice), nc = min(n_embd, c0 + slice) - c0;
     const int n = n_hc * n_embd;
-    if (y) {
-        const float* post = hcw_prev + n_hc;
-        const float* M = hcw_prev + 2 * n_hc;
-        for (int d = threadIdx.x; d < n_embd; d += blockDim.x) {
-            float xin[8];
-            for (int r = 0; r < n_hc; r++) xin[r] = X_in[(size_t)r * n_embd + d];
-            for (int c = 0; c < n_hc; c++) {
-                float s = post[c] * y[d];
-                for (int r = 0; r < n_hc; r++) s += M[r * n_hc + c] * xin[r];
-                xs[c * n_embd + d] = s;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warp = blockDim.x >> 5;
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < nc; i += blockDim.x) {
+        const int d = c0 + i;
+        float xin[8];
+        for (int r = 0; r < n_hc; r++) xin[r] = X_in[(size_t)r * n_embd + d];
+        for (int c = 0; c < n_hc; c++) {
+            float v = xin[c];
+            if (y) {
+                v = hcw_prev[n_hc + c] * y[d];
+                for (int r = 0; r < n_hc; r++) v += hcw_prev[2 * n_hc + r * n_hc + c] * xin[r];
             }
+            xs[c * slice + i] = v;
+            X_out[(size_t)c * n_embd + d] = v;
+            ss += (double)v * (double)v;
         }
-    } else {
-        for (int i = threadIdx.x; i < n; i += blockDim.x) xs[i] = X_in[i];
     }
-    __syncthreads();
-    if (blockIdx.x == 0)
-        for (int i = threadIdx.x; i < n; i += blockDim.x) X_out[i] = xs[i];
-    const float sc = block_rms_scale(xs, n, rms_eps, red);
-    for (int r = blockIdx.x; r < n_mix; r += gridDim.x) {
+    ss = block_sum_d(ss, red);
+    double* part_ss = part;
+    float* part_mix = (float*)(part + G);
+    if (threadIdx.x == 0) part_ss[b] = ss;
+    // This slice's share of each mixer row: warp per row, lanes over column pairs.
+    for (int r = warp; r < n_mix; r += n_warp) {
         const __half* row = fn + (size_t)r * n;
         float acc = 0.0f;
-        for (int i = threadIdx.x * 8; i < n; i += blockDim.x * 8) {
-            const uint4 w = __ldg((const uint4*)(row + i));
-            const float4 a = *(const float4*)(xs + i), b = *(const float4*)(xs + i + 4);
-            const float2 w0 = __half22float2(*(const __half2*)&w.x), w1 = __half22float2(*(const __half2*)&w.y);
-            const float2 w2 = __half22float2(*(const __half2*)&w.z), w3 = __half22float2(*(const __half2*)&w.w);
-            acc += w0.x * a.x + w0.y * a.y + w1.x * a.z + w1.y * a.w + w2.x * b.x + w2.y * b.y + w3.x * b.z +
-                   w3.y * b.w;
+        for (int h = 0; h < n_hc; h++) {
+            const __half* rh = row + (size_t)h * n_embd + c0;
+            const float* xh = xs + h * slice;
+            for (int i = 2 * lane; i < nc; i += 64) {
+                const float2 w = __half22float2(*(const __half2*)(rh + i));
+                acc += w.x * xh[i] + w.y * xh[i + 1];
+            }
         }
-        acc = block_sum(acc, redf);
-        if (threadIdx.x == 0) mix[r] = acc * sc;
+        acc = warp_sum(acc);
+        if (lane == 0) part_mix[(size_t)b * n_mix + r] = acc;
     }
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) is_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+    if (threadIdx.x == 0) is_last = atomicAdd(counter, 1u) == (unsigned)G - 1;
     __syncthreads();
     if (!is_last) return;
     __threadfence();
-    for (int i = threadIdx.x; i < n_mix; i += blockDim.x) mixs[i] = __ldcg(mix + i);
-    if (threadIdx.x == 0) *counter = 0u;
+    if (threadIdx.x == 0) {
+        double tot = 0.0;
+        for (int t = 0; t < G; t++) tot += __ldcg(part_ss + t);
+        const float mean = (float)(tot / (double)n);
+        flat_scale = 1.0f / sqrtf(mean + rms_eps);
+        *counter = 0u;
+    }
     __syncthreads();
-    hc_pre_core(mixs, scale, base, xs, norm_w, hcw, xa, n_embd, n_hc, sinkhorn_iters, hc_eps, rms_eps, xs + n);
+    const float sc = flat_scale;
+    for (int r = threadIdx.x; r < n_mix; r += blockDim.x) {
+        float m = 0.0f;
+        for (int t = 0; t < G; t++) m += __ldcg(part_mix + (size_t)t * n_mix + r);
+        mixs[r] = m * sc;
+    }
+    __syncthreads();
+    hc_pre_core(mixs, scale, base, X_out, norm_w, hcw, xa, n_embd, n_hc, sinkhorn_iters, hc_eps, rms_eps,
+                xs + n_hc * slice);
 }
 
 // spec §3.4 HC post: X[c][d] = post_c·y[d] + Σ_r M[r][c]·X[r][d], in place.

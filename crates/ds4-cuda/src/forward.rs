@@ -143,6 +143,8 @@ pub struct Scratch {
     pub x2: DevBuf,
     /// Zero between launches: `hc_fused`'s count of finished blocks.
     pub hc_counter: DevBuf,
+    /// `hc_fused`'s per-block partial sums.
+    pub hc_part: DevBuf,
     pub hc_scale: DevBuf,
     pub mix: DevBuf,
     pub hcw: DevBuf,
@@ -190,6 +192,7 @@ impl Scratch {
             x: f(cfg.hc_dim())?,
             x2: f(cfg.hc_dim())?,
             hc_counter: f(1)?,
+            hc_part: f(Kernels::HC_BLOCKS * (2 + cfg.hc_mix()))?,
             hc_scale: f(1)?,
             mix: f(cfg.hc_mix().max(cfg.n_hc))?,
             hcw: f(cfg.hc_mix())?,
@@ -388,7 +391,7 @@ fn hc_step(
         s.mix.ptr(),
         s.hcw.ptr(),
         out,
-        s.hc_counter.ptr(),
+        (s.hc_counter.ptr(), s.hc_part.ptr()),
         cfg,
     )
 }

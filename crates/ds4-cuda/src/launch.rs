@@ -569,6 +569,9 @@ impl Kernels {
         )
     }
 
+    /// Blocks of [`Kernels::hc_fused`]; its `part` buffer holds `HC_BLOCKS·(2 + n_mix)` floats.
+    pub const HC_BLOCKS: usize = 32;
+
     /// The hyper-connection step between two sublayers in one launch (kernels/ops.cu `hc_fused`):
     /// `X_out = post(X_in, y, hcw_prev)` (or a copy of `X_in` when `y` is 0), then the mixer and
     /// split of `hc` into `hcw`, and the sublayer input `xa`. `counter`: a zeroed device u32.
@@ -584,34 +587,33 @@ impl Kernels {
         mix: DPtr,
         hcw: DPtr,
         xa: DPtr,
-        counter: DPtr,
+        (counter, part): (DPtr, DPtr),
         cfg: &ds4_model::Config,
     ) -> Result<(), Error> {
         assert!(
-            cfg.n_hc <= 8 && cfg.hc_mix() <= 80 && (cfg.n_hc * cfg.n_embd).is_multiple_of(8),
-            "invariant: hc_fused holds at most 8 streams and 80 mixer rows, rows of whole uint4"
+            cfg.n_hc <= 8 && cfg.hc_mix() <= 80,
+            "invariant: hc_fused holds at most 8 streams and 80 mixer rows"
         );
-        assert!(
-            x_in != x_out,
-            "invariant: hc_fused reads X_in while block 0 writes X_out"
-        );
-        let (n_embd, n_hc, n_mix, iters) = (
+        // Column slices of an even width (the mixer rows are read as half2).
+        let slice = cfg.n_embd.div_ceil(Self::HC_BLOCKS).next_multiple_of(2);
+        let (n_embd, n_hc, n_mix, sl, iters) = (
             cfg.n_embd as i32,
             cfg.n_hc as i32,
             cfg.hc_mix() as i32,
+            slice as i32,
             cfg.sinkhorn_iters as i32,
         );
         let (he, re) = (cfg.hc_eps, cfg.rms_eps);
         let mut p = args![
-            x_in, x_out, y, hcw_prev, fn_, scale, base, norm_w, mix, hcw, xa, counter, n_embd,
-            n_hc, n_mix, iters, he, re
+            x_in, x_out, y, hcw_prev, fn_, scale, base, norm_w, mix, hcw, xa, counter, part,
+            n_embd, n_hc, n_mix, sl, iters, he, re
         ];
         self.launch(
             "hc_fused",
             self.hc_fused,
-            (cfg.hc_mix() as u32, 1, 1),
-            512,
-            ((cfg.n_hc + 1) * cfg.n_embd * 4) as u32,
+            (Self::HC_BLOCKS as u32, 1, 1),
+            256,
+            ((cfg.n_hc * slice + cfg.n_embd) * 4) as u32,
             &mut p,
         )
     }
@@ -950,7 +952,7 @@ impl Kernels {
             q, ring, rc, comp, list, sinks, step, swa, r, k, hd, kq, rope, out, part_o, part_ml,
             counters, sc
         ];
-        let smem = ((Self::ATT_HG * slice_cap + cfg.head_dim) * 4) as u32;
+        let smem = (slice_cap * 8 + (Self::ATT_HG * slice_cap + cfg.head_dim) * 4) as u32;
         self.launch(
             "attention_split",
             self.attention_split,
