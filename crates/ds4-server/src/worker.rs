@@ -1049,6 +1049,8 @@ impl Worker {
                     // The closer joins the live state (spec §5.1: it ends at the last DSML token),
                     // so a continuation appends exactly the next turn (§5.2 rules 1-3).
                     if let Err(e) = self.session.push(token) {
+                        // A live state without its closer must not be continued.
+                        self.session.reset();
                         finish = Finish::Error;
                         error = Some(e.to_string());
                     }
