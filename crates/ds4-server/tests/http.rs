@@ -1242,3 +1242,39 @@ fn trace_records_header_cache_decision_prompt_generation_and_summary() {
         assert!(r3.contains(field), "request 3 lacks {field:?}:\n{r3}");
     }
 }
+
+/// spec §8.2 #56: with reasoning summaries on, a tool turn's visible suffix includes the
+/// reasoning the client saw (and replays as a `reasoning` item).
+#[test]
+fn responses_visible_prefix_includes_the_summary_of_a_tool_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.txt");
+    let s = start_traced(test_config(), std::time::Duration::ZERO, &trace);
+    let first = json!({"input": "Weather in Rome?", "tools": responses_tools(),
+        "reasoning": {"summary": "auto"}});
+    let v1 = post_forced(
+        s.addr,
+        "/v1/responses",
+        &first,
+        &format!("Rome needs a lookup.</think>{WEATHER_DSML}"),
+    )
+    .json();
+    let (p1, _, _, g1) = r_usage(&v1);
+    let items = v1["output"].as_array().unwrap();
+    assert_eq!(items[0]["type"], "reasoning");
+    let summary = items[0]["summary"][0]["text"].as_str().unwrap();
+    let call_id = items[1]["call_id"].as_str().unwrap();
+    let second = json!({"tools": responses_tools(), "reasoning": {"summary": "auto"}, "input": [
+        {"type": "message", "role": "user", "content": "Weather in Rome?"},
+        {"type": "reasoning", "summary": [{"type": "summary_text", "text": summary}]},
+        {"type": "function_call", "call_id": call_id, "name": "get_weather", "arguments": "{\"city\":\"Rome\",\"days\":2}"},
+        {"type": "function_call_output", "call_id": call_id, "output": "Sunny"}]});
+    let v2 = post_forced(s.addr, "/v1/responses", &second, "ok</think>Sunny.").json();
+    let (_, c2, w2, _) = r_usage(&v2);
+    assert_eq!(c2, p1 + g1, "{v2}");
+    assert!(w2 < 20, "{v2}");
+    assert_eq!(
+        cache_sources(&trace).last().map(String::as_str),
+        Some("responses-visible")
+    );
+}
