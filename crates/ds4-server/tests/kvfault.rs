@@ -8,6 +8,9 @@
 //!   bit-identical to an independent in-process computation of the same tokens, or is refused as
 //!   corrupt and removed; temp files are never listed; the restarted server answers a greedy
 //!   request exactly like a server without a disk cache, also when it restored from disk.
+//! * `a_diverging_request_rewinds_to_a_checkpoint_and_answers_like_a_fresh_server`: spec/model.md
+//!   §4.4 at the server level: a prompt that diverges inside the live state is served from the
+//!   checkpoint of the shared prefix and answers exactly like a fresh server.
 //! * `zero_length_truncated_and_flipped_files_are_detected_removed_and_skipped`: damaged files
 //!   put where the server's lookup will find them are removed, the request is served correctly
 //!   (from the next-best checkpoint or cold), and a checksum failure is logged in the trace.
@@ -120,9 +123,14 @@ struct Prompt {
 }
 
 fn prompt(rng: &mut ChaCha8Rng, n: usize) -> Prompt {
+    extend_prompt(rng, "Story", n)
+}
+
+/// `start` (a prompt text) plus at least `n` random one-token words.
+fn extend_prompt(rng: &mut ChaCha8Rng, start: &str, n: usize) -> Prompt {
     let words = one_token_words();
     let tok = Tokenizer::builtin();
-    let mut text = String::from("Story");
+    let mut text = start.to_string();
     let mut added = 0;
     loop {
         let tokens = tok.encode_segments(&render_completion(&text, ThinkMode::None));
@@ -632,6 +640,49 @@ fn kill_dash_nine_during_saves_never_leaves_a_file_that_loads_wrong() {
         mid_write > 0,
         "no kill landed inside a save: the loop did not exercise the save window"
     );
+}
+
+/// spec/model.md §4.4 at the server: a request that shares only a prefix with the live session
+/// cannot be served by cutting the live state back; the server goes back to a checkpoint of the
+/// shared prefix (here from disk) and must then answer exactly like a fresh server.
+#[test]
+fn a_diverging_request_rewinds_to_a_checkpoint_and_answers_like_a_fresh_server() {
+    let work = tempfile::tempdir().unwrap();
+    let kv = work.path().join("kv");
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let shared = prompt(&mut rng, 60);
+    let a = extend_prompt(&mut rng, &shared.text, 30);
+    let b = extend_prompt(&mut rng, &shared.text, 30);
+    let common = a
+        .tokens
+        .iter()
+        .zip(&b.tokens)
+        .take_while(|(x, y)| x == y)
+        .count();
+    assert!(common > 4 * STEP && common < a.tokens.len().min(b.tokens.len()));
+
+    let plain = Server::start(None, &work.path().join("plain.trace"));
+    let want_b = complete(plain.addr, &b);
+    plain.kill9();
+
+    let s = Server::start(Some(&kv), &work.path().join("s.trace"));
+    let got_a = complete(s.addr, &a);
+    assert_eq!(got_a.cached, 0);
+    // The live state now holds A's prompt and reply; B diverges inside it.
+    let got_b = complete(s.addr, &b);
+    assert_eq!(
+        got_b.text, want_b.text,
+        "rewound answer differs from a fresh server's"
+    );
+    assert_eq!(got_b.prompt_tokens, want_b.prompt_tokens);
+    assert!(
+        got_b.cached as usize >= STEP && got_b.cached as usize <= common,
+        "B reused {} tokens; the shared prefix is {common}",
+        got_b.cached
+    );
+    // With checkpoints every 16 tokens the best one is the last multiple of 16 in the prefix.
+    assert_eq!(got_b.cached as usize, common / STEP * STEP);
+    s.terminate();
 }
 
 /// Damage done to a checkpoint file's bytes.
