@@ -618,6 +618,11 @@ fn kill_dash_nine_during_saves_never_leaves_a_file_that_loads_wrong() {
             finished += 1;
         }
         let temps_after = names(&kv).iter().filter(|n| n.contains(".kv.tmp.")).count();
+        // One writer thread, one save at a time: a kill leaves at most one temp file.
+        assert!(
+            temps_after <= r.temps + 1,
+            "iteration {i}: {temps_after} temp files"
+        );
         if temps_after > r.temps {
             mid_write += 1;
         }
