@@ -342,6 +342,7 @@ struct DenseArgs {
     const float* x;
     const float* xscale;  // optional device scalar multiplied into y (HC flat RMS scale)
     const float* norm_w;  // norm != 0: x := RMSNorm(x) ⊙ norm_w first (spec §3.2 P1), as rms_norm does
+    float* x_out;         // optional: block 0 also writes the prepared input here
     int n_mats;
     int n_in;
     int norm;
@@ -479,10 +480,12 @@ __device__ __forceinline__ void dense_stage(const DenseArgs& a, const float* x, 
     constexpr int E = DenseElems<TY>::E, CH = 32 * E;
     const int n_in = a.n_in, n_pad = (n_in + CH - 1) / CH * CH;
     const float sc = a.norm ? block_rms_scale(x, n_in, a.eps, red) : 1.0f;
+    const bool write_out = a.x_out && blockIdx.x == 0;
     for (int i = threadIdx.x; i < n_pad; i += blockDim.x) {
         float v = 0.0f;
         if (i < n_in) v = a.norm ? (x[i] * sc) * a.norm_w[i] : x[i];
         xsm[dense_slot<E>(i)] = v;
+        if (write_out && i < n_in) a.x_out[i] = v;
     }
     __syncthreads();
 }

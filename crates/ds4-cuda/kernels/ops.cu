@@ -32,11 +32,10 @@ extern "C" __global__ void rms_norm(const float* x, const float* w, float* out, 
 // normalised through the rms_scale folded into the matvec), compute pre/post/Sinkhorn-combine into
 // `hcw` (pre[n_hc], post[n_hc], M[n_hc²]) and write xa = RMSNorm(Σ_h pre_h·X[h]) ⊙ norm_w.
 // Dynamic shared memory: n_embd floats.
-__device__ void hc_pre_core(const float* mix, const float* scale, const float* base, const float* X,
-                            const float* norm_w, float* hcw, float* xa, int n_embd, int n_hc,
-                            int sinkhorn_iters, float hc_eps, float rms_eps, float* u) {
-    __shared__ float w[2 * 8 + 64];
-    __shared__ double red[32];
+// spec §3.4 steps 3-5 by warp 0: pre, post and the Sinkhorn-normalised combine matrix from the
+// mixer output into w (shared: pre[n_hc], post[n_hc], M[n_hc²]), copied to hcw when it is set.
+__device__ void hc_split(const float* mix, const float* scale, const float* base, float* w, float* hcw, int n_hc,
+                         int sinkhorn_iters, float hc_eps) {
     // Warp 0 computes the split; lane e owns combine entries e and e+32 (n_hc <= 8). Every sum
     // runs over the index in ascending order, as the CPU reference does.
     if (threadIdx.x < 32) {
@@ -106,8 +105,17 @@ __device__ void hc_pre_core(const float* mix, const float* scale, const float* b
             }
         }
         }
-        for (int i = lane; i < 2 * n + nn; i += 32) hcw[i] = w[i];
+        if (hcw)
+            for (int i = lane; i < 2 * n + nn; i += 32) hcw[i] = w[i];
     }
+}
+
+__device__ void hc_pre_core(const float* mix, const float* scale, const float* base, const float* X,
+                            const float* norm_w, float* hcw, float* xa, int n_embd, int n_hc,
+                            int sinkhorn_iters, float hc_eps, float rms_eps, float* u) {
+    __shared__ float w[2 * 8 + 64];
+    __shared__ double red[32];
+    hc_split(mix, scale, base, w, hcw, n_hc, sinkhorn_iters, hc_eps);
     __syncthreads();
     for (int d = threadIdx.x; d < n_embd; d += blockDim.x) {
         float s = 0.0f;
@@ -126,22 +134,42 @@ extern "C" __global__ void hc_pre(const float* mix, const float* scale, const fl
     hc_pre_core(mix, scale, base, X, norm_w, hcw, xa, n_embd, n_hc, sinkhorn_iters, hc_eps, rms_eps, u);
 }
 
+// Grid-wide barrier for kernels whose blocks are all resident (a grid no larger than the SM count,
+// launched after the previous kernel of the stream has finished). `counter` only grows; launch k
+// waits until it reaches (k+1)·gridDim.x (gridDim.x a power of two, so wrapping is harmless).
+__device__ __forceinline__ unsigned ld_acquire_u32(const unsigned* p) {
+    unsigned v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+__device__ __forceinline__ void grid_barrier(unsigned* counter) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        const unsigned ticket = atomicAdd(counter, 1u);
+        const unsigned target = (ticket / gridDim.x + 1) * gridDim.x;
+        while ((int)(ld_acquire_u32(counter) - target) < 0) __nanosleep(20);
+        __threadfence();
+    }
+    __syncthreads();
+}
+
 // The whole hyper-connection step between two sublayers in one launch (spec §3.4). Block b owns a
-// slice of the columns: it applies the previous sublayer's HC post there (when y is set) and writes
-// the new streams to X_out, and computes its slice's share of the flat sum of squares and of every
-// mixer row fn·X. The block that finishes last (a counter; the finishing order decides nothing)
-// adds the shares in block order, scales by the flat RMS, and runs the split, Sinkhorn and the
-// sublayer input xa. `counter` is zero between launches; `part` holds gridDim.x doubles then
-// gridDim.x·n_mix floats. Dynamic shared memory: (n_hc·slice + n_embd) floats.
+// slice of the columns: it applies the previous sublayer's HC post there (when y is set), writes the
+// new streams to X_out, and computes its slice's share of the flat sum of squares and of every
+// mixer row fn·X. After a grid barrier every block adds the shares in block order (so all blocks
+// hold the same mixer output), redoes the split and Sinkhorn, and writes its slice of
+// u = Σ_h pre_h·X_h to xa. The sublayer's RMSNorm of u is applied by the consumer (the dense
+// launch's norm prologue). `part` holds gridDim.x doubles then gridDim.x·n_mix floats.
+// Dynamic shared memory: n_hc·slice floats.
 extern "C" __global__ void __launch_bounds__(256) hc_fused(
     const float* X_in, float* X_out, const float* y, const float* hcw_prev, const __half* fn, const float* scale,
-    const float* base, const float* norm_w, float* mix, float* hcw, float* xa, unsigned int* counter, double* part,
-    int n_embd, int n_hc, int n_mix, int slice, int sinkhorn_iters, float hc_eps, float rms_eps) {
-    extern __shared__ float xs[];  // [n_hc][slice] this block's new streams, then [n_embd] for the tail
+    const float* base, float* hcw, float* xa, unsigned int* counter, double* part, int n_embd, int n_hc,
+    int n_mix, int slice, int sinkhorn_iters, float hc_eps, float rms_eps) {
+    extern __shared__ float xs[];  // [n_hc][slice] this block's new streams
     __shared__ double red[32];
     __shared__ float mixs[2 * 8 + 64];
-    __shared__ float flat_scale;
-    __shared__ int is_last;
+    __shared__ float w[2 * 8 + 64];
     const int G = gridDim.x, b = blockIdx.x;
     const int c0 = min(n_embd, b * slice), nc = min(n_embd, c0 + slice) - c0;
     const int n = n_hc * n_embd;
@@ -151,10 +179,11 @@ extern "C" __global__ void __launch_bounds__(256) hc_fused(
         const int d = c0 + i;
         float xin[8];
         for (int r = 0; r < n_hc; r++) xin[r] = X_in[(size_t)r * n_embd + d];
+        const float yd = y ? y[d] : 0.0f;
         for (int c = 0; c < n_hc; c++) {
             float v = xin[c];
             if (y) {
-                v = hcw_prev[n_hc + c] * y[d];
+                v = hcw_prev[n_hc + c] * yd;
                 for (int r = 0; r < n_hc; r++) v += hcw_prev[2 * n_hc + r * n_hc + c] * xin[r];
             }
             xs[c * slice + i] = v;
@@ -174,36 +203,34 @@ extern "C" __global__ void __launch_bounds__(256) hc_fused(
             const __half* rh = row + (size_t)h * n_embd + c0;
             const float* xh = xs + h * slice;
             for (int i = 2 * lane; i < nc; i += 64) {
-                const float2 w = __half22float2(*(const __half2*)(rh + i));
-                acc += w.x * xh[i] + w.y * xh[i + 1];
+                const float2 wv = __half22float2(*(const __half2*)(rh + i));
+                acc += wv.x * xh[i] + wv.y * xh[i + 1];
             }
         }
         acc = warp_sum(acc);
         if (lane == 0) part_mix[(size_t)b * n_mix + r] = acc;
     }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) is_last = atomicAdd(counter, 1u) == (unsigned)G - 1;
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    if (threadIdx.x == 0) {
+    grid_barrier(counter);
+    if (warp == 0) {
         double tot = 0.0;
-        for (int t = 0; t < G; t++) tot += __ldcg(part_ss + t);
-        const float mean = (float)(tot / (double)n);
-        flat_scale = 1.0f / sqrtf(mean + rms_eps);
-        *counter = 0u;
+        for (int t = lane; t < G; t += 32) tot += __ldcg(part_ss + t);
+        // lanes hold strided partials; fold them in lane order (fixed)
+        for (int o = 16; o > 0; o >>= 1) tot += __shfl_down_sync(0xffffffffu, tot, o);
+        const float sc = 1.0f / sqrtf((float)(__shfl_sync(0xffffffffu, tot, 0) / (double)n) + rms_eps);
+        for (int r = lane; r < n_mix; r += 32) {
+            float m = 0.0f;
+            for (int t = 0; t < G; t++) m += __ldcg(part_mix + (size_t)t * n_mix + r);
+            mixs[r] = m * sc;
+        }
+        __syncwarp();
+        hc_split(mixs, scale, base, w, b == 0 ? hcw : nullptr, n_hc, sinkhorn_iters, hc_eps);
     }
     __syncthreads();
-    const float sc = flat_scale;
-    for (int r = threadIdx.x; r < n_mix; r += blockDim.x) {
-        float m = 0.0f;
-        for (int t = 0; t < G; t++) m += __ldcg(part_mix + (size_t)t * n_mix + r);
-        mixs[r] = m * sc;
+    for (int i = threadIdx.x; i < nc; i += blockDim.x) {
+        float u = 0.0f;
+        for (int h = 0; h < n_hc; h++) u += w[h] * xs[h * slice + i];
+        xa[c0 + i] = u;
     }
-    __syncthreads();
-    hc_pre_core(mixs, scale, base, X_out, norm_w, hcw, xa, n_embd, n_hc, sinkhorn_iters, hc_eps, rms_eps,
-                xs + n_hc * slice);
 }
 
 // spec §3.4 HC post: X[c][d] = post_c·y[d] + Σ_r M[r][c]·X[r][d], in place.

@@ -149,6 +149,8 @@ pub struct Scratch {
     pub mix: DevBuf,
     pub hcw: DevBuf,
     pub xa: DevBuf,
+    /// The FFN input after its RMSNorm (routed experts read it).
+    pub xn: DevBuf,
     pub qa: DevBuf,
     pub qn: DevBuf,
     pub q: DevBuf,
@@ -197,6 +199,7 @@ impl Scratch {
             mix: f(cfg.hc_mix().max(cfg.n_hc))?,
             hcw: f(cfg.hc_mix())?,
             xa: f(cfg.n_embd)?,
+            xn: f(cfg.n_embd)?,
             qa: f(cfg.q_lora_rank)?,
             qn: f(cfg.q_lora_rank)?,
             q: f(cfg.q_dim())?,
@@ -362,18 +365,15 @@ fn swiglu(
 // ---- spec/model.md §3.3 embedding, §3.4 hyper-connections ----------------------------------------
 
 /// §3.4: the pending HC post of the previous sublayer (output `y`, 0 for none) applied to the
-/// streams in `x_in`, written to `x_out`, then steps 1-6 + the sublayer norm: pre/post/combine to
-/// `s.hcw` and the normed sublayer input to `out`. One launch.
-#[allow(clippy::too_many_arguments)]
+/// streams in `x_in`, written to `x_out`, then steps 1-6: pre/post/combine to `s.hcw` and the
+/// sublayer input before its RMSNorm to `s.xa` (the consumer normalises). One launch.
 fn hc_step(
     k: &Kernels,
     cfg: &Config,
     hc: &DevHc,
-    norm: &DevTensor,
     s: &Scratch,
     (x_in, x_out): (DPtr, DPtr),
     y: DPtr,
-    out: DPtr,
 ) -> Result<(), Error> {
     if hc.fn_.ty != TensorType::F16 {
         return Err(Error::Unsupported(format!(
@@ -387,10 +387,8 @@ fn hc_step(
         y,
         s.hcw.ptr(),
         (hc.fn_.ptr(), hc.scale.ptr(), hc.base.ptr()),
-        norm.ptr(),
-        s.mix.ptr(),
         s.hcw.ptr(),
-        out,
+        s.xa.ptr(),
         (s.hc_counter.ptr(), s.hc_part.ptr()),
         cfg,
     )
@@ -471,9 +469,11 @@ fn attention_sublayer(
             mats.push(proj);
         }
     }
+    // A2: the sublayer's RMSNorm of the HC output, applied while staging the input.
     let from_xa = DenseInput {
         x: s.xa.ptr(),
         n_in: cfg.n_embd,
+        norm: Some((l.attn_norm.ptr(), cfg.rms_eps)),
         ..Default::default()
     };
     k.dense(from_xa, &mats)?;
@@ -628,12 +628,14 @@ fn attention_sublayer(
 
 /// §3.6 F1-F8; `s.x` is updated in place.
 fn ffn_sublayer(k: &Kernels, cfg: &Config, l: &DevLayer, s: &Scratch) -> Result<(), Error> {
-    let xf = s.xa.ptr(); // F1 (hc_step)
+    let xf = s.xn.ptr(); // F1: RMSNorm(hc_step's output) ⊙ ffn_norm, written by the first launch
                          // F2 router logits and F6 the shared expert's SwiGLU, both from xf, in one launch.
     let from_xf = DenseInput {
-        x: xf,
+        x: s.xa.ptr(),
         n_in: cfg.n_embd,
+        norm: Some((l.ffn_norm.ptr(), cfg.rms_eps)),
         clamp: cfg.swiglu_clamp,
+        x_out: xf,
         ..Default::default()
     };
     k.dense(
@@ -734,27 +736,16 @@ pub fn decode_step(
     let bufs = [s.x.ptr(), s.x2.ptr()];
     let (mut cur, mut pending) = (0usize, 0 as DPtr);
     for (il, (l, lkv)) in w.layers.iter().zip(&kv.layers).enumerate() {
-        hc_step(
-            k,
-            cfg,
-            &l.hc_attn,
-            &l.attn_norm,
-            s,
-            (bufs[cur], bufs[1 - cur]),
-            pending,
-            s.xa.ptr(),
-        )?; // A1, A2
+        hc_step(k, cfg, &l.hc_attn, s, (bufs[cur], bufs[1 - cur]), pending)?; // A1
         cur = 1 - cur;
         attention_sublayer(k, cfg, il, l, lkv, kv.raw_cap, s)?;
         hc_step(
             k,
             cfg,
             &l.hc_ffn,
-            &l.ffn_norm,
             s,
             (bufs[cur], bufs[1 - cur]),
             s.attn_out.ptr(),
-            s.xa.ptr(),
         )?; // A14 + F1
         cur = 1 - cur;
         ffn_sublayer(k, cfg, l, s)?;

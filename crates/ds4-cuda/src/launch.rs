@@ -109,6 +109,7 @@ struct DenseArgs {
     x: DPtr,
     xscale: DPtr,
     norm_w: DPtr,
+    x_out: DPtr,
     n_mats: i32,
     n_in: i32,
     norm: i32,
@@ -129,6 +130,8 @@ pub struct DenseInput {
     pub norm: Option<(DPtr, f32)>,
     /// SwiGLU clamp for matrices with `swiglu` set.
     pub clamp: f32,
+    /// Optional: the prepared (normalised) input is also written here, for later consumers.
+    pub x_out: DPtr,
 }
 
 /// Types of the per-row-item GEMV family (Q8_0 goes through [`Kernels::dense`]: it is repacked).
@@ -463,6 +466,7 @@ impl Kernels {
             n_mats: mats.len() as i32,
             n_in: n_in as i32,
             clamp: input.clamp,
+            x_out: input.x_out,
             ..Default::default()
         };
         if let Some((w, eps)) = input.norm {
@@ -574,7 +578,8 @@ impl Kernels {
 
     /// The hyper-connection step between two sublayers in one launch (kernels/ops.cu `hc_fused`):
     /// `X_out = post(X_in, y, hcw_prev)` (or a copy of `X_in` when `y` is 0), then the mixer and
-    /// split of `hc` into `hcw`, and the sublayer input `xa`. `counter`: a zeroed device u32.
+    /// split of `hc` into `hcw`, and the sublayer input before its RMSNorm, `xa = Σ_h pre_h·X_h`.
+    /// `counter`: a device u32 only this kernel touches (its grid barrier); `part`: see HC_BLOCKS.
     #[allow(clippy::too_many_arguments)]
     pub fn hc_fused(
         &self,
@@ -583,8 +588,6 @@ impl Kernels {
         y: DPtr,
         hcw_prev: DPtr,
         (fn_, scale, base): (DPtr, DPtr, DPtr),
-        norm_w: DPtr,
-        mix: DPtr,
         hcw: DPtr,
         xa: DPtr,
         (counter, part): (DPtr, DPtr),
@@ -605,15 +608,15 @@ impl Kernels {
         );
         let (he, re) = (cfg.hc_eps, cfg.rms_eps);
         let mut p = args![
-            x_in, x_out, y, hcw_prev, fn_, scale, base, norm_w, mix, hcw, xa, counter, part,
-            n_embd, n_hc, n_mix, sl, iters, he, re
+            x_in, x_out, y, hcw_prev, fn_, scale, base, hcw, xa, counter, part, n_embd, n_hc,
+            n_mix, sl, iters, he, re
         ];
         self.launch(
             "hc_fused",
             self.hc_fused,
             (Self::HC_BLOCKS as u32, 1, 1),
             256,
-            ((cfg.n_hc * slice + cfg.n_embd) * 4) as u32,
+            (cfg.n_hc * slice * 4) as u32,
             &mut p,
         )
     }
