@@ -56,6 +56,8 @@ fn main() {
                 .collect()
         })
         .unwrap_or_else(|| vec![64 << 20]);
+    // DS4_BENCH_ONLY_Q=1 runs only matvec_q (the gate's measure), not matvec_f32 / dequant.
+    let only_q = std::env::var_os("DS4_BENCH_ONLY_Q").is_some();
     if std::env::var_os("DS4_BENCH_1G").is_some() {
         sizes.push(1 << 30);
     }
@@ -79,6 +81,9 @@ fn main() {
             TensorType::Iq2Xxs,
             TensorType::F16,
         ] {
+            if only_q && !ty.is_quantized() {
+                continue;
+            }
             let row_bytes = ty.row_bytes(N_IN as u64).expect("whole blocks") as usize;
             let n_rows = total / row_bytes;
             let mut w = vec![0u8; n_rows * row_bytes];
@@ -106,6 +111,10 @@ fn main() {
                         std::hint::black_box(&y);
                     });
                     line += &format!("  matvec_q {:6.2} | {:6.2}", gb / wall, gb / cpu);
+                }
+                if only_q {
+                    println!("{line}");
+                    continue;
                 }
                 let (wall, cpu) = best_of(reps, || {
                     k.matvec_f32(ty, &w, row_bytes, n_rows, &x, &mut y);

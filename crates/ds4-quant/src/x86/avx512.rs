@@ -698,7 +698,8 @@ vbmi_fn! {
     /// are compacted with one `vpermb` and the grid points fetched by four 8-entry gathers; the
     /// 32 seven-bit sign codes are cut out by `vpmultishiftqb` and completed with their parity
     /// bit by `vpopcntb`; each 64-lane chunk's sign mask is one `vpermb` + `vptestmb`, applied
-    /// to the activations by a masked negate. `vpdpbusd` (grid u8 × signed act) gives i32 lanes
+    /// to the activations by a masked negate (exact: Q8_K quants lie in −127..=127, the
+    /// quantizer's scale maps the largest magnitude to 127). `vpdpbusd` (grid u8 × signed act) gives i32 lanes
     /// that fit in i16 (|Σ4| ≤ 4·43·127), so `vpdpwssd` against `(2t+1, 0)` i16 pairs applies
     /// the sub-block scale and accumulates in one instruction. Eight blocks' sums are reduced
     /// together and their f32 terms computed in one vector, then added blocks ascending.
