@@ -19,18 +19,21 @@ __device__ __forceinline__ float pf_h2f(uint16_t h) { return __half2float(__usho
 // ---- GEMM ---------------------------------------------------------------------------------------
 
 struct PfGemmArgs {
-    const float* x;          // A rows, f32, row stride ldx
-    const int* gather;       // optional: tile row r reads x row gather[r] / gather_div
+    const float* x;          // F32 path: A rows, f32, row stride ldx
+    const __half* xh;        // tensor-core path: A split into hi + lo halves (pf_split), stride ldx
+    const __half* xl;
+    const float* xs;         // f32 sums of each 16-wide k step of A, stride ldx/16
+    const int* gather;       // optional: tile row r reads A row gather[r] / gather_div
     float* y;                // output rows, stride ldy
     const uint8_t* w;        // weights: Q8R int8 quants [rows][K]; raw GGUF rows otherwise
     const __half* wscale;    // Q8R: f16 scales [rows][K/32]
-    const float* rowscale;   // optional: x row r is multiplied by rowscale[r] before the split
-    const float* add;        // optional: y += add[r*ldadd + n]
+    const float* rowscale;   // F32 path: x row r is multiplied by rowscale[r]
+    const float* add;        // optional: y = add[r*ldadd + n] + y
     const int* tiles;        // expert mode: (expert, row0, n_rows) per tile
     const int* n_tiles;      // expert mode: number of tiles (device)
     unsigned long long w_row_bytes;  // raw types: bytes per weight row
     long long ldx, ldy, ldadd;
-    long long gx, gy;        // group (blockIdx.z) offsets into x and y, in floats
+    long long gx, gy;        // group (blockIdx.z) offsets into A and y, in elements
     int M, N, K;
     int gather_div;
     float alpha;
@@ -38,8 +41,43 @@ struct PfGemmArgs {
 };
 
 #define G_BM 64
-#define G_BN 64
-#define G_SA 40  // shared row stride in halves: 32 + 8 keeps fragment loads conflict-free
+#define G_BN 128
+#define G_BK 64  // k per pass
+#define G_KS 4   // 16-wide k steps per pass
+#define G_SA 72  // shared row stride in halves: 64 + 8 keeps fragment loads conflict-free
+
+// A = x·rowscale split into f16 hi + lo (hi = f16(a), lo = f16(a − hi)) and the f32 sum of every
+// 16-wide k step (the K-quant mins). Thread per 16 values; row blockIdx.y. All strides ldx.
+extern "C" __global__ void pf_split(const float* x, long long ldx, int K, const float* rowscale, __half* xh,
+                                    __half* xl, float* xs) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c * 16 >= K) return;
+    const size_t r = blockIdx.y;
+    const float mul = rowscale ? rowscale[r] : 1.0f;
+    const float4* p = (const float4*)(x + r * ldx + (size_t)c * 16);
+    __align__(16) __half h[16];
+    __align__(16) __half l[16];
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float4 v4 = p[i];
+        const float v[4] = {v4.x * mul, v4.y * mul, v4.z * mul, v4.w * mul};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const __half hh = __float2half_rn(v[k]);
+            h[4 * i + k] = hh;
+            l[4 * i + k] = __float2half_rn(v[k] - __half2float(hh));
+            s += v[k];
+        }
+    }
+    uint4* dh = (uint4*)(xh + r * ldx + (size_t)c * 16);
+    uint4* dl = (uint4*)(xl + r * ldx + (size_t)c * 16);
+    dh[0] = ((const uint4*)h)[0];
+    dh[1] = ((const uint4*)h)[1];
+    dl[0] = ((const uint4*)l)[0];
+    dl[1] = ((const uint4*)l)[1];
+    xs[r * (ldx / 16) + c] = s;
+}
 
 __device__ __forceinline__ void mma16816(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
     asm volatile(
@@ -127,15 +165,19 @@ __device__ __forceinline__ void load_w16(const uint8_t* wrow, const __half* srow
     }
 }
 
-// One block computes a 64×64 tile of Y with 4 warps (16 rows × 64 columns each), k in steps of 32.
+// One block computes a 64×128 tile of Y with 8 warps (warp w: rows 16·(w%4), columns 64·(w/4),
+// 16 × 64 each), 64 k per pass. Partial sums over one scale span (16 k for Q2_K, 32 otherwise; the
+// whole pass for F16) start from zero in a fresh fragment and are added to the accumulator with
+// their scale, so the tensor core's accumulation never absorbs small terms into a large sum.
 template <int TY>
 __device__ void gemm_body(const PfGemmArgs& a) {
     __shared__ __align__(16) __half s_ah[G_BM * G_SA];
     __shared__ __align__(16) __half s_al[G_BM * G_SA];
     __shared__ __align__(16) __half s_b[G_BN * G_SA];
-    __shared__ float s_sa[G_BN][2], s_sb[G_BN][2], s_xs[G_BM][2];
+    __shared__ float s_sa[G_BN][G_KS], s_sb[G_BN][G_KS], s_xs[G_BM][G_KS];
     __shared__ uint64_t s_grid[256];
     __shared__ int s_src[G_BM];
+    constexpr int SPAN = TY == PT_Q2_K ? 1 : (TY == PT_F16 ? 4 : 2);  // 16-wide steps per scale
     int e = 0, row0, n_rows;
     if (a.tiles) {
         if ((int)blockIdx.y >= *a.n_tiles) return;
@@ -148,6 +190,7 @@ __device__ void gemm_body(const PfGemmArgs& a) {
     }
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t4 = lane & 3;
+    const int wm = warp & 3, wnb = (warp >> 2) * 64;
     const int n0 = blockIdx.x * G_BN;
     if (TY == PT_IQ2_XXS) {
         for (int i = tid; i < 256; i += blockDim.x) s_grid[i] = IQ2XXS_GRID[i];
@@ -157,13 +200,13 @@ __device__ void gemm_body(const PfGemmArgs& a) {
         s_src[tid] = tid < n_rows ? (a.gather ? a.gather[r] / a.gather_div : r) : -1;
     }
     __syncthreads();
-    const float* xg = a.x + (size_t)blockIdx.z * a.gx;
-    // Loader roles: row (A) / column (B) tid/2, k half tid%2 (16 values each).
-    const int lr = tid >> 1, lh = tid & 1;
-    const int src = s_src[lr];
-    const float* xrow = src >= 0 ? xg + (size_t)src * a.ldx : nullptr;
-    const float xmul = (src >= 0 && a.rowscale) ? a.rowscale[row0 + lr] : 1.0f;
-    const int wn = n0 + lr;
+    // A loader: row tid/4, 16-wide step tid%4 of each pass (two 16-byte loads each of hi and lo).
+    const int ar = tid >> 2, aq = tid & 3;
+    const int asrc = s_src[ar];
+    const size_t aoff = asrc >= 0 ? (size_t)blockIdx.z * a.gx + (size_t)asrc * a.ldx : 0;
+    // B loader: column tid/2, 16-wide steps tid%2 and tid%2 + 2.
+    const int br = tid >> 1, bh = tid & 1;
+    const int wn = n0 + br;
     const size_t wrow_idx = (size_t)(blockIdx.z + e) * a.N + (wn < a.N ? wn : 0);
     const uint8_t* wrow = TY == PT_Q8R ? a.w + wrow_idx * a.K : a.w + wrow_idx * a.w_row_bytes;
     const __half* srow = TY == PT_Q8R ? a.wscale + wrow_idx * (a.K / 32) : nullptr;
@@ -172,48 +215,51 @@ __device__ void gemm_body(const PfGemmArgs& a) {
 #pragma unroll
     for (int i = 0; i < 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
 
-    for (int k0 = 0; k0 < a.K; k0 += 32) {
-        {  // A: 16 floats of row lr → hi/lo halves, and their f32 sum
-            __half* dh = s_ah + lr * G_SA + lh * 16;
-            __half* dl = s_al + lr * G_SA + lh * 16;
-            float s = 0.0f;
-            if (xrow) {
-                const float4* p = (const float4*)(xrow + k0 + lh * 16);
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const float4 v4 = p[i];
-                    const float v[4] = {v4.x * xmul, v4.y * xmul, v4.z * xmul, v4.w * xmul};
-#pragma unroll
-                    for (int c = 0; c < 4; c++) {
-                        const __half h = __float2half_rn(v[c]);
-                        dh[4 * i + c] = h;
-                        dl[4 * i + c] = __float2half_rn(v[c] - __half2float(h));
-                        s += v[c];
-                    }
-                }
+    for (int k0 = 0; k0 < a.K; k0 += G_BK) {
+        {
+            const int k = k0 + 16 * aq;
+            uint4* dh = (uint4*)(s_ah + ar * G_SA + 16 * aq);
+            uint4* dl = (uint4*)(s_al + ar * G_SA + 16 * aq);
+            if (asrc >= 0 && k < a.K) {
+                const uint4* ph = (const uint4*)(a.xh + aoff + k);
+                const uint4* pl = (const uint4*)(a.xl + aoff + k);
+                const uint4 h0 = ph[0], h1 = ph[1], l0 = pl[0], l1 = pl[1];
+                dh[0] = h0;
+                dh[1] = h1;
+                dl[0] = l0;
+                dl[1] = l1;
+                if (TY == PT_Q2_K || TY == PT_Q4_K) s_xs[ar][aq] = a.xs[aoff / 16 + k / 16];
             } else {
-#pragma unroll
-                for (int i = 0; i < 16; i++) dh[i] = dl[i] = __float2half_rn(0.0f);
+                const uint4 z = make_uint4(0, 0, 0, 0);
+                dh[0] = dh[1] = dl[0] = dl[1] = z;
+                s_xs[ar][aq] = 0.0f;
             }
-            s_xs[lr][lh] = s;
         }
-        {  // B: 16 weights of column wn
+#pragma unroll
+        for (int sub = 0; sub < 2; sub++) {
+            const int ks = bh + 2 * sub;
+            const int k = k0 + 16 * ks;
             float sa = 0.0f, sb = 0.0f;
-            __half* d = s_b + lr * G_SA + lh * 16;
-            if (wn < a.N) {
-                load_w16<TY>(wrow, srow, k0 + lh * 16, s_grid, d, sa, sb);
+            __half* d = s_b + br * G_SA + 16 * ks;
+            if (wn < a.N && k < a.K) {
+                load_w16<TY>(wrow, srow, k, s_grid, d, sa, sb);
             } else {
 #pragma unroll
                 for (int i = 0; i < 16; i++) d[i] = __float2half_rn(0.0f);
             }
-            s_sa[lr][lh] = sa;
-            s_sb[lr][lh] = sb;
+            s_sa[br][ks] = sa;
+            s_sb[br][ks] = sb;
         }
         __syncthreads();
+        float tmp[8][4];
 #pragma unroll
-        for (int kh = 0; kh < 2; kh++) {
+        for (int kh = 0; kh < G_KS; kh++) {
+            if (kh % SPAN == 0) {
+#pragma unroll
+                for (int i = 0; i < 8; i++) tmp[i][0] = tmp[i][1] = tmp[i][2] = tmp[i][3] = 0.0f;
+            }
             uint32_t ah[4], al[4];
-            const int r0 = warp * 16 + g, kc = kh * 16 + 2 * t4;
+            const int r0 = wm * 16 + g, kc = kh * 16 + 2 * t4;
             ah[0] = *(const uint32_t*)(s_ah + r0 * G_SA + kc);
             ah[1] = *(const uint32_t*)(s_ah + (r0 + 8) * G_SA + kc);
             ah[2] = *(const uint32_t*)(s_ah + r0 * G_SA + kc + 8);
@@ -222,31 +268,43 @@ __device__ void gemm_body(const PfGemmArgs& a) {
             al[1] = *(const uint32_t*)(s_al + (r0 + 8) * G_SA + kc);
             al[2] = *(const uint32_t*)(s_al + r0 * G_SA + kc + 8);
             al[3] = *(const uint32_t*)(s_al + (r0 + 8) * G_SA + kc + 8);
-            const float xs0 = s_xs[r0][kh], xs1 = s_xs[r0 + 8][kh];
 #pragma unroll
             for (int nt = 0; nt < 8; nt++) {
-                const int nb = nt * 8 + g;
+                const int nb = wnb + nt * 8 + g;
                 const uint32_t b0 = *(const uint32_t*)(s_b + nb * G_SA + kc);
                 const uint32_t b1 = *(const uint32_t*)(s_b + nb * G_SA + kc + 8);
-                if (TY == PT_F16) {
-                    mma16816(acc[nt], ah, b0, b1);
-                    mma16816(acc[nt], al, b0, b1);
-                } else {
-                    float tmp[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                    mma16816(tmp, ah, b0, b1);
-                    mma16816(tmp, al, b0, b1);
-                    const int c0 = nt * 8 + 2 * t4;
-                    const float sa0 = s_sa[c0][kh], sa1 = s_sa[c0 + 1][kh];
-                    acc[nt][0] += sa0 * tmp[0];
-                    acc[nt][1] += sa1 * tmp[1];
-                    acc[nt][2] += sa0 * tmp[2];
-                    acc[nt][3] += sa1 * tmp[3];
-                    if (TY == PT_Q2_K || TY == PT_Q4_K) {
-                        const float sb0 = s_sb[c0][kh], sb1 = s_sb[c0 + 1][kh];
-                        acc[nt][0] -= sb0 * xs0;
-                        acc[nt][1] -= sb1 * xs0;
-                        acc[nt][2] -= sb0 * xs1;
-                        acc[nt][3] -= sb1 * xs1;
+                mma16816(tmp[nt], ah, b0, b1);
+                mma16816(tmp[nt], al, b0, b1);
+            }
+            if (kh % SPAN == SPAN - 1) {
+                const int ks = kh - (SPAN - 1);  // first step of the span (scales are per span)
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++) {
+                    if (TY == PT_F16) {
+                        acc[nt][0] += tmp[nt][0];
+                        acc[nt][1] += tmp[nt][1];
+                        acc[nt][2] += tmp[nt][2];
+                        acc[nt][3] += tmp[nt][3];
+                    } else {
+                        const int c0 = wnb + nt * 8 + 2 * t4;
+                        const float sa0 = s_sa[c0][ks], sa1 = s_sa[c0 + 1][ks];
+                        acc[nt][0] += sa0 * tmp[nt][0];
+                        acc[nt][1] += sa1 * tmp[nt][1];
+                        acc[nt][2] += sa0 * tmp[nt][2];
+                        acc[nt][3] += sa1 * tmp[nt][3];
+                        if (TY == PT_Q2_K || TY == PT_Q4_K) {
+                            float xs0 = 0.0f, xs1 = 0.0f;
+#pragma unroll
+                            for (int q = 0; q < SPAN; q++) {
+                                xs0 += s_xs[r0][ks + q];
+                                xs1 += s_xs[r0 + 8][ks + q];
+                            }
+                            const float sb0 = s_sb[c0][ks], sb1 = s_sb[c0 + 1][ks];
+                            acc[nt][0] -= sb0 * xs0;
+                            acc[nt][1] -= sb1 * xs0;
+                            acc[nt][2] -= sb0 * xs1;
+                            acc[nt][3] -= sb1 * xs1;
+                        }
                     }
                 }
             }
@@ -258,8 +316,8 @@ __device__ void gemm_body(const PfGemmArgs& a) {
     for (int nt = 0; nt < 8; nt++) {
 #pragma unroll
         for (int q = 0; q < 4; q++) {
-            const int r = warp * 16 + g + (q >= 2 ? 8 : 0);
-            const int n = n0 + nt * 8 + 2 * t4 + (q & 1);
+            const int r = wm * 16 + g + (q >= 2 ? 8 : 0);
+            const int n = n0 + wnb + nt * 8 + 2 * t4 + (q & 1);
             if (r < n_rows && n < a.N) {
                 float v = acc[nt][q] * a.alpha;
                 const size_t gr = (size_t)(row0 + r);
@@ -271,7 +329,7 @@ __device__ void gemm_body(const PfGemmArgs& a) {
 }
 
 #define PF_GEMM(SUFFIX, TY) \
-    extern "C" __global__ void __launch_bounds__(128) pf_gemm_##SUFFIX(PfGemmArgs a) { gemm_body<TY>(a); }
+    extern "C" __global__ void __launch_bounds__(256, 2) pf_gemm_##SUFFIX(PfGemmArgs a) { gemm_body<TY>(a); }
 PF_GEMM(q8r, PT_Q8R)
 PF_GEMM(f16, PT_F16)
 PF_GEMM(iq2_xxs, PT_IQ2_XXS)
@@ -294,16 +352,6 @@ extern "C" __global__ void pf_gemm_f32(PfGemmArgs a) {
     float v = s * a.alpha;
     if (a.add) v = a.add[(size_t)r * a.ldadd + n] + v;
     a.y[(size_t)blockIdx.z * a.gy + (size_t)r * a.ldy + n] = v;
-}
-
-// Raw Q8_0 rows (34-byte blocks) → int8 quants [rows][K] and f16 scales [rows][K/32].
-extern "C" __global__ void pf_repack_q8(const uint8_t* src, int8_t* q, __half* scales, unsigned long long n_blocks) {
-    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
-    for (unsigned long long b = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; b < n_blocks; b += stride) {
-        const uint8_t* s = src + b * 34;
-        scales[b] = __ushort_as_half((uint16_t)s[0] | ((uint16_t)s[1] << 8));
-        for (int i = 0; i < 32; i++) q[b * 32 + i] = (int8_t)s[2 + i];
-    }
 }
 
 // ---- embedding, norms, hyper-connections (spec §3.3, §3.4) ---------------------------------------
@@ -460,63 +508,108 @@ extern "C" __global__ void pf_ring_store(const float* kvc, float* ring, int pos0
 
 // ---- compressor (spec §3.5 C1-C9) ----------------------------------------------------------------
 
-// C1-C4 and C8 for the chunk, thread per output column j < D (it owns state columns j and, with
-// coff = 2, D + j): tokens in position order, exactly the decode compressor_step's state updates;
-// every emitted row's pooled values go to pooled[e][j] (e = emission index in the chunk).
-extern "C" __global__ void pf_comp_pool(const float* kvp, const float* scp, const __half* ape, float* state_kv,
-                                        float* state_sc, float* pooled, int pos0, int n_tok, int R, int coff, int D) {
+// C2-C4 for every row the chunk emits, in parallel: emitted row blockIdx.y (at position
+// q = first_pos + blockIdx.y·R), column j. A window token at position p reads the chunk's
+// projections when p >= pos0, else the frontier state as it was at the chunk's start (the
+// current window's rows R+i (coff 2) or i (coff 1); with coff 2, a previous window that completed
+// before the chunk sits in rows 0..R). Same values and the same summation order as the decode
+// compressor_step walking the tokens one by one.
+extern "C" __global__ void pf_comp_pool(const float* kvp, const float* scp, const __half* ape, const float* state_kv,
+                                        const float* state_sc, float* pooled, int pos0, int first_pos, int R, int coff,
+                                        int D) {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= D) return;
     const int W = coff * D;
-    int e = 0;
-    for (int t = 0; t < n_tok; t++) {
-        const int pos = pos0 + t;
-        const int p = pos % R;
-        const int row = coff == 2 ? R + p : p;
-        for (int c = 0; c < coff; c++) {
-            const int col = j + c * D;
-            state_kv[(size_t)row * W + col] = kvp[(size_t)t * W + col];
-            state_sc[(size_t)row * W + col] = scp[(size_t)t * W + col] + __half2float(ape[(size_t)p * W + col]);
-        }
-        if ((pos + 1) % R != 0) continue;
-        float mx = -3.0e38f;
-        if (coff == 2) {
-            for (int i = 0; i < R; i++) {
-                mx = fmaxf(mx, state_sc[(size_t)i * W + j]);
-                mx = fmaxf(mx, state_sc[(size_t)(R + i) * W + D + j]);
-            }
+    const int q = first_pos + (int)blockIdx.y * R;
+    const int cur0 = q - R + 1;  // first position of the emitting window
+    // Token of window-phase i: (kv, score) at column c.
+    auto cur = [&](int i, int c, float& kv, float& sc) {
+        const int p = cur0 + i;
+        if (p >= pos0) {
+            kv = kvp[(size_t)(p - pos0) * W + c];
+            sc = scp[(size_t)(p - pos0) * W + c] + __half2float(ape[(size_t)i * W + c]);
         } else {
-            for (int i = 0; i < R; i++) mx = fmaxf(mx, state_sc[(size_t)i * W + j]);
+            const int row = coff == 2 ? R + i : i;
+            kv = state_kv[(size_t)row * W + c];
+            sc = state_sc[(size_t)row * W + c];
         }
-        float out = 0.0f;
-        if (mx > -5.0e29f) {
-            float num = 0.0f, den = 0.0f;
-            for (int i = 0; i < R; i++) {
-                if (coff == 2) {
-                    const float wp = expf(state_sc[(size_t)i * W + j] - mx);
-                    const float wc = expf(state_sc[(size_t)(R + i) * W + D + j] - mx);
-                    den += wp + wc;
-                    num += wp * state_kv[(size_t)i * W + j];
-                    num += wc * state_kv[(size_t)(R + i) * W + D + j];
-                } else {
-                    const float w = expf(state_sc[(size_t)i * W + j] - mx);
-                    den += w;
-                    num += w * state_kv[(size_t)i * W + j];
-                }
-            }
-            out = num / den;
+    };
+    auto prev = [&](int i, float& kv, float& sc) {  // coff 2: previous window, columns [0, D)
+        const int p = cur0 - R + i;
+        if (p >= pos0) {
+            kv = kvp[(size_t)(p - pos0) * W + j];
+            sc = scp[(size_t)(p - pos0) * W + j] + __half2float(ape[(size_t)i * W + j]);
+        } else {
+            const int row = (q - R) < pos0 ? i : R + i;
+            kv = state_kv[(size_t)row * W + j];
+            sc = state_sc[(size_t)row * W + j];
         }
-        pooled[(size_t)e * D + j] = out;
-        e++;
+    };
+    float mx = -3.0e38f;
+    for (int i = 0; i < R; i++) {
+        float kv, sc;
         if (coff == 2) {
-            for (int i = 0; i < R; i++) {
-                for (int c = 0; c < 2; c++) {
-                    const int col = j + c * D;
-                    state_kv[(size_t)i * W + col] = state_kv[(size_t)(R + i) * W + col];
-                    state_sc[(size_t)i * W + col] = state_sc[(size_t)(R + i) * W + col];
-                }
+            prev(i, kv, sc);
+            mx = fmaxf(mx, sc);
+            cur(i, D + j, kv, sc);
+            mx = fmaxf(mx, sc);
+        } else {
+            cur(i, j, kv, sc);
+            mx = fmaxf(mx, sc);
+        }
+    }
+    float out = 0.0f;
+    if (mx > -5.0e29f) {
+        float num = 0.0f, den = 0.0f;
+        for (int i = 0; i < R; i++) {
+            if (coff == 2) {
+                float kp, sp, kc, scc;
+                prev(i, kp, sp);
+                cur(i, D + j, kc, scc);
+                const float wp = expf(sp - mx);
+                const float wc = expf(scc - mx);
+                den += wp + wc;
+                num += wp * kp;
+                num += wc * kc;
+            } else {
+                float kv, sc;
+                cur(i, j, kv, sc);
+                const float w = expf(sc - mx);
+                den += w;
+                num += w * kv;
             }
         }
+        out = num / den;
+    }
+    pooled[(size_t)blockIdx.y * D + j] = out;
+}
+
+// The frontier state after the chunk (C2 and C8), thread per (phase ph = blockIdx.y, column c):
+// row ph (coff 1) or R+ph (coff 2) holds the latest token of that phase; with coff 2, rows 0..R hold
+// the window of the chunk's last emission at `last_emit` (−1: none). Runs after pf_comp_pool.
+extern "C" __global__ void pf_comp_state(const float* kvp, const float* scp, const __half* ape, float* state_kv,
+                                         float* state_sc, int pos0, int n_tok, int last_emit, int R, int coff, int W) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    const int ph = blockIdx.y;
+    if (c >= W) return;
+    const int pos_end = pos0 + n_tok - 1;
+    const int cur_row = coff == 2 ? R + ph : ph;
+    const float old_kv = state_kv[(size_t)cur_row * W + c], old_sc = state_sc[(size_t)cur_row * W + c];
+    const float ap = __half2float(ape[(size_t)ph * W + c]);
+    if (coff == 2 && last_emit >= pos0) {
+        const int p = last_emit - R + 1 + ph;
+        float kv = old_kv, sc = old_sc;
+        if (p >= pos0) {
+            kv = kvp[(size_t)(p - pos0) * W + c];
+            sc = scp[(size_t)(p - pos0) * W + c] + ap;
+        }
+        state_kv[(size_t)ph * W + c] = kv;
+        state_sc[(size_t)ph * W + c] = sc;
+    }
+    const int p = pos_end - (((pos_end - ph) % R) + R) % R;  // latest position of phase ph
+    if (p >= pos0) {
+        state_kv[(size_t)cur_row * W + c] = kvp[(size_t)(p - pos0) * W + c];
+        state_sc[(size_t)cur_row * W + c] = scp[(size_t)(p - pos0) * W + c] + ap;
     }
 }
 
@@ -695,7 +788,7 @@ extern "C" __global__ void pf_index_topk(const float* scores, int pos0, int t0, 
 
 // ---- attention (spec §3.5 A11-A12) ---------------------------------------------------------------
 
-#define PF_HPB 4  // heads per block: they share every key row load (one KV head)
+#define PF_HPB 8  // heads per block: they share every key row load (one KV head)
 
 // Heads PF_HPB·blockIdx.x.. of token blockIdx.y. Rows: raw window oldest first (positions before
 // the chunk from the ring, the chunk's own from kvc), then the visible compressed rows (all, or the
@@ -721,6 +814,7 @@ extern "C" __global__ void __launch_bounds__(256)
         }
     }
     const int n_rows = n_raw + n_comp;
+    const int n_rows4 = (n_rows + 3) & ~3;  // score rows padded with zero weights
     float* qs = sm;
     float* sc = sm + PF_HPB * head_dim;
     const float* qt = q + ((size_t)t * n_head + h0) * head_dim;
@@ -752,22 +846,22 @@ extern "C" __global__ void __launch_bounds__(256)
 #pragma unroll
         for (int h = 0; h < PF_HPB; h++) {
             const float v = warp_sum(s[h]);
-            if (lane == 0) sc[h * n_rows + j] = v * kq_scale;
+            if (lane == 0) sc[h * n_rows4 + j] = v * kq_scale;
         }
     }
     __syncthreads();
     float inv[PF_HPB];
 #pragma unroll
     for (int h = 0; h < PF_HPB; h++) {
-        float* sh = sc + h * n_rows;
+        float* sh = sc + h * n_rows4;
         const float sink = sinks[h0 + h];
         float m = sink;
         for (int j = threadIdx.x; j < n_rows; j += blockDim.x) m = fmaxf(m, sh[j]);
         const float mx = block_max(m, red);
         __syncthreads();
         float psum = 0.0f;
-        for (int j = threadIdx.x; j < n_rows; j += blockDim.x) {
-            const float e = expf(sh[j] - mx);
+        for (int j = threadIdx.x; j < n_rows4; j += blockDim.x) {
+            const float e = j < n_rows ? expf(sh[j] - mx) : 0.0f;
             sh[j] = e;
             psum += e;
         }
@@ -775,19 +869,25 @@ extern "C" __global__ void __launch_bounds__(256)
         inv[h] = 1.0f / den;
         __syncthreads();
     }
+    // Weighted sum: thread per output dim, four rows per step (their weights as one float4).
     float acc[PF_HPB][4];
 #pragma unroll
     for (int h = 0; h < PF_HPB; h++) acc[h][0] = acc[h][1] = acc[h][2] = acc[h][3] = 0.0f;
     const int n_dim = (head_dim + blockDim.x - 1) / blockDim.x;  // head_dim ≤ 4·blockDim
-    for (int j = 0; j < n_rows; j++) {
-        const float* k = row_ptr(j);
+    for (int j = 0; j < n_rows4; j += 4) {
+        const float* k[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) k[u] = row_ptr(min(j + u, n_rows - 1));
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const int d = threadIdx.x + i * blockDim.x;
             if (i < n_dim && d < head_dim) {
-                const float kv = __ldg(k + d);
+                const float k0 = __ldg(k[0] + d), k1 = __ldg(k[1] + d), k2 = __ldg(k[2] + d), k3 = __ldg(k[3] + d);
 #pragma unroll
-                for (int h = 0; h < PF_HPB; h++) acc[h][i] += sc[h * n_rows + j] * kv;
+                for (int h = 0; h < PF_HPB; h++) {
+                    const float4 w = *(const float4*)(sc + h * n_rows4 + j);
+                    acc[h][i] += w.x * k0 + w.y * k1 + w.z * k2 + w.w * k3;
+                }
             }
         }
     }

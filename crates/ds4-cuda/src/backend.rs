@@ -382,10 +382,7 @@ impl Backend for CudaBackend {
             self.dev.bind()?;
             if self.prefill.is_none() {
                 self.prefill = Some(crate::prefill::Prefill::new(
-                    &self.dev,
-                    &self.cfg,
-                    &self.weights,
-                    self.ctx,
+                    &self.dev, &self.cfg, self.ctx,
                 )?);
             }
             let Some(pf) = self.prefill.as_mut() else {
@@ -432,6 +429,13 @@ impl Backend for CudaBackend {
             if let Some(out) = last {
                 pf.head(&self.kern, &self.cfg, &self.weights, last_len - 1)?;
                 pf.read_logits(out)?;
+            }
+            let prof = pf.kernels().profile_report()?;
+            if !prof.is_empty() {
+                eprintln!("ds4-cuda prefill profile ({} tokens):", tokens.len());
+                for (name, n, ms) in prof {
+                    eprintln!("  {name:20} {n:7} launches {ms:10.3} ms");
+                }
             }
             return Ok(());
         }

@@ -8,9 +8,8 @@
 //! numerics are f32-grade (weights exact in f16, activations split hi + lo; see the .cu header), so
 //! a batched chunk agrees with the token-by-token decode path within float rounding.
 //!
-//! Q8_0 weights are read in the repacked layout (int8 quants `[n_out][n_in]`, then f16 scales
-//! `[n_out][n_in/32]` at `align256(n_out·n_in)`), through [`q8_operand`]: while the device tensors
-//! still hold GGUF blocks, a repacked copy is made once per tensor.
+//! Q8_0 weights are read in the device's repacked layout (int8 quants `[n_out][n_in]`, f16 scales
+//! `[n_out][n_in/32]`; `weights::repack_q8_0`) through [`q8_operand`].
 
 use std::ffi::{c_void, CString};
 use std::sync::Arc;
@@ -21,7 +20,7 @@ use ds4_model::{AttnKind, Config};
 
 use crate::device::{DevBuf, Device};
 use crate::forward::{Frontier, KvState, LayerKv};
-use crate::launch::{DPtr, GemvArgs, GemvMode, Kernels, RopeArgs};
+use crate::launch::{DPtr, DenseInput, DenseMat, GemvArgs, GemvMode, Kernels, RopeArgs};
 use crate::weights::{DevAttnExtra, DevCompressor, DevHc, DevLayer, DevTensor, DevWeights};
 use crate::Error;
 
@@ -41,14 +40,18 @@ pub fn batched_enabled() -> bool {
 
 /// GEMM tile (kernels/prefill.cu `G_BM`, `G_BN`).
 const TILE: usize = 64;
+const TILE_N: usize = 128;
 /// Heads per attention block (`PF_HPB`).
-const ATTN_HPB: usize = 4;
+const ATTN_HPB: usize = 8;
 
 /// `PfGemmArgs` of kernels/prefill.cu (field order and types must match).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 struct PfGemmArgs {
     x: DPtr,
+    xh: DPtr,
+    xl: DPtr,
+    xs: DPtr,
     gather: DPtr,
     y: DPtr,
     w: DPtr,
@@ -84,41 +87,73 @@ pub enum WeightOp {
     },
 }
 
-fn align256(n: usize) -> usize {
-    n.div_ceil(256) * 256
+/// The one place that knows where a Q8_0 matrix's quants and scales are (the device layout of
+/// `weights::repack_q8_0`).
+pub fn q8_operand(quants: DPtr, scales: DPtr) -> WeightOp {
+    WeightOp::Q8 { quants, scales }
 }
 
-/// Byte offset of the f16 scales in a repacked Q8_0 matrix of `n_out × n_in`.
-pub fn q8_scales_offset(n_out: usize, n_in: usize) -> usize {
-    align256(n_out * n_in)
+/// The GEMM operand of a device tensor (Q8_0 repacked, everything else raw GGUF rows; for 3-D
+/// expert tensors the GEMM adds `e·n_out` rows itself).
+pub fn weight_operand(t: &DevTensor) -> WeightOp {
+    if t.ty == TensorType::Q8_0 {
+        return q8_operand(t.ptr(), t.q8_scales_ptr());
+    }
+    WeightOp::Raw {
+        ty: t.ty,
+        ptr: t.ptr(),
+        row_bytes: t.row_bytes(),
+    }
 }
 
-/// Bytes of a repacked Q8_0 matrix.
-pub fn q8_repacked_bytes(n_out: usize, n_in: usize) -> usize {
-    q8_scales_offset(n_out, n_in) + n_out * (n_in / 32) * 2
+/// A GEMM input prepared for the tensor cores by [`PrefillKernels::split`]: f16 hi and lo halves
+/// (row stride = the f32 source's) and the f32 sum of every 16-wide k step (stride / 16).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct XSplit {
+    pub h: DPtr,
+    pub l: DPtr,
+    pub s: DPtr,
 }
 
-/// The one place that knows where a Q8_0 tensor's quants and scales are: (quants, scales).
-pub fn q8_operand(quants: DPtr, n_out: usize, n_in: usize) -> WeightOp {
-    WeightOp::Q8 {
-        quants,
-        scales: quants + q8_scales_offset(n_out, n_in) as u64,
+/// Device memory for one [`XSplit`] of up to `elems` values.
+pub struct SplitBuf {
+    h: DevBuf,
+    l: DevBuf,
+    s: DevBuf,
+}
+
+impl SplitBuf {
+    pub fn new(dev: &Arc<Device>, elems: usize) -> Result<SplitBuf, Error> {
+        Ok(SplitBuf {
+            h: dev.alloc(elems * 2)?,
+            l: dev.alloc(elems * 2)?,
+            s: dev.alloc(elems.div_ceil(16) * 4)?,
+        })
+    }
+    pub fn view(&self) -> XSplit {
+        XSplit {
+            h: self.h.ptr(),
+            l: self.l.ptr(),
+            s: self.s.ptr(),
+        }
     }
 }
 
 /// One batched product `Y[m][n_out] = X[m][n_in] · Wᵀ` (optionally grouped, gathered or tiled by
-/// expert). Strides in floats.
+/// expert). The tensor-core types read `split` (X after [`PrefillKernels::split`]); F32 weights
+/// read the f32 `x` (times `rowscale`). Strides in elements.
 #[derive(Clone, Copy, Debug)]
 pub struct Gemm {
     pub w: WeightOp,
     pub n_in: usize,
     pub n_out: usize,
+    pub split: XSplit,
     pub x: DPtr,
     pub ldx: usize,
     pub y: DPtr,
     pub ldy: usize,
     pub m: usize,
-    /// Per-row input scale (applied to x before the split), 0 = none.
+    /// F32 path: per-row input scale, 0 = none.
     pub rowscale: DPtr,
     /// `y = add + alpha·(x·Wᵀ)` when set.
     pub add: DPtr,
@@ -140,12 +175,14 @@ pub struct Gemm {
 }
 
 impl Gemm {
-    pub fn new(w: WeightOp, n_in: usize, n_out: usize, x: DPtr, y: DPtr, m: usize) -> Gemm {
+    /// A dense product over a split input with row stride `n_in`.
+    pub fn new(w: WeightOp, n_in: usize, n_out: usize, split: XSplit, y: DPtr, m: usize) -> Gemm {
         Gemm {
             w,
             n_in,
             n_out,
-            x,
+            split,
+            x: 0,
             ldx: n_in,
             y,
             ldy: n_out,
@@ -172,17 +209,20 @@ macro_rules! args {
     };
 }
 
+/// A profiled launch: kernel name, start and end events.
+type LaunchEvents = (&'static str, sys::CUevent, sys::CUevent);
+
 /// The prefill module's kernels.
 pub struct PrefillKernels {
     dev: Arc<Device>,
     module: sys::CUmodule,
     gemm_q8r: sys::CUfunction,
+    split: sys::CUfunction,
     gemm_f16: sys::CUfunction,
     gemm_f32: sys::CUfunction,
     gemm_iq2_xxs: sys::CUfunction,
     gemm_q2_k: sys::CUfunction,
     gemm_q4_k: sys::CUfunction,
-    repack_q8: sys::CUfunction,
     embed: sys::CUfunction,
     rms_rows: sys::CUfunction,
     hc_pre: sys::CUfunction,
@@ -191,6 +231,7 @@ pub struct PrefillKernels {
     kv_finish: sys::CUfunction,
     ring_store: sys::CUfunction,
     comp_pool: sys::CUfunction,
+    comp_state: sys::CUfunction,
     comp_emit: sys::CUfunction,
     index_q_prep: sys::CUfunction,
     index_scores: sys::CUfunction,
@@ -200,6 +241,9 @@ pub struct PrefillKernels {
     moe_sort: sys::CUfunction,
     swiglu: sys::CUfunction,
     moe_sum: sys::CUfunction,
+    /// `DS4_PREFILL_PROFILE=1`: an event pair around every launch, summed per kernel by
+    /// [`PrefillKernels::profile_report`].
+    profile: std::sync::Mutex<Option<Vec<LaunchEvents>>>,
 }
 
 // SAFETY: plain driver handles, valid while `dev` (held here) and `module` (unloaded on drop) live.
@@ -242,12 +286,12 @@ impl PrefillKernels {
             dev: dev.clone(),
             module,
             gemm_q8r: f("pf_gemm_q8r")?,
+            split: f("pf_split")?,
             gemm_f16: f("pf_gemm_f16")?,
             gemm_f32: f("pf_gemm_f32")?,
             gemm_iq2_xxs: f("pf_gemm_iq2_xxs")?,
             gemm_q2_k: f("pf_gemm_q2_k")?,
             gemm_q4_k: f("pf_gemm_q4_k")?,
-            repack_q8: f("pf_repack_q8")?,
             embed: f("pf_embed")?,
             rms_rows: f("pf_rms_rows")?,
             hc_pre: f("pf_hc_pre")?,
@@ -256,6 +300,7 @@ impl PrefillKernels {
             kv_finish: f("pf_kv_finish")?,
             ring_store: f("pf_ring_store")?,
             comp_pool: f("pf_comp_pool")?,
+            comp_state: f("pf_comp_state")?,
             comp_emit: f("pf_comp_emit")?,
             index_q_prep: f("pf_index_q_prep")?,
             index_scores: f("pf_index_scores")?,
@@ -265,6 +310,11 @@ impl PrefillKernels {
             moe_sort: f("pf_moe_sort")?,
             swiglu: f("pf_swiglu")?,
             moe_sum: f("pf_moe_sum")?,
+            profile: std::sync::Mutex::new(
+                std::env::var("DS4_PREFILL_PROFILE")
+                    .is_ok_and(|v| v == "1")
+                    .then(Vec::new),
+            ),
         };
         Ok(k)
     }
@@ -299,8 +349,63 @@ impl PrefillKernels {
         // SAFETY: every caller passes `params` pointing at live values whose types match the
         // kernel's C signature, device pointers of live buffers sized by the caller's checks, and
         // a grid computed from the same sizes.
-        unsafe { result::launch_kernel(f, grid, (block, 1, 1), smem, self.dev.cu_stream(), params) }
-            .map_err(|e| Error::driver(name, e))
+        let mut prof = self.profile.lock().unwrap_or_else(|e| e.into_inner());
+        let events = match prof.as_mut() {
+            Some(list) => {
+                let ev = || result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT);
+                let a = ev().map_err(|e| Error::driver(name, e))?;
+                let b = ev().map_err(|e| Error::driver(name, e))?;
+                // SAFETY: a fresh event recorded on our stream.
+                unsafe { result::event::record(a, self.dev.cu_stream()) }
+                    .map_err(|e| Error::driver(name, e))?;
+                list.push((name, a, b));
+                Some(b)
+            }
+            None => None,
+        };
+        // SAFETY: every caller passes `params` pointing at live values whose types match the
+        // kernel's C signature, device pointers of live buffers sized by the caller's checks, and
+        // a grid computed from the same sizes.
+        unsafe {
+            result::launch_kernel(f, grid, (block, 1, 1), smem, self.dev.cu_stream(), params)
+        }
+        .map_err(|e| Error::driver(name, e))?;
+        if let Some(b) = events {
+            // SAFETY: as above.
+            unsafe { result::event::record(b, self.dev.cu_stream()) }
+                .map_err(|e| Error::driver(name, e))?;
+        }
+        Ok(())
+    }
+
+    /// When profiling: waits for the stream and returns `(kernel, launches, ms)` summed since the
+    /// last report, largest first (the list restarts empty).
+    pub fn profile_report(&self) -> Result<Vec<(&'static str, usize, f32)>, Error> {
+        let mut prof = self.profile.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(list) = prof.as_mut() else {
+            return Ok(Vec::new());
+        };
+        self.dev.synchronize()?;
+        let mut sums: Vec<(&'static str, usize, f32)> = Vec::new();
+        for (name, a, b) in list.drain(..) {
+            // SAFETY: both events were recorded on our stream, which has drained.
+            let ms = unsafe { result::event::elapsed(a, b) }
+                .map_err(|e| Error::driver("cuEventElapsedTime", e))?;
+            // SAFETY: events created in `launch`, no longer used.
+            unsafe {
+                let _ = result::event::destroy(a);
+                let _ = result::event::destroy(b);
+            }
+            match sums.iter_mut().find(|s| s.0 == name) {
+                Some(s) => {
+                    s.1 += 1;
+                    s.2 += ms;
+                }
+                None => sums.push((name, 1, ms)),
+            }
+        }
+        sums.sort_by(|a, b| b.2.total_cmp(&a.2));
+        Ok(sums)
     }
 
     /// Launches one batched GEMM (see [`Gemm`]).
@@ -338,16 +443,25 @@ impl PrefillKernels {
             "invariant: gemm n_in {} is a multiple of {k_mult}",
             g.n_in
         );
-        assert!(
-            g.ldx.is_multiple_of(4) && g.gx.is_multiple_of(4) && g.x.is_multiple_of(16),
-            "invariant: gemm rows are float4-aligned"
-        );
-        assert!(
-            g.x != 0 && g.y != 0 && w != 0,
-            "invariant: gemm pointers set"
-        );
+        let f32_path = ty == Some(TensorType::F32);
+        if f32_path {
+            assert!(g.x != 0, "invariant: F32 gemm reads the f32 input");
+        } else {
+            assert!(
+                g.split.h != 0 && g.split.l != 0 && g.split.s != 0,
+                "invariant: tensor-core gemm reads a split input"
+            );
+            assert!(
+                g.ldx.is_multiple_of(16) && g.gx.is_multiple_of(16),
+                "invariant: split rows are 16-aligned"
+            );
+        }
+        assert!(g.y != 0 && w != 0, "invariant: gemm pointers set");
         let a = PfGemmArgs {
             x: g.x,
+            xh: g.split.h,
+            xl: g.split.l,
+            xs: g.split.s,
             gather: g.gather,
             y: g.y,
             w,
@@ -385,41 +499,48 @@ impl PrefillKernels {
             g.m.div_ceil(TILE)
         };
         let grid = (
-            g.n_out.div_ceil(TILE) as u32,
+            g.n_out.div_ceil(TILE_N) as u32,
             rows as u32,
             g.groups.max(1) as u32,
         );
-        self.launch("pf_gemm", f, grid, 128, 0, &mut p)
+        let name = match (ty, g.tiles != 0) {
+            (None, _) => "pf_gemm_q8r",
+            (Some(TensorType::F16), _) => "pf_gemm_f16",
+            (Some(_), true) => "pf_gemm_experts",
+            (Some(_), false) => "pf_gemm_kquant",
+        };
+        self.launch(name, f, grid, 256, 0, &mut p)
     }
 
-    /// A repacked copy of the raw Q8_0 matrix at `src` (`n_out × n_in`).
-    pub fn repack_q8(&self, src: DPtr, n_out: usize, n_in: usize) -> Result<DevBuf, Error> {
+    /// Splits `m` rows of `k` f32 values (row stride `ldx`, times `rowscale[r]` when set) into
+    /// `out` for the tensor-core GEMM.
+    pub fn split(
+        &self,
+        x: DPtr,
+        ldx: usize,
+        k: usize,
+        m: usize,
+        rowscale: DPtr,
+        out: XSplit,
+    ) -> Result<(), Error> {
         assert!(
-            n_in.is_multiple_of(32),
-            "invariant: Q8_0 rows are whole blocks"
+            k.is_multiple_of(16) && ldx.is_multiple_of(16) && x.is_multiple_of(16),
+            "invariant: split rows are whole 16-value steps"
         );
-        let buf = self.dev.alloc(q8_repacked_bytes(n_out, n_in))?;
-        let blocks = (n_out * n_in / 32) as u64;
-        let (q, s) = (buf.ptr(), buf.ptr() + q8_scales_offset(n_out, n_in) as u64);
-        let mut p = args![src, q, s, blocks];
-        self.launch("pf_repack_q8", self.repack_q8, (1024, 1, 1), 256, 0, &mut p)?;
-        Ok(buf)
+        let (ld, ki) = (ldx as i64, k as i32);
+        let mut p = args![x, ld, ki, rowscale, out.h, out.l, out.s];
+        self.launch(
+            "pf_split",
+            self.split,
+            ((k / 16).div_ceil(256) as u32, m as u32, 1),
+            256,
+            0,
+            &mut p,
+        )
     }
 }
 
 // ---- per-session state ---------------------------------------------------------------------------
-
-/// Repacked Q8_0 operands of one layer.
-struct Q8Layer {
-    q_a: WeightOp,
-    q_b: WeightOp,
-    kv: WeightOp,
-    out_a: WeightOp,
-    out_b: WeightOp,
-    sh_gate: WeightOp,
-    sh_up: WeightOp,
-    sh_down: WeightOp,
-}
 
 /// Activation buffers of one chunk of up to `t_max` tokens, `[t][width]` each.
 struct Bufs {
@@ -437,7 +558,11 @@ struct Bufs {
     kvc: DevBuf,
     ckv: DevBuf,
     csc: DevBuf,
+    ickv: DevBuf,
+    icsc: DevBuf,
     pooled: DevBuf,
+    /// The split (hi/lo f16) input of the GEMMs running now.
+    sp: SplitBuf,
     qi: DevBuf,
     iw: DevBuf,
     scores: DevBuf,
@@ -483,7 +608,17 @@ impl Bufs {
             1
         };
         let hd = cfg.head_dim;
-        let cw = (2 * hd).max(2 * cfg.idx_head_dim);
+        let split_elems = [
+            t * cfg.hc_dim(),
+            t * cfg.q_dim(),
+            t * cfg.out_low_dim(),
+            t * cfg.q_lora_rank,
+            t * cfg.n_embd,
+            pairs * cfg.n_ff_exp,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
         Ok(Bufs {
             t_max: t,
             tokens: f(t)?,
@@ -497,8 +632,11 @@ impl Bufs {
             q: f(t * cfg.q_dim())?,
             kvr: f(t * hd)?,
             kvc: f(t * hd)?,
-            ckv: f(t * cw)?,
-            csc: f(t * cw)?,
+            ckv: f(t * 2 * hd)?,
+            csc: f(t * 2 * hd)?,
+            ickv: f(t * 2 * cfg.idx_head_dim)?,
+            icsc: f(t * 2 * cfg.idx_head_dim)?,
+            sp: SplitBuf::new(dev, split_elems)?,
             pooled: f((t / 4 + 2) * hd.max(cfg.idx_head_dim))?,
             qi: f(t * cfg.idx_q_dim())?,
             iw: f(t * cfg.n_idx_head)?,
@@ -535,67 +673,15 @@ impl Bufs {
 /// The batched prefill of one session: kernels, repacked Q8_0 operands, chunk buffers.
 pub struct Prefill {
     k: PrefillKernels,
-    q8: Vec<Q8Layer>,
-    /// Owns the repacked copies behind `q8`.
-    _q8_bufs: Vec<DevBuf>,
     bufs: Bufs,
 }
 
-/// The raw-GGUF operand of a non-Q8_0 tensor (or of expert `e`'s rows for 3-D tensors: the GEMM
-/// adds `e·n_out` rows itself).
-fn raw_operand(t: &DevTensor) -> WeightOp {
-    WeightOp::Raw {
-        ty: t.ty,
-        ptr: t.ptr(),
-        row_bytes: t.row_bytes(),
-    }
-}
-
 impl Prefill {
-    /// Loads the kernels, repacks the Q8_0 matrices (unless the device weights already are) and
-    /// allocates chunk buffers for `ctx` positions.
-    pub fn new(
-        dev: &Arc<Device>,
-        cfg: &Config,
-        w: &DevWeights,
-        ctx: usize,
-    ) -> Result<Prefill, Error> {
+    /// Loads the kernels and allocates chunk buffers for `ctx` positions.
+    pub fn new(dev: &Arc<Device>, cfg: &Config, ctx: usize) -> Result<Prefill, Error> {
         let k = PrefillKernels::new(dev)?;
-        let mut keep = Vec::new();
-        let mut op = |t: &DevTensor| -> Result<WeightOp, Error> {
-            if t.ty != TensorType::Q8_0 {
-                return Ok(raw_operand(t));
-            }
-            let (n_out, n_in) = (t.n_out(), t.n_in());
-            if t.row_bytes() == n_in as u64 {
-                // Already in the repacked layout on the device.
-                return Ok(q8_operand(t.ptr(), n_out, n_in));
-            }
-            let buf = k.repack_q8(t.ptr(), n_out, n_in)?;
-            let o = q8_operand(buf.ptr(), n_out, n_in);
-            keep.push(buf);
-            Ok(o)
-        };
-        let mut q8 = Vec::with_capacity(w.layers.len());
-        for l in &w.layers {
-            q8.push(Q8Layer {
-                q_a: op(&l.attn_q_a)?,
-                q_b: op(&l.attn_q_b)?,
-                kv: op(&l.attn_kv)?,
-                out_a: op(&l.attn_output_a)?,
-                out_b: op(&l.attn_output_b)?,
-                sh_gate: op(&l.ffn_gate_shexp)?,
-                sh_up: op(&l.ffn_up_shexp)?,
-                sh_down: op(&l.ffn_down_shexp)?,
-            });
-        }
         let bufs = Bufs::new(dev, cfg, CHUNK_ALIGN.min(ctx).max(1), ctx)?;
-        Ok(Prefill {
-            k,
-            q8,
-            _q8_bufs: keep,
-            bufs,
-        })
+        Ok(Prefill { k, bufs })
     }
 
     /// The kernels (tests drive the GEMM directly).
@@ -639,7 +725,7 @@ impl Prefill {
         )?; // §3.3
         for (il, (l, lkv)) in w.layers.iter().zip(&kv.layers).enumerate() {
             self.attention_sublayer(kern, cfg, il, l, lkv, kv.raw_cap, t, pos0)?;
-            self.ffn_sublayer(cfg, il, l, tokens.len())?;
+            self.ffn_sublayer(cfg, l, tokens.len())?;
         }
         Ok(())
     }
@@ -657,6 +743,24 @@ impl Prefill {
         let x = b.x.ptr() + (t * cfg.hc_dim() * 4) as u64;
         kern.rms_scale(x, cfg.hc_dim(), cfg.rms_eps, b.head_scale.ptr())?;
         let mv = |t: &DevTensor, x: DPtr, y: DPtr, xscale: DPtr| -> Result<(), Error> {
+            if t.ty == TensorType::Q8_0 {
+                let m = DenseMat {
+                    w: t.ptr(),
+                    s: t.q8_scales_ptr(),
+                    y,
+                    ty: t.ty.code() as i32,
+                    n_rows: t.n_out() as i32,
+                    alpha: 1.0,
+                    ..Default::default()
+                };
+                let input = DenseInput {
+                    x,
+                    n_in: t.n_in(),
+                    xscale,
+                    ..Default::default()
+                };
+                return kern.dense(input, &[m]);
+            }
             let a = GemvArgs {
                 w: t.ptr(),
                 x,
@@ -690,6 +794,26 @@ impl Prefill {
 
     // ---- §3.4 hyper-connections ---------------------------------------------------------------
 
+    /// Splits `m` rows of `k` values at `x` (stride `ldx`) into the chunk's split buffer.
+    fn split(
+        &self,
+        x: DPtr,
+        ldx: usize,
+        k: usize,
+        m: usize,
+        rowscale: DPtr,
+    ) -> Result<XSplit, Error> {
+        let sp = self.bufs.sp.view();
+        self.k.split(x, ldx, k, m, rowscale, sp)?;
+        Ok(sp)
+    }
+
+    /// `y = W·x` for the `t` rows of the current split (row stride `W.n_in`).
+    fn mm(&self, w: &DevTensor, sp: XSplit, y: DPtr, t: usize) -> Result<(), Error> {
+        self.k
+            .gemm(&Gemm::new(weight_operand(w), w.n_in(), w.n_out(), sp, y, t))
+    }
+
     /// Steps 1-6 + the sublayer norm for every token: hcw [T][mix], xa = normed input.
     fn hc_pre(&self, cfg: &Config, hc: &DevHc, norm: &DevTensor, t: usize) -> Result<(), Error> {
         let b = &self.bufs;
@@ -703,16 +827,9 @@ impl Prefill {
             0,
             &mut p,
         )?;
-        let mut g = Gemm::new(
-            raw_operand(&hc.fn_),
-            cfg.hc_dim(),
-            cfg.hc_mix(),
-            b.x.ptr(),
-            b.mix.ptr(),
-            t,
-        );
-        g.rowscale = b.hs.ptr();
-        self.k.gemm(&g)?;
+        // Step 2 on the flat-normalised streams (the scale is applied before the split).
+        let sp = self.split(b.x.ptr(), cfg.hc_dim(), cfg.hc_dim(), t, b.hs.ptr())?;
+        self.mm(&hc.fn_, sp, b.mix.ptr(), t)?;
         let (ne, nh, it) = (
             cfg.n_embd as i32,
             cfg.n_hc as i32,
@@ -759,7 +876,9 @@ impl Prefill {
 
     // ---- §3.5 attention sublayer --------------------------------------------------------------
 
-    /// C1 projections, then the state walk and the emitted rows for the chunk.
+    /// C2-C9 for the chunk from the C1 projections in `kvp`/`scp` ([T][coff·dim]): the emitted
+    /// rows pooled in parallel, the frontier advanced to the chunk's end, the rows finished and
+    /// appended to `cache`.
     #[allow(clippy::too_many_arguments)]
     fn compressor(
         &self,
@@ -771,28 +890,32 @@ impl Prefill {
         rope: RopeArgs,
         dim: usize,
         qat: bool,
+        kvp: DPtr,
+        scp: DPtr,
         t: usize,
         pos0: usize,
     ) -> Result<(), Error> {
         let b = &self.bufs;
         let (r, coff) = (kind.ratio(), kind.coff());
         let width = coff * dim;
-        let xa = b.xa.ptr();
-        let mut g = Gemm::new(raw_operand(&c.kv), cfg.n_embd, width, xa, b.ckv.ptr(), t);
-        self.k.gemm(&g)?;
-        g.w = raw_operand(&c.gate);
-        g.y = b.csc.ptr();
-        self.k.gemm(&g)?;
+        // Emissions: positions ≡ R−1 (mod R) in [pos0, pos0 + t).
+        let first = (pos0 + 1).div_ceil(r) * r - 1;
+        let n_emit = if first < pos0 + t {
+            (pos0 + t - 1 - first) / r + 1
+        } else {
+            0
+        };
         let (p0, nt, ri, ci, di) = (pos0 as i32, t as i32, r as i32, coff as i32, dim as i32);
+        let fp = first as i32;
         let mut p = args![
-            b.ckv.ptr(),
-            b.csc.ptr(),
+            kvp,
+            scp,
             c.ape.ptr(),
             f.kv.ptr(),
             f.score.ptr(),
             b.pooled.ptr(),
             p0,
-            nt,
+            fp,
             ri,
             ci,
             di
@@ -800,18 +923,42 @@ impl Prefill {
         self.k.launch(
             "pf_comp_pool",
             self.k.comp_pool,
-            ((dim as u32).div_ceil(128), 1, 1),
+            ((dim as u32).div_ceil(128), n_emit as u32, 1),
             128,
             0,
             &mut p,
         )?;
-        // Emissions: positions ≡ R−1 (mod R) in [pos0, pos0 + t).
-        let first = (pos0 + 1).div_ceil(r) * r - 1;
-        if first >= pos0 + t {
+        let last = if n_emit > 0 {
+            (first + (n_emit - 1) * r) as i32
+        } else {
+            -1
+        };
+        let wi = width as i32;
+        let mut p = args![
+            kvp,
+            scp,
+            c.ape.ptr(),
+            f.kv.ptr(),
+            f.score.ptr(),
+            p0,
+            nt,
+            last,
+            ri,
+            ci,
+            wi
+        ];
+        self.k.launch(
+            "pf_comp_state",
+            self.k.comp_state,
+            ((width as u32).div_ceil(128), r as u32, 1),
+            128,
+            0,
+            &mut p,
+        )?;
+        if n_emit == 0 {
             return Ok(());
         }
-        let n_emit = (pos0 + t - 1 - first) / r + 1;
-        let (fp, q, eps) = (first as i32, qat as i32, cfg.rms_eps);
+        let (q, eps) = (qat as i32, cfg.rms_eps);
         let mut p = args![
             b.pooled.ptr(),
             c.norm.ptr(),
@@ -846,14 +993,45 @@ impl Prefill {
         pos0: usize,
     ) -> Result<(), Error> {
         let b = &self.bufs;
-        let q8 = &self.q8[il];
         let kind = cfg.attn_kinds[il];
         let rope = RopeArgs::new(&cfg.rope(il), cfg.n_rot);
         let (hd, qd, qr) = (cfg.head_dim, cfg.q_dim(), cfg.q_lora_rank);
+        let top_k = cfg.idx_top_k;
+        // A10.2 runs only when some token of the chunk sees more than top_k index rows.
+        let selects = kind.has_indexer() && (pos0 + t) / kind.ratio() > top_k;
         self.hc_pre(cfg, &l.hc_attn, &l.attn_norm, t)?; // A1, A2
-        let xa = b.xa.ptr();
-        self.k
-            .gemm(&Gemm::new(q8.q_a, cfg.n_embd, qr, xa, b.qa.ptr(), t))?; // A3
+                                                        // Every projection of xa from one split: A3, A5, C1 (attention and indexer), A10.2 weights.
+        let sp = self.split(b.xa.ptr(), cfg.n_embd, cfg.n_embd, t, 0)?;
+        self.mm(&l.attn_q_a, sp, b.qa.ptr(), t)?;
+        self.mm(&l.attn_kv, sp, b.kvr.ptr(), t)?;
+        match &l.attn_extra {
+            DevAttnExtra::Window => {}
+            DevAttnExtra::CompressedN { compressor: c } => {
+                self.mm(&c.kv, sp, b.ckv.ptr(), t)?;
+                self.mm(&c.gate, sp, b.csc.ptr(), t)?;
+            }
+            DevAttnExtra::Compressed4 {
+                compressor: c,
+                indexer,
+            } => {
+                self.mm(&c.kv, sp, b.ckv.ptr(), t)?;
+                self.mm(&c.gate, sp, b.csc.ptr(), t)?;
+                self.mm(&indexer.compressor.kv, sp, b.ickv.ptr(), t)?;
+                self.mm(&indexer.compressor.gate, sp, b.icsc.ptr(), t)?;
+                if selects {
+                    let mut g = Gemm::new(
+                        weight_operand(&indexer.proj),
+                        cfg.n_embd,
+                        cfg.n_idx_head,
+                        sp,
+                        b.iw.ptr(),
+                        t,
+                    );
+                    g.alpha = cfg.indexer_score_scale();
+                    self.k.gemm(&g)?;
+                }
+            }
+        }
         kern.rms_norm(
             b.qa.ptr(),
             l.attn_q_a_norm.ptr(),
@@ -861,9 +1039,12 @@ impl Prefill {
             qr,
             t,
             cfg.rms_eps,
-        )?;
-        self.k
-            .gemm(&Gemm::new(q8.q_b, qr, qd, b.qn.ptr(), b.q.ptr(), t))?; // A4
+        )?; // A3
+        let sp = self.split(b.qn.ptr(), qr, qr, t, 0)?;
+        self.mm(&l.attn_q_b, sp, b.q.ptr(), t)?; // A4
+        if let (true, DevAttnExtra::Compressed4 { indexer, .. }) = (selects, &l.attn_extra) {
+            self.mm(&indexer.attn_q_b, sp, b.qi.ptr(), t)?; // A10.2: qi from qn (pitfall 8)
+        }
         let (nh, hdi, p0, eps) = (cfg.n_head as i32, hd as i32, pos0 as i32, cfg.rms_eps);
         let mut p = args![b.q.ptr(), nh, hdi, rope, p0, eps];
         self.k.launch(
@@ -874,8 +1055,6 @@ impl Prefill {
             0,
             &mut p,
         )?; // A4, A6
-        self.k
-            .gemm(&Gemm::new(q8.kv, cfg.n_embd, hd, xa, b.kvr.ptr(), t))?; // A5
         let mut p = args![
             b.kvr.ptr(),
             l.attn_kv_a_norm.ptr(),
@@ -897,7 +1076,20 @@ impl Prefill {
         match (&l.attn_extra, &kv.comp, &kv.attn_frontier) {
             (DevAttnExtra::Window, _, _) => {}
             (DevAttnExtra::CompressedN { compressor: c }, Some(cache), Some(f)) => {
-                self.compressor(cfg, c, f, cache, kind, rope, hd, false, t, pos0)?; // A9
+                self.compressor(
+                    cfg,
+                    c,
+                    f,
+                    cache,
+                    kind,
+                    rope,
+                    hd,
+                    false,
+                    b.ckv.ptr(),
+                    b.csc.ptr(),
+                    t,
+                    pos0,
+                )?; // A9
                 comp = cache.ptr();
             }
             (
@@ -908,14 +1100,26 @@ impl Prefill {
                 Some(cache),
                 Some(f),
             ) => {
-                self.compressor(cfg, c, f, cache, kind, rope, hd, false, t, pos0)?; // A9
+                self.compressor(
+                    cfg,
+                    c,
+                    f,
+                    cache,
+                    kind,
+                    rope,
+                    hd,
+                    false,
+                    b.ckv.ptr(),
+                    b.csc.ptr(),
+                    t,
+                    pos0,
+                )?; // A9
                 comp = cache.ptr();
                 let (Some(icache), Some(ifr)) = (&kv.index_comp, &kv.index_frontier) else {
                     return Err(Error::Unsupported(format!(
                         "layer {il}: indexer state missing"
                     )));
                 };
-                let ihd = cfg.idx_head_dim;
                 self.compressor(
                     cfg,
                     &indexer.compressor,
@@ -923,84 +1127,16 @@ impl Prefill {
                     icache,
                     kind,
                     rope,
-                    ihd,
+                    cfg.idx_head_dim,
                     true,
+                    b.ickv.ptr(),
+                    b.icsc.ptr(),
                     t,
                     pos0,
                 )?; // A10.1
-                let top_k = cfg.idx_top_k;
-                let r = kind.ratio();
-                if (pos0 + t) / r > top_k {
-                    // A10.2: only tokens that see more than top_k rows select.
-                    self.k.gemm(&Gemm::new(
-                        raw_operand(&indexer.attn_q_b),
-                        qr,
-                        cfg.idx_q_dim(),
-                        b.qn.ptr(),
-                        b.qi.ptr(),
-                        t,
-                    ))?;
-                    let nih = cfg.n_idx_head as i32;
-                    let mut p = args![b.qi.ptr(), nih, rope, p0];
-                    self.k.launch(
-                        "pf_index_q_prep",
-                        self.k.index_q_prep,
-                        (cfg.n_idx_head as u32, t as u32, 1),
-                        128,
-                        0,
-                        &mut p,
-                    )?;
-                    let mut g = Gemm::new(
-                        raw_operand(&indexer.proj),
-                        cfg.n_embd,
-                        cfg.n_idx_head,
-                        xa,
-                        b.iw.ptr(),
-                        t,
-                    );
-                    g.alpha = cfg.indexer_score_scale();
-                    self.k.gemm(&g)?;
-                    let max_rows = (pos0 + t) / r;
-                    let (ri, tk, cap) = (r as i32, top_k as i32, b.comp_cap as i32);
-                    assert!(
-                        max_rows <= b.comp_cap,
-                        "invariant: index scores fit the buffer"
-                    );
-                    let mut t0 = 0;
-                    while t0 < t {
-                        let tb = b.score_batch.min(t - t0);
-                        let t0i = t0 as i32;
-                        let mut p = args![
-                            icache.ptr(),
-                            b.qi.ptr(),
-                            b.iw.ptr(),
-                            p0,
-                            t0i,
-                            ri,
-                            nih,
-                            tk,
-                            b.scores.ptr(),
-                            cap
-                        ];
-                        self.k.launch(
-                            "pf_index_scores",
-                            self.k.index_scores,
-                            ((max_rows as u32).div_ceil(8), tb as u32, 1),
-                            256,
-                            0,
-                            &mut p,
-                        )?;
-                        let mut p = args![b.scores.ptr(), p0, t0i, ri, tk, b.list.ptr(), cap];
-                        self.k.launch(
-                            "pf_index_topk",
-                            self.k.index_topk,
-                            (1, tb as u32, 1),
-                            1024,
-                            0,
-                            &mut p,
-                        )?;
-                        t0 += tb;
-                    }
+                if selects {
+                    self.index_select(cfg, icache, kind.ratio(), rope, t, pos0)?;
+                    // A10.2
                 }
             }
             _ => {
@@ -1016,16 +1152,16 @@ impl Prefill {
         );
         let max_comp = match kind {
             AttnKind::Window => 0,
-            AttnKind::Compressed4 => cfg.idx_top_k.min((pos0 + t) / 4),
+            AttnKind::Compressed4 => top_k.min((pos0 + t) / 4),
             AttnKind::CompressedN(r) => (pos0 + t) / r as usize,
         };
         let max_rows = cfg.n_swa.min(pos0 + t) + max_comp;
-        let smem = (ATTN_HPB * (hd + max_rows) * 4) as u32;
+        let smem = (ATTN_HPB * (hd + max_rows.next_multiple_of(4)) * 4) as u32;
         let (rc, swa, ri, tk, kq) = (
             raw_cap as i32,
             cfg.n_swa as i32,
             kind.ratio() as i32,
-            cfg.idx_top_k as i32,
+            top_k as i32,
             cfg.kq_scale(),
         );
         let mut p = args![
@@ -1065,41 +1201,94 @@ impl Prefill {
             &mut p,
         )?; // A8: the newest rows into the ring
             // A13: n_out_group LoRA-A maps on consecutive head groups, then LoRA-B.
-        let (ol, gd) = (cfg.o_lora_rank, cfg.group_heads() * hd);
-        let mut g = Gemm::new(q8.out_a, gd, ol, b.o.ptr(), b.low.ptr(), t);
+        let (ol, gd, lowd) = (cfg.o_lora_rank, cfg.group_heads() * hd, cfg.out_low_dim());
+        let sp = self.split(b.o.ptr(), qd, qd, t, 0)?;
+        let mut g = Gemm::new(weight_operand(&l.attn_output_a), gd, ol, sp, b.low.ptr(), t);
         g.ldx = qd;
-        g.ldy = cfg.out_low_dim();
+        g.ldy = lowd;
         g.groups = cfg.n_out_group;
         g.gx = gd;
         g.gy = ol;
         self.k.gemm(&g)?;
-        self.k.gemm(&Gemm::new(
-            q8.out_b,
-            cfg.out_low_dim(),
-            cfg.n_embd,
-            b.low.ptr(),
-            b.attn_out.ptr(),
-            t,
-        ))?;
+        let sp = self.split(b.low.ptr(), lowd, lowd, t, 0)?;
+        self.mm(&l.attn_output_b, sp, b.attn_out.ptr(), t)?;
         self.hc_post(cfg, b.attn_out.ptr(), t) // A14
+    }
+
+    /// A10.2 after the query (qi, iw) is ready: scores and top-k per selecting token, in
+    /// batches of tokens that fit the score buffer.
+    fn index_select(
+        &self,
+        cfg: &Config,
+        icache: &DevBuf,
+        r: usize,
+        rope: RopeArgs,
+        t: usize,
+        pos0: usize,
+    ) -> Result<(), Error> {
+        let b = &self.bufs;
+        let (nih, p0) = (cfg.n_idx_head as i32, pos0 as i32);
+        let mut p = args![b.qi.ptr(), nih, rope, p0];
+        self.k.launch(
+            "pf_index_q_prep",
+            self.k.index_q_prep,
+            (cfg.n_idx_head as u32, t as u32, 1),
+            128,
+            0,
+            &mut p,
+        )?;
+        let max_rows = (pos0 + t) / r;
+        assert!(
+            max_rows <= b.comp_cap,
+            "invariant: index scores fit the buffer"
+        );
+        let (ri, tk, cap) = (r as i32, cfg.idx_top_k as i32, b.comp_cap as i32);
+        let mut t0 = 0;
+        while t0 < t {
+            let tb = b.score_batch.min(t - t0);
+            let t0i = t0 as i32;
+            let mut p = args![
+                icache.ptr(),
+                b.qi.ptr(),
+                b.iw.ptr(),
+                p0,
+                t0i,
+                ri,
+                nih,
+                tk,
+                b.scores.ptr(),
+                cap
+            ];
+            self.k.launch(
+                "pf_index_scores",
+                self.k.index_scores,
+                ((max_rows as u32).div_ceil(8), tb as u32, 1),
+                256,
+                0,
+                &mut p,
+            )?;
+            let mut p = args![b.scores.ptr(), p0, t0i, ri, tk, b.list.ptr(), cap];
+            self.k.launch(
+                "pf_index_topk",
+                self.k.index_topk,
+                (1, tb as u32, 1),
+                1024,
+                0,
+                &mut p,
+            )?;
+            t0 += tb;
+        }
+        Ok(())
     }
 
     // ---- §3.6 FFN sublayer --------------------------------------------------------------------
 
-    fn ffn_sublayer(&self, cfg: &Config, il: usize, l: &DevLayer, t: usize) -> Result<(), Error> {
+    fn ffn_sublayer(&self, cfg: &Config, l: &DevLayer, t: usize) -> Result<(), Error> {
         let b = &self.bufs;
-        let q8 = &self.q8[il];
         let (n, ff, used) = (cfg.n_embd, cfg.n_ff_exp, cfg.n_expert_used);
         self.hc_pre(cfg, &l.hc_ffn, &l.ffn_norm, t)?; // F1
-        let xf = b.xa.ptr();
-        self.k.gemm(&Gemm::new(
-            raw_operand(&l.ffn_gate_inp),
-            n,
-            cfg.n_expert,
-            xf,
-            b.router.ptr(),
-            t,
-        ))?; // F2
+        let sp = self.split(b.xa.ptr(), n, n, t, 0)?;
+        self.mm(&l.ffn_gate_inp, sp, b.router.ptr(), t)?; // F2
         assert!(used <= 16, "invariant: at most 16 experts per token");
         let (ne, nu, ws) = (cfg.n_expert as i32, used as i32, cfg.expert_weight_scale);
         let mut p = args![
@@ -1147,18 +1336,20 @@ impl Prefill {
             pairs.div_ceil(TILE) + cfg.n_expert <= tile_cap,
             "invariant: expert tiles fit the tile list"
         );
-        let expert =
-            |w: &DevTensor, x: DPtr, gather: DPtr, n_in: usize, y: DPtr| -> Result<(), Error> {
-                let mut g = Gemm::new(raw_operand(w), n_in, w.n_out(), x, y, pairs);
-                g.gather = gather;
-                g.gather_div = used;
-                g.tiles = b.tiles.ptr();
-                g.n_tiles = b.n_tiles.ptr();
-                g.tile_cap = tile_cap;
-                self.k.gemm(&g)
-            };
-        expert(&l.ffn_gate_exps, xf, b.perm.ptr(), n, b.g.ptr())?;
-        expert(&l.ffn_up_exps, xf, b.perm.ptr(), n, b.u.ptr())?;
+        let expert = |w: &DevTensor, sp: XSplit, gather: DPtr, y: DPtr| -> Result<(), Error> {
+            let mut g = Gemm::new(weight_operand(w), w.n_in(), w.n_out(), sp, y, pairs);
+            g.gather = gather;
+            g.gather_div = used;
+            g.tiles = b.tiles.ptr();
+            g.n_tiles = b.n_tiles.ptr();
+            g.tile_cap = tile_cap;
+            self.k.gemm(&g)
+        };
+        expert(&l.ffn_gate_exps, sp, b.perm.ptr(), b.g.ptr())?;
+        expert(&l.ffn_up_exps, sp, b.perm.ptr(), b.u.ptr())?;
+        // F6: the shared expert's gate and up from the same split.
+        self.mm(&l.ffn_gate_shexp, sp, b.sg.ptr(), t)?;
+        self.mm(&l.ffn_up_shexp, sp, b.su.ptr(), t)?;
         self.swiglu(
             b.g.ptr(),
             b.u.ptr(),
@@ -1168,15 +1359,11 @@ impl Prefill {
             b.route_w.ptr(),
             b.perm.ptr(),
         )?;
-        expert(&l.ffn_down_exps, b.g.ptr(), 0, ff, b.dn.ptr())?;
-        // F6: the shared expert.
-        self.k
-            .gemm(&Gemm::new(q8.sh_gate, n, ff, xf, b.sg.ptr(), t))?;
-        self.k
-            .gemm(&Gemm::new(q8.sh_up, n, ff, xf, b.su.ptr(), t))?;
         self.swiglu(b.sg.ptr(), b.su.ptr(), t, ff, cfg.swiglu_clamp, 0, 0)?;
-        self.k
-            .gemm(&Gemm::new(q8.sh_down, ff, n, b.sg.ptr(), b.sh.ptr(), t))?;
+        let sp = self.split(b.g.ptr(), ff, ff, pairs, 0)?;
+        expert(&l.ffn_down_exps, sp, 0, b.dn.ptr())?;
+        let sp = self.split(b.sg.ptr(), ff, ff, t, 0)?;
+        self.mm(&l.ffn_down_shexp, sp, b.sh.ptr(), t)?;
         // F7: Σ_k in selection order + shared.
         let (nu, nn) = (used as i32, n as i32);
         let mut p = args![b.dn.ptr(), b.inv.ptr(), b.sh.ptr(), b.ffn_out.ptr(), nu, nn];
