@@ -327,7 +327,7 @@ extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32) attention(const fl
 // slice order with the sink: M = max(sink, m_s), out = Σ_s e^(m_s-M)·o_s / (e^(sink-M) + Σ_s e^(m_s-M)·l_s),
 // then the inverse RoPE. Row addresses are looked up once into shared memory, and the loads of
 // several rows are in flight together (the slice is short; latency, not bandwidth, bounds it).
-// Dynamic shared memory: slice_cap pointers, then (ATT_HG·slice_cap + head_dim) floats.
+// Dynamic shared memory: slice_cap pointers, then ATT_HG·(slice_cap + head_dim) floats.
 #define ATT_HG 4
 #define ATT_UNROLL 8
 extern "C" __global__ void __launch_bounds__(256)
@@ -338,7 +338,7 @@ extern "C" __global__ void __launch_bounds__(256)
     extern __shared__ float sm[];
     const float** rows = (const float**)sm;                   // [slice_cap]
     float* p = (float*)(rows + slice_cap);                    // [ATT_HG][slice_cap] scores, then weights
-    float* orow = p + ATT_HG * slice_cap;                     // [head_dim] the combined output row
+    float* orow = p + ATT_HG * slice_cap;                     // [ATT_HG][head_dim] the combined rows
     __shared__ int is_last;
     const int g = blockIdx.x, s = blockIdx.y, n_split = gridDim.y;
     const int pos = step->pos;
@@ -439,25 +439,34 @@ extern "C" __global__ void __launch_bounds__(256)
     if (!is_last) return;
     __threadfence();
     if (threadIdx.x == 0) counters[g] = 0u;
-    for (int hh = 0; hh < ATT_HG; hh++) {
-        const int h = h0 + hh;
+    // Combine, all heads of the group at once: slice weights e^(m_s - M), then the outputs.
+    __shared__ float wsl[ATT_HG][32];
+    __shared__ float inv[ATT_HG];
+    if (threadIdx.x < ATT_HG) {
+        const int hh = threadIdx.x, h = h0 + hh;
         const float* ml = part_ml + (size_t)h * n_split * 2;
         const float sink = sinks[h];
         float M = sink;
         for (int t = 0; t < n_split; t++) M = fmaxf(M, __ldcg(ml + 2 * t));
         float den = expf(sink - M);
-        for (int t = 0; t < n_split; t++) den += expf(__ldcg(ml + 2 * t) - M) * __ldcg(ml + 2 * t + 1);
-        const float inv = 1.0f / den;
-        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-            float o = 0.0f;
-            for (int t = 0; t < n_split; t++)
-                o += expf(__ldcg(ml + 2 * t) - M) * __ldcg(part_o + ((size_t)h * n_split + t) * head_dim + d);
-            orow[d] = o * inv;
+        for (int t = 0; t < n_split; t++) {
+            const float e = expf(__ldcg(ml + 2 * t) - M);
+            wsl[hh][t] = e;
+            den += e * __ldcg(ml + 2 * t + 1);
         }
-        __syncthreads();
-        rope_tail_block(orow, head_dim, rope, (float)pos, true);
-        __syncthreads();
-        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) out[(size_t)h * head_dim + d] = orow[d];
-        __syncthreads();
+        inv[hh] = 1.0f / den;
     }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < ATT_HG * head_dim; idx += blockDim.x) {
+        const int hh = idx / head_dim, d = idx - hh * head_dim;
+        const float* po = part_o + (size_t)(h0 + hh) * n_split * head_dim + d;
+        float o = 0.0f;
+#pragma unroll 16
+        for (int t = 0; t < n_split; t++) o += wsl[hh][t] * __ldcg(po + (size_t)t * head_dim);
+        orow[idx] = o * inv[hh];
+    }
+    __syncthreads();
+    for (int hh = 0; hh < ATT_HG; hh++) rope_tail_block(orow + hh * head_dim, head_dim, rope, (float)pos, true);
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < ATT_HG * head_dim; idx += blockDim.x) out[(size_t)h0 * head_dim + idx] = orow[idx];
 }

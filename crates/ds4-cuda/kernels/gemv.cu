@@ -481,6 +481,7 @@ __device__ __forceinline__ void dense_stage(const DenseArgs& a, const float* x, 
     const int n_in = a.n_in, n_pad = (n_in + CH - 1) / CH * CH;
     const float sc = a.norm ? block_rms_scale(x, n_in, a.eps, red) : 1.0f;
     const bool write_out = a.x_out && blockIdx.x == 0;
+#pragma unroll 4
     for (int i = threadIdx.x; i < n_pad; i += blockDim.x) {
         float v = 0.0f;
         if (i < n_in) v = a.norm ? (x[i] * sc) * a.norm_w[i] : x[i];

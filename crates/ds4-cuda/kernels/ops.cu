@@ -195,20 +195,58 @@ extern "C" __global__ void __launch_bounds__(256) hc_fused(
     double* part_ss = part;
     float* part_mix = (float*)(part + G);
     if (threadIdx.x == 0) part_ss[b] = ss;
-    // This slice's share of each mixer row: warp per row, lanes over column pairs.
-    for (int r = warp; r < n_mix; r += n_warp) {
-        const __half* row = fn + (size_t)r * n;
-        float acc = 0.0f;
-        for (int h = 0; h < n_hc; h++) {
-            const __half* rh = row + (size_t)h * n_embd + c0;
-            const float* xh = xs + h * slice;
-            for (int i = 2 * lane; i < nc; i += 64) {
-                const float2 wv = __half22float2(*(const __half2*)(rh + i));
-                acc += wv.x * xh[i] + wv.y * xh[i + 1];
+    // This slice's share of each mixer row: warp per row, lanes over 8-column pieces (uint4 of
+    // halves), every load of the warp's rows issued before the first use.
+    {
+        const int per_h = slice / 8, n_u = n_hc * per_h;  // pieces per row
+        constexpr int RW = 4, UL = 2;                       // rows per pass, pieces per lane
+        for (int r0 = warp * RW; r0 < n_mix; r0 += n_warp * RW) {
+            uint4 wv[RW][UL];
+#pragma unroll
+            for (int k = 0; k < RW; k++)
+#pragma unroll
+                for (int q = 0; q < UL; q++) {
+                    const int u = lane + 32 * q, h = u / per_h, i = (u % per_h) * 8;
+                    const bool ok = r0 + k < n_mix && u < n_u && i < nc;
+                    wv[k][q] = ok ? __ldg((const uint4*)(fn + (size_t)(r0 + k) * n + (size_t)h * n_embd + c0 + i))
+                                  : make_uint4(0, 0, 0, 0);
+                }
+            float acc[RW];
+#pragma unroll
+            for (int k = 0; k < RW; k++) acc[k] = 0.0f;
+#pragma unroll
+            for (int q = 0; q < UL; q++) {
+                const int u = lane + 32 * q, h = u / per_h, i = (u % per_h) * 8;
+                if (u < n_u && i < nc) {
+                    const float* xp = xs + h * slice + i;
+                    const float4 a = *(const float4*)xp, c = *(const float4*)(xp + 4);
+#pragma unroll
+                    for (int k = 0; k < RW; k++) {
+                        const float2 w0 = __half22float2(*(const __half2*)&wv[k][q].x);
+                        const float2 w1 = __half22float2(*(const __half2*)&wv[k][q].y);
+                        const float2 w2 = __half22float2(*(const __half2*)&wv[k][q].z);
+                        const float2 w3 = __half22float2(*(const __half2*)&wv[k][q].w);
+                        acc[k] += w0.x * a.x + w0.y * a.y + w1.x * a.z + w1.y * a.w + w2.x * c.x + w2.y * c.y +
+                                  w3.x * c.z + w3.y * c.w;
+                    }
+                }
+            }
+            // more pieces than RW·UL·32 (wide slices): the rest, in order
+            for (int u = lane + 32 * UL; u < n_u; u += 32) {
+                const int h = u / per_h, i = (u % per_h) * 8;
+                if (i >= nc) continue;
+                const float* xp = xs + h * slice + i;
+                for (int k = 0; k < RW && r0 + k < n_mix; k++) {
+                    const __half* wp = fn + (size_t)(r0 + k) * n + (size_t)h * n_embd + c0 + i;
+                    for (int e = 0; e < 8; e++) acc[k] += __half2float(wp[e]) * xp[e];
+                }
+            }
+#pragma unroll
+            for (int k = 0; k < RW; k++) {
+                const float v = warp_sum(acc[k]);
+                if (lane == 0 && r0 + k < n_mix) part_mix[(size_t)b * n_mix + r0 + k] = v;
             }
         }
-        acc = warp_sum(acc);
-        if (lane == 0) part_mix[(size_t)b * n_mix + r] = acc;
     }
     grid_barrier(counter);
     if (warp == 0) {

@@ -597,8 +597,12 @@ impl Kernels {
             cfg.n_hc <= 8 && cfg.hc_mix() <= 80,
             "invariant: hc_fused holds at most 8 streams and 80 mixer rows"
         );
-        // Column slices of an even width (the mixer rows are read as half2).
-        let slice = cfg.n_embd.div_ceil(Self::HC_BLOCKS).next_multiple_of(2);
+        // Column slices of a multiple of 8 (the mixer rows are read as uint4 of halves).
+        let slice = cfg.n_embd.div_ceil(Self::HC_BLOCKS).next_multiple_of(8);
+        assert!(
+            cfg.n_embd.is_multiple_of(8),
+            "invariant: hc_fused reads mixer rows in 8-column pieces"
+        );
         let (n_embd, n_hc, n_mix, sl, iters) = (
             cfg.n_embd as i32,
             cfg.n_hc as i32,
@@ -910,7 +914,8 @@ impl Kernels {
 
     /// Heads per block of [`Kernels::attention_split`] (`ATT_HG` in kernels/attention.cu).
     pub const ATT_HG: usize = 4;
-    /// Row slices of [`Kernels::attention_split`]: 16 head groups × 16 slices fill the GPU.
+    /// Row slices of [`Kernels::attention_split`]: 16 head groups × 16 slices fill the GPU (at most
+    /// 32: the combine keeps one weight per slice in a warp-sized table).
     pub const ATT_SPLIT: usize = 16;
 
     /// The attention of [`Kernels::attention`], split over head groups and row slices with a
@@ -955,7 +960,7 @@ impl Kernels {
             q, ring, rc, comp, list, sinks, step, swa, r, k, hd, kq, rope, out, part_o, part_ml,
             counters, sc
         ];
-        let smem = (slice_cap * 8 + (Self::ATT_HG * slice_cap + cfg.head_dim) * 4) as u32;
+        let smem = (slice_cap * 8 + Self::ATT_HG * (slice_cap + cfg.head_dim) * 4) as u32;
         self.launch(
             "attention_split",
             self.attention_split,
