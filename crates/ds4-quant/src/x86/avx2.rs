@@ -90,6 +90,8 @@ pub unsafe fn dot_f32_f16(row: &[u8], x: &[f32]) -> f32 {
     let mut i = 0;
     // SAFETY (loop bodies): i + 32 <= n, so 64 bytes of row and 32 f32 of x are readable.
     while i + 32 <= n {
+        // One line ahead per 64 bytes read.
+        crate::x86::prefetch_ahead::<1>(w.wrapping_add(2 * i));
         for (k, a) in acc.iter_mut().enumerate() {
             let h = unsafe { _mm_loadu_si128(w.add(2 * (i + 8 * k)) as *const __m128i) };
             *a = _mm256_fmadd_ps(_mm256_cvtph_ps(h), unsafe { ldx(xp.add(i + 8 * k)) }, *a);
@@ -162,6 +164,7 @@ pub unsafe fn dot_f32_q8_0(row: &[u8], x: &[f32]) -> f32 {
                 ds.as_mut_ptr(),
                 _mm256_cvtph_ps(_mm_loadu_si128(dh.as_ptr() as *const __m128i)),
             );
+            crate::x86::prefetch_ahead::<272>(p0);
             for i in 0..n {
                 let p = p0.add(34 * i);
                 let xb = x.as_ptr().add(32 * (b0 + i));
@@ -344,6 +347,7 @@ pub unsafe fn dot_q_q2_k(row: &[u8], y: &[BlockQ8K]) -> f32 {
         // SAFETY: block b is bytes 84b..84b+84 of row; y[b] exists.
         unsafe {
             let p = row.as_ptr().add(84 * b);
+            crate::x86::prefetch_ahead::<84>(p);
             let yb = &y[b];
             let yq = yb.qs.as_ptr() as *const u8;
             let sc = _mm_loadu_si128(p as *const __m128i);
@@ -385,6 +389,7 @@ pub unsafe fn dot_f32_q2_k(row: &[u8], x: &[f32]) -> f32 {
         // SAFETY: block b is bytes 84b..84b+84 of row; x holds 256 values per block.
         unsafe {
             let p = row.as_ptr().add(84 * b);
+            crate::x86::prefetch_ahead::<84>(p);
             let xb = x.as_ptr().add(256 * b);
             let d = f16_to_f32(read_u16(p.add(80)));
             let dmin = f16_to_f32(read_u16(p.add(82)));
@@ -447,6 +452,7 @@ pub unsafe fn dot_q_q4_k(row: &[u8], y: &[BlockQ8K]) -> f32 {
         // SAFETY: block b is bytes 144b..144b+144 of row; y[b] exists.
         unsafe {
             let p = row.as_ptr().add(144 * b);
+            crate::x86::prefetch_ahead::<144>(p);
             let yb = &y[b];
             let yq = yb.qs.as_ptr() as *const u8;
             let (sc, m) = q4k_scales_mins(std::slice::from_raw_parts(p.add(4), 12));
@@ -487,6 +493,7 @@ pub unsafe fn dot_f32_q4_k(row: &[u8], x: &[f32]) -> f32 {
         // SAFETY: block b is bytes 144b..144b+144 of row; x holds 256 values per block.
         unsafe {
             let p = row.as_ptr().add(144 * b);
+            crate::x86::prefetch_ahead::<144>(p);
             let xb = x.as_ptr().add(256 * b);
             let d = f16_to_f32(read_u16(p));
             let dmin = f16_to_f32(read_u16(p.add(2)));
@@ -548,6 +555,7 @@ pub unsafe fn dot_q_iq2_xxs(row: &[u8], y: &[BlockQ8K]) -> f32 {
         // SAFETY: block b is bytes 66b..66b+66 of row; y[b] exists.
         unsafe {
             let p = row.as_ptr().add(66 * b);
+            crate::x86::prefetch_ahead::<66>(p);
             let yq = y[b].qs.as_ptr() as *const u8;
             let mut bsum = _mm256_setzero_si256();
             for sb in 0..8 {
@@ -574,6 +582,7 @@ pub unsafe fn dot_f32_iq2_xxs(row: &[u8], x: &[f32]) -> f32 {
         // SAFETY: block b is bytes 66b..66b+66 of row; x holds 256 values per block.
         unsafe {
             let p = row.as_ptr().add(66 * b);
+            crate::x86::prefetch_ahead::<66>(p);
             let xb = x.as_ptr().add(256 * b);
             let d = f16_to_f32(read_u16(p));
             for sb in 0..8 {

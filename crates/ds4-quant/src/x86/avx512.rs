@@ -169,7 +169,8 @@ avx512_fn! {
         let mut i = 0;
         // SAFETY (loop bodies): i + 64 (or 16) <= n elements of row and x are readable.
         while i + 64 <= n {
-            crate::x86::prefetch_ahead::<128>(w.wrapping_add(2 * i));
+            // The two lines ahead of the 128 bytes read.
+            crate::x86::prefetch_ahead::<65>(w.wrapping_add(2 * i));
             for (k, a) in acc.iter_mut().enumerate() {
                 let h = unsafe { ld256(w.add(2 * (i + 16 * k))) };
                 *a = _mm512_fmadd_ps(_mm512_cvtph_ps(h), unsafe { ldx(xp.add(i + 16 * k)) }, *a);

@@ -31,8 +31,9 @@ pub(crate) static KEVEN_SIGNS: [u64; 128] = {
 /// of 1-32 KiB and the T0/T1/T2 hints at 64 MiB and 1 GiB (BENCHMARKS.md, ds4-quant).
 pub(crate) const PREFETCH_DIST: usize = 16384;
 
-/// Prefetches the `BYTES` bytes that lie [`PREFETCH_DIST`] past `p` into L2. A prefetch never
-/// faults, so the address may lie past the end of the row or the matrix.
+/// Prefetches into L2 the cache lines that the `BYTES` bytes [`PREFETCH_DIST`] past `p` can touch
+/// at any alignment (one line per 64 bytes from there, plus one). A prefetch never faults, so the
+/// address may lie past the end of the row or the matrix.
 #[inline(always)]
 pub(crate) fn prefetch_ahead<const BYTES: usize>(p: *const u8) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
