@@ -90,8 +90,7 @@ pub unsafe fn dot_f32_f16(row: &[u8], x: &[f32]) -> f32 {
     let mut i = 0;
     // SAFETY (loop bodies): i + 32 <= n, so 64 bytes of row and 32 f32 of x are readable.
     while i + 32 <= n {
-        // One line ahead per 64 bytes read.
-        crate::x86::prefetch_ahead::<1>(w.wrapping_add(2 * i));
+        crate::x86::prefetch_ahead::<64>(w.wrapping_add(2 * i));
         for (k, a) in acc.iter_mut().enumerate() {
             let h = unsafe { _mm_loadu_si128(w.add(2 * (i + 8 * k)) as *const __m128i) };
             *a = _mm256_fmadd_ps(_mm256_cvtph_ps(h), unsafe { ldx(xp.add(i + 8 * k)) }, *a);

@@ -169,8 +169,7 @@ avx512_fn! {
         let mut i = 0;
         // SAFETY (loop bodies): i + 64 (or 16) <= n elements of row and x are readable.
         while i + 64 <= n {
-            // The two lines ahead of the 128 bytes read.
-            crate::x86::prefetch_ahead::<65>(w.wrapping_add(2 * i));
+            crate::x86::prefetch_ahead::<128>(w.wrapping_add(2 * i));
             for (k, a) in acc.iter_mut().enumerate() {
                 let h = unsafe { ld256(w.add(2 * (i + 16 * k))) };
                 *a = _mm512_fmadd_ps(_mm512_cvtph_ps(h), unsafe { ldx(xp.add(i + 16 * k)) }, *a);
@@ -226,13 +225,13 @@ avx512_fn! {
             // per block.
             unsafe {
                 let p0 = row.as_ptr().add(34 * b0);
+                crate::x86::prefetch_ahead::<544>(p0);
                 for (i, h) in dh.iter_mut().enumerate().take(n) {
                     *h = rd16(p0.add(34 * i));
                 }
                 _mm512_storeu_ps(ds.as_mut_ptr(), _mm512_cvtph_ps(ld256(dh.as_ptr() as *const u8)));
                 for i in 0..n {
                     let p = p0.add(34 * i);
-                    crate::x86::prefetch_ahead::<34>(p);
                     let xb = x.as_ptr().add(32 * (b0 + i));
                     let s = _mm512_mul_ps(i8x16_ps(ld128(p.add(2))), ldx(xb));
                     let s = _mm512_fmadd_ps(i8x16_ps(ld128(p.add(18))), ldx(xb.add(16)), s);
