@@ -15,6 +15,7 @@
 mod backend;
 pub mod blocks;
 pub mod device;
+pub mod experts;
 pub mod forward;
 pub mod launch;
 pub mod prefill;
