@@ -64,6 +64,8 @@ pub struct TraceInfo {
     /// The request body as received.
     pub request_json: String,
     pub tool_replay: ReplayStats,
+    /// spec §4.8.4 "reasoning-sensitive": warned about when no live state keeps the reasoning.
+    pub reasoning_sensitive: bool,
 }
 
 /// One generation request, already rendered and tokenized.
@@ -644,6 +646,14 @@ impl Worker {
         self.trace_head(&job, &decision, resident);
         let effective = decision.effective;
         let source = decision.source;
+        if job.trace.reasoning_sensitive
+            && !matches!(source, "responses-visible" | "responses-tool-output")
+        {
+            self.note(
+                job.id,
+                "warning: replayed tool call without reasoning in thinking mode and no live state that kept it".to_string(),
+            );
+        }
         if effective.len() >= ctx {
             self.note(job.id, "prompt exceeds context".to_string());
             self.trace.write(b"\n===== end request =====\n");

@@ -1278,3 +1278,40 @@ fn responses_visible_prefix_includes_the_summary_of_a_tool_turn() {
         Some("responses-visible")
     );
 }
+
+/// spec §4.8.4 / §8.2 #55: a replayed call without reasoning in thinking mode is
+/// reasoning-sensitive: traced as a warning when no live state kept the reasoning.
+#[test]
+fn responses_replay_without_reasoning_is_flagged_in_the_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.txt");
+    let s = start_traced(test_config(), std::time::Duration::ZERO, &trace);
+    let input = |with_reasoning: bool| {
+        let mut items = vec![json!({"type": "message", "role": "user", "content": "go"})];
+        if with_reasoning {
+            items.push(
+                json!({"type": "reasoning", "summary": [{"type": "summary_text", "text": "plan"}]}),
+            );
+        }
+        items.push(
+            json!({"type": "function_call", "call_id": "call_x", "name": "f", "arguments": "{}"}),
+        );
+        items.push(json!({"type": "function_call_output", "call_id": "call_x", "output": "1"}));
+        json!({"input": items})
+    };
+    let warned = || {
+        std::fs::read_to_string(&trace)
+            .unwrap()
+            .matches("warning: replayed tool call without reasoning")
+            .count()
+    };
+    post_forced(s.addr, "/v1/responses", &input(true), "x</think>done");
+    assert_eq!(warned(), 0);
+    post_forced(s.addr, "/v1/responses", &input(false), "x</think>done");
+    assert_eq!(warned(), 1);
+    // Non-thinking: reasoning does not matter.
+    let mut body = input(false);
+    body["reasoning"] = json!({"effort": "none"});
+    post_forced(s.addr, "/v1/responses", &body, "done");
+    assert_eq!(warned(), 1);
+}

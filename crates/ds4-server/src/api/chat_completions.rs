@@ -122,6 +122,9 @@ pub struct ChatJob {
     pub prev_call_ids: Vec<String>,
     /// A tool output names a call only the live state knows (spec §4.8.4, §4.9.2).
     pub requires_live: bool,
+    /// Responses, thinking: a replayed tool call without its reasoning (spec §4.8.4); only a trace
+    /// warning when no live state preserves the reasoning.
+    pub reasoning_sensitive: bool,
 }
 
 /// Tool history: any assistant call or tool message (spec §2.2 `tool_context`).
@@ -187,6 +190,7 @@ pub fn submit_chat(
             String::new()
         },
         tool_replay,
+        reasoning_sensitive: job.reasoning_sensitive,
     };
     let rx = state.submit(|events| Job {
         id,
@@ -258,6 +262,7 @@ pub fn parse_request(
             output_ids: Vec::new(),
             prev_call_ids: Vec::new(),
             requires_live: false,
+            reasoning_sensitive: false,
         },
         disabled,
     ))

@@ -141,6 +141,7 @@ pub async fn handler(
             String::new()
         },
         tool_replay: Default::default(),
+        reasoning_sensitive: false,
     };
     let mut rx = state.submit(|events| Job {
         id,

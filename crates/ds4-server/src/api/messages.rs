@@ -201,6 +201,7 @@ pub fn parse_request(
         output_ids,
         prev_call_ids,
         requires_live,
+        reasoning_sensitive: false,
     })
 }
 

@@ -82,6 +82,8 @@ struct InputParse {
     messages: Vec<Message>,
     extra_tools: Vec<ToolSchema>,
     requires_live: bool,
+    /// A tool output answers a replayed call whose turn carries no reasoning (spec §4.8.4).
+    output_without_reasoning: bool,
 }
 
 /// spec §4.8.2 input items → messages. `live`: call ids of the live Responses binding (§4.8.4).
@@ -102,6 +104,7 @@ fn parse_input(
                 messages,
                 extra_tools,
                 requires_live: false,
+                output_without_reasoning: false,
             });
         }
         Value::Array(a) => a,
@@ -110,6 +113,7 @@ fn parse_input(
     let mut pending_reasoning: Option<String> = None;
     let mut known_calls: HashSet<String> = HashSet::new();
     let mut requires_live = false;
+    let mut output_without_reasoning = false;
     let flush_reasoning = |messages: &mut Vec<Message>, pending: &mut Option<String>| {
         if let Some(r) = pending.take() {
             let mut m = Message::new(Role::Assistant, "");
@@ -226,6 +230,12 @@ fn parse_input(
                         )));
                     }
                     requires_live = true;
+                } else {
+                    output_without_reasoning |= messages.iter().rev().any(|m| {
+                        m.role == Role::Assistant
+                            && m.reasoning.is_empty()
+                            && m.tool_calls.iter().any(|c| c.id == id)
+                    });
                 }
                 let content = if ty.starts_with("function") || ty.starts_with("custom") {
                     output_text(o.get("output"))?
@@ -263,6 +273,7 @@ fn parse_input(
         messages,
         extra_tools,
         requires_live,
+        output_without_reasoning,
     })
 }
 
@@ -351,6 +362,7 @@ pub fn parse_request(
             output_ids,
             prev_call_ids,
             requires_live: parsed.requires_live,
+            reasoning_sensitive: parsed.output_without_reasoning && think.is_enabled(),
         },
         schemas,
         summary,
