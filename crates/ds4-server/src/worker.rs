@@ -317,10 +317,8 @@ impl Worker {
             self.header_written = false;
             self.pending_trace.clear();
             self.run_job(job);
-            if self.trace.enabled() && !self.header_written {
-                // A job that ended before its header (never: kept for safety of the record).
-                self.flush_pending();
-            }
+            // Every path through `run_job` writes a header; events are never lost regardless.
+            self.flush_pending();
         }
         self.header_written = true;
         self.save_live(0, SaveReason::Shutdown);
@@ -612,7 +610,7 @@ impl Worker {
 
     fn run_job(&mut self, job: Job) {
         let started = Instant::now();
-        let decision = match self.decide(&job) {
+        let mut decision = match self.decide(&job) {
             Ok(d) => d,
             Err(msg) => {
                 let d = Decision {
@@ -629,7 +627,6 @@ impl Worker {
                 return;
             }
         };
-        let mut decision = decision;
         // spec §5.2 rules 8-9.
         if decision.source == "none" {
             if let Some(eff) = self.disk_prefix(job.id, &job.rendered, &job.prompt_text) {
