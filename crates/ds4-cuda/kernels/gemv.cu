@@ -579,6 +579,262 @@ extern "C" __global__ void fix_scales(uint8_t* dst, unsigned long long n_blocks,
     }
 }
 
+// ---- dense matrices on tensor cores (Q8_0 repacked, F16) -------------------------------------
+//
+// The same products as dense_*, as mma.sync m16n8k16 (f16 in, f32 accumulate): a warp owns a tile
+// of 16 rows. Weights become f16 exactly (int8 values; F16 as stored), and the input is split into
+// two f16 halves x·S = hi + lo (S a power of two that keeps x in f16 range), held in the B columns:
+// col 0 = hi and col 1 = lo (Q8_0: cols 0/1 for the even 32-block of a 64-chunk, cols 2/3 for the
+// odd one, so each block's partial sum can take its own scale). The K order inside a mma is a free
+// permutation as long as A and B agree: thread (g, t) feeds bytes [16t, 16t+16) of its rows' 64-byte
+// piece, word i to mma i. One 16-byte load per row and chunk, ~1.3 instructions per weight byte
+// instead of ~3.5 with CUDA-core FMAs; the sums are f32 (tensor-core adds) and the products exact.
+
+__device__ __forceinline__ void mma_f16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                        uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// int8 bytes 0,1 (sel 0x4140) or 2,3 (sel 0x4342) of u (already xor 0x80808080) as an exact half2.
+__device__ __forceinline__ uint32_t q8_half2(uint32_t u, uint32_t sel) {
+    const uint32_t h = __byte_perm(u, 0x64646464u, sel);  // 1024 + (b ^ 0x80)
+    const __half2 r = __hsub2(*(const __half2*)&h, __halves2half2(__ushort_as_half(0x6480), __ushort_as_half(0x6480)));
+    return *(const uint32_t*)&r;
+}
+
+template <int TY> struct MmaChunk;                          // k per chunk, mmas per chunk
+template <> struct MmaChunk<TY_Q8_0> { enum { K = 64, M = 4 }; };
+template <> struct MmaChunk<TY_F16> { enum { K = 32, M = 2 }; };
+
+// Stages the input as B fragments: uint4 {hi(k0,k0+1), hi(k0+2,k0+3), lo(k0,..), lo(..)} for every
+// (chunk, t, i), k0 = chunk·K + (K/4)·t + 4i. Returns 1/S.
+template <int TY>
+__device__ __forceinline__ float mma_stage(const DenseArgs& a, const float* x, uint4* xb, float* xtmp,
+                                           double* red, float* redf) {
+    constexpr int K = MmaChunk<TY>::K, M = MmaChunk<TY>::M;
+    const int n_in = a.n_in;
+    const float sc = a.norm ? block_rms_scale(x, n_in, a.eps, red) : 1.0f;
+    const bool write_out = a.x_out && blockIdx.x == 0;
+    float amax = 0.0f;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < n_in; i += blockDim.x) {
+        const float v = a.norm ? (x[i] * sc) * a.norm_w[i] : x[i];
+        xtmp[i] = v;
+        amax = fmaxf(amax, fabsf(v));
+        if (write_out) a.x_out[i] = v;
+    }
+    amax = block_max(amax, redf);
+    // S = 2^(13 - e) for amax = f·2^e: |x·S| < 2^13, well inside f16 (and exact: a power of two).
+    int e = 0;
+    if (amax > 0.0f) frexpf(amax, &e);
+    const float S = ldexpf(1.0f, 13 - e);
+    __syncthreads();
+    const int n_frag = n_in / 4;  // one uint4 per 4 inputs
+    for (int f = threadIdx.x; f < n_frag; f += blockDim.x) {
+        // f = (chunk·4 + t)·M + i
+        const int i = f % M, t = (f / M) % 4, c = f / (4 * M);
+        const int k0 = c * K + (K / 4) * t + 4 * i;
+        uint32_t hi[2], lo[2];
+#pragma unroll
+        for (int p = 0; p < 2; p++) {
+            const float v0 = xtmp[k0 + 2 * p] * S, v1 = xtmp[k0 + 2 * p + 1] * S;
+            const __half h0 = __float2half_rn(v0), h1 = __float2half_rn(v1);
+            const __half l0 = __float2half_rn(v0 - __half2float(h0)), l1 = __float2half_rn(v1 - __half2float(h1));
+            const __half2 hh = __halves2half2(h0, h1), ll = __halves2half2(l0, l1);
+            hi[p] = *(const uint32_t*)&hh;
+            lo[p] = *(const uint32_t*)&ll;
+        }
+        xb[f] = make_uint4(hi[0], hi[1], lo[0], lo[1]);
+    }
+    __syncthreads();
+    return 1.0f / S;
+}
+
+// One warp: NT tiles of 16 rows (NT = 2 for SwiGLU: gate then up) over chunks [c_lo, c_hi).
+// Returns per tile the partial sums of rows g and g+8 in the thread with t == 0.
+template <int TY, int NT>
+__device__ __forceinline__ void mma_rows(const uint8_t* const (&w)[NT], const __half* const (&sp)[NT], int row_g,
+                                         int row_g8, size_t row_bytes, int nb, const uint4* xb, int c_lo, int c_hi,
+                                         float (&out)[NT][2]) {
+    constexpr int M = MmaChunk<TY>::M, CB = MmaChunk<TY>::K * (TY == TY_Q8_0 ? 1 : 2);  // chunk bytes/row
+    constexpr int U = NT == 1 ? 4 : 2;  // chunks in flight
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    // B operand selection: which half of the staged uint4 this lane feeds, or zero.
+    const int hi_col = TY == TY_Q8_0 ? 2 * (t >> 1) : 0;
+    const bool b_hi = g == hi_col, b_lo = g == hi_col + 1;
+    float acc[NT][4];
+    float tot[NT][2];
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+#pragma unroll
+        for (int q = 0; q < 4; q++) acc[j][q] = 0.0f;
+        tot[j][0] = tot[j][1] = 0.0f;
+    }
+    for (int c0 = c_lo; c0 < c_hi; c0 += U) {
+        uint4 wg[U][NT], wg8[U][NT];
+        float dg[U][NT], dg8[U][NT];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int c = c0 + u;
+            const bool ok = c < c_hi;
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                const size_t off = (size_t)c * CB + 16 * t;
+                wg[u][j] = ok ? ld_stream(w[j] + (size_t)row_g * row_bytes + off) : make_uint4(0, 0, 0, 0);
+                wg8[u][j] = ok ? ld_stream(w[j] + (size_t)row_g8 * row_bytes + off) : make_uint4(0, 0, 0, 0);
+                if constexpr (TY == TY_Q8_0) {
+                    const bool sok = ok && t < 2;
+                    dg[u][j] = sok ? __half2float(sp[j][(size_t)row_g * nb + 2 * c + t]) : 0.0f;
+                    dg8[u][j] = sok ? __half2float(sp[j][(size_t)row_g8 * nb + 2 * c + t]) : 0.0f;
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int c = c0 + u;
+            if (c >= c_hi) break;
+            uint32_t b0[M], b1[M];
+#pragma unroll
+            for (int i = 0; i < M; i++) {
+                const uint4 f = xb[(c * 4 + t) * M + i];
+                b0[i] = b_hi ? f.x : (b_lo ? f.z : 0u);
+                b1[i] = b_hi ? f.y : (b_lo ? f.w : 0u);
+            }
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                const uint32_t rg[4] = {wg[u][j].x, wg[u][j].y, wg[u][j].z, wg[u][j].w};
+                const uint32_t rg8[4] = {wg8[u][j].x, wg8[u][j].y, wg8[u][j].z, wg8[u][j].w};
+                if constexpr (TY == TY_Q8_0) {
+                    float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const uint32_t ug = rg[i] ^ 0x80808080u, ug8 = rg8[i] ^ 0x80808080u;
+                        mma_f16(d, q8_half2(ug, 0x4140), q8_half2(ug8, 0x4140), q8_half2(ug, 0x4342),
+                                q8_half2(ug8, 0x4342), b0[i], b1[i]);
+                    }
+                    // t = 0 holds cols 0,1 (even block), t = 1 cols 2,3 (odd block) of rows g, g+8
+                    tot[j][0] += dg[u][j] * (d[0] + d[1]);
+                    tot[j][1] += dg8[u][j] * (d[2] + d[3]);
+                } else {
+#pragma unroll
+                    for (int i = 0; i < 2; i++)
+                        mma_f16(acc[j], rg[2 * i], rg8[2 * i], rg[2 * i + 1], rg8[2 * i + 1], b0[i], b1[i]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        if constexpr (TY == TY_Q8_0) {
+            // add the odd blocks (t = 1) to the even ones (t = 0)
+            out[j][0] = tot[j][0] + __shfl_xor_sync(0xffffffffu, tot[j][0], 1);
+            out[j][1] = tot[j][1] + __shfl_xor_sync(0xffffffffu, tot[j][1], 1);
+        } else {
+            out[j][0] = acc[j][0] + acc[j][1];
+            out[j][1] = acc[j][2] + acc[j][3];
+        }
+    }
+}
+
+// KS warps share one tile (K split); 8/KS tiles per block.
+template <int TY, int KS>
+__device__ __forceinline__ void mma_block(const DenseArgs& a, const DenseMat& m, const float* x, uint4* xb,
+                                          float* xtmp, double* red, float* redf, float* part, int row0) {
+    const float inv_s = mma_stage<TY>(a, x, xb, xtmp, red, redf);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int tile = warp / KS, ks = warp % KS;
+    const int r0 = row0 + tile * 16;
+    const int row_g = min(r0 + g, m.n_rows - 1), row_g8 = min(r0 + g + 8, m.n_rows - 1);
+    const int n_ch = a.n_in / MmaChunk<TY>::K;
+    const int per = (n_ch + KS - 1) / KS;
+    const int c_lo = min(n_ch, ks * per), c_hi = min(n_ch, c_lo + per);
+    const size_t row_bytes = (size_t)a.n_in * (TY == TY_Q8_0 ? 1 : 2);
+    const int nb = a.n_in / 32;
+    float res[2][2];
+    if (m.swiglu) {
+        const uint8_t* w[2] = {m.w, m.w2};
+        const __half* sp[2] = {m.s, m.s2};
+        mma_rows<TY, 2>(w, sp, row_g, row_g8, row_bytes, nb, xb, c_lo, c_hi, res);
+    } else {
+        const uint8_t* w[1] = {m.w};
+        const __half* sp[1] = {m.s};
+        float r1[1][2];
+        mma_rows<TY, 1>(w, sp, row_g, row_g8, row_bytes, nb, xb, c_lo, c_hi, r1);
+        res[0][0] = r1[0][0];
+        res[0][1] = r1[0][1];
+        res[1][0] = res[1][1] = 0.0f;
+    }
+    // K split: partial sums meet in shared memory, added in split order.
+    if (KS > 1) {
+        if (t == 0) {
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                part[((tile * KS + ks) * 2 + j) * 16 + g] = res[j][0];
+                part[((tile * KS + ks) * 2 + j) * 16 + g + 8] = res[j][1];
+            }
+        }
+        __syncthreads();
+        if (ks != 0) return;
+        if (t == 0) {
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                float s0 = 0.0f, s1 = 0.0f;
+                for (int q = 0; q < KS; q++) {
+                    s0 += part[((tile * KS + q) * 2 + j) * 16 + g];
+                    s1 += part[((tile * KS + q) * 2 + j) * 16 + g + 8];
+                }
+                res[j][0] = s0;
+                res[j][1] = s1;
+            }
+        }
+    }
+    if (t != 0) return;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int o = r0 + g + 8 * h;
+        if (o >= m.n_rows) continue;
+        if (m.swiglu) {
+            float gv = res[0][h] * inv_s, uv = res[1][h] * inv_s;
+            gv = fminf(gv, a.clamp);
+            uv = fminf(fmaxf(uv, -a.clamp), a.clamp);
+            m.y[o] = gv * sigmoid_stable(gv) * uv;
+        } else {
+            float y = (res[0][h] * inv_s) * m.alpha;
+            if (a.xscale) y *= *a.xscale;
+            if (m.add) y = m.add[o] + y;
+            m.y[o] = y;
+        }
+    }
+}
+
+template <int KS>
+__device__ void dense_mma_body(const DenseArgs& a) {
+    extern __shared__ uint4 xb[];  // n_in/4 B fragments, then n_in floats of staging
+    __shared__ double red[32];
+    __shared__ float redf[32];
+    __shared__ float part[8 * 2 * 16];
+    int mi = 0;
+#pragma unroll
+    for (int i = 1; i < DENSE_MAX_MATS; i++)
+        if (i < a.n_mats && (int)blockIdx.x >= a.m[i].block0) mi = i;
+    const DenseMat& m = a.m[mi];
+    if (m.gate && *m.gate == 0) return;  // uniform per block
+    const int row0 = ((int)blockIdx.x - m.block0) * 16 * (8 / KS);
+    const float* x = a.x + (m.rows_per_group > 0 ? (size_t)(row0 / m.rows_per_group) * a.n_in : 0);
+    float* xtmp = (float*)(xb + a.n_in / 4);
+    if (m.ty == TY_Q8_0) mma_block<TY_Q8_0, KS>(a, m, x, xb, xtmp, red, redf, part, row0);
+    else mma_block<TY_F16, KS>(a, m, x, xb, xtmp, red, redf, part, row0);
+}
+
+extern "C" __global__ void __launch_bounds__(256) dense_mma_k1(DenseArgs a) { dense_mma_body<1>(a); }
+extern "C" __global__ void __launch_bounds__(256) dense_mma_k2(DenseArgs a) { dense_mma_body<2>(a); }
+extern "C" __global__ void __launch_bounds__(256) dense_mma_k4(DenseArgs a) { dense_mma_body<4>(a); }
+extern "C" __global__ void __launch_bounds__(256) dense_mma_k8(DenseArgs a) { dense_mma_body<8>(a); }
+
 // Synthetic repacked Q8_0: f16 scales near `scale` (±50 %) for `n` blocks at `dst`.
 extern "C" __global__ void fill_q8_scales(__half* dst, unsigned long long n, float scale) {
     const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;

@@ -174,6 +174,10 @@ pub struct Kernels {
     gemv: Vec<(TensorType, GemvMode, usize, sys::CUfunction)>,
     /// `dense_r1`, `dense_r2`, `dense_r4`
     dense: [sys::CUfunction; 3],
+    /// `dense_mma_k1` .. `dense_mma_k8` (K split over 1, 2, 4, 8 warps)
+    dense_mma: [sys::CUfunction; 4],
+    /// `DS4_CUDA_DENSE_FFMA=1`: CUDA-core dense kernels only (A/B checks).
+    dense_ffma_only: bool,
     fill_q8_scales: sys::CUfunction,
     embed: sys::CUfunction,
     rms_scale: sys::CUfunction,
@@ -237,6 +241,13 @@ impl Kernels {
                 f("gemv", "dense_r2")?,
                 f("gemv", "dense_r4")?,
             ],
+            dense_mma: [
+                f("gemv", "dense_mma_k1")?,
+                f("gemv", "dense_mma_k2")?,
+                f("gemv", "dense_mma_k4")?,
+                f("gemv", "dense_mma_k8")?,
+            ],
+            dense_ffma_only: std::env::var("DS4_CUDA_DENSE_FFMA").is_ok_and(|v| v == "1"),
             fill_q8_scales: f("gemv", "fill_q8_scales")?,
             embed: f("ops", "embed")?,
             rms_scale: f("ops", "rms_scale")?,
@@ -438,6 +449,66 @@ impl Kernels {
                 "invariant: swiglu needs the up matrix"
             );
         }
+        let mut a = DenseArgs {
+            x: input.x,
+            xscale: input.xscale,
+            n_mats: mats.len() as i32,
+            n_in: n_in as i32,
+            clamp: input.clamp,
+            x_out: input.x_out,
+            ..Default::default()
+        };
+        if let Some((w, eps)) = input.norm {
+            a.norm_w = w;
+            a.norm = 1;
+            a.eps = eps;
+        }
+        // Tensor cores when every matrix is Q8_0 with 64-wide chunks or F16 with 32-wide ones: tiles
+        // of 16 rows, the K range split over `ks` warps so that a launch has ~2 waves of blocks.
+        let mma_ok = !self.dense_ffma_only
+            && mats
+                .iter()
+                .all(|m| match TensorType::from_code(m.ty as u32) {
+                    Some(TensorType::Q8_0) => n_in.is_multiple_of(64),
+                    Some(TensorType::F16) => n_in.is_multiple_of(32),
+                    _ => false,
+                });
+        if mma_ok {
+            let block_rows = |ks: usize| 16 * 8 / ks;
+            let grouped_ok = |ks: usize| {
+                mats.iter().all(|m| {
+                    m.rows_per_group == 0
+                        || (m.rows_per_group as usize).is_multiple_of(block_rows(ks))
+                })
+            };
+            let n_blocks = |ks: usize| -> usize {
+                mats.iter()
+                    .map(|m| (m.n_rows as usize).div_ceil(block_rows(ks)))
+                    .sum()
+            };
+            let chunks = n_in / 32; // at least one chunk per warp either way
+            let ks = [1usize, 2, 4, 8]
+                .into_iter()
+                .filter(|&ks| grouped_ok(ks) && chunks / 2 >= ks)
+                .find(|&ks| n_blocks(ks) >= 264)
+                .or_else(|| {
+                    [8usize, 4, 2, 1]
+                        .into_iter()
+                        .find(|&ks| grouped_ok(ks) && chunks / 2 >= ks)
+                });
+            if let Some(ks) = ks {
+                let mut blocks = 0usize;
+                for (i, m) in mats.iter().enumerate() {
+                    a.m[i] = *m;
+                    a.m[i].block0 = blocks as i32;
+                    blocks += (m.n_rows as usize).div_ceil(block_rows(ks));
+                }
+                let f = self.dense_mma[ks.trailing_zeros() as usize];
+                let smem = (n_in * 8) as u32;
+                let mut p = args![a];
+                return self.launch("dense_mma", f, (blocks as u32, 1, 1), 256, smem, &mut p);
+            }
+        }
         // Rows per warp: 4 (or 2) rows share each input read when that still leaves a few waves
         // of 8-warp blocks; grouped matrices need whole groups per block.
         let dots: usize = mats
@@ -460,20 +531,6 @@ impl Kernels {
                 "dense launch: grouped rows must come in multiples of 8".into(),
             ));
         };
-        let mut a = DenseArgs {
-            x: input.x,
-            xscale: input.xscale,
-            n_mats: mats.len() as i32,
-            n_in: n_in as i32,
-            clamp: input.clamp,
-            x_out: input.x_out,
-            ..Default::default()
-        };
-        if let Some((w, eps)) = input.norm {
-            a.norm_w = w;
-            a.norm = 1;
-            a.eps = eps;
-        }
         let mut blocks = 0usize;
         for (i, m) in mats.iter().enumerate() {
             a.m[i] = *m;

@@ -83,7 +83,15 @@ fn scales_ptr(ty: TensorType, base: u64, n: usize) -> u64 {
 fn dense_multi_matrix_launch_matches_host() {
     let Some((dev, k)) = device() else { return };
     let mut rng = ChaCha8Rng::seed_from_u64(9);
-    for (n_in, with_norm) in [(1024usize, true), (4096, false), (96, true)] {
+    // With an F32 matrix the launch runs on CUDA cores; without, on tensor cores (when n_in allows).
+    for (n_in, with_norm, with_f32) in [
+        (1024usize, true, true),
+        (4096, false, true),
+        (96, true, true),
+        (1024, true, false),
+        (4096, false, false),
+        (8192, true, false),
+    ] {
         let x = random_vec(n_in, &mut rng);
         let norm_w = random_vec(n_in, &mut rng);
         // The input the matrices see.
@@ -113,7 +121,9 @@ fn dense_multi_matrix_launch_matches_host() {
         let mut mats = Vec::new();
         let mut wants = Vec::new();
         for (i, &(ty, rows, swiglu, gated)) in specs.iter().enumerate() {
-            if ty == TensorType::Q8_0 && !n_in.is_multiple_of(32) {
+            if (ty == TensorType::Q8_0 && !n_in.is_multiple_of(32))
+                || (ty == TensorType::F32 && !with_f32)
+            {
                 continue;
             }
             let (w, wd) = random_matrix(ty, n_in, rows, rng.gen());
@@ -180,7 +190,9 @@ fn dense_multi_matrix_launch_matches_host() {
                 continue;
             }
             let err = rel_err(&y, want);
-            println!("dense multi n_in {n_in} {ty} swiglu {swiglu}: max rel err {err:.2e}");
+            println!(
+                "dense multi n_in {n_in} {ty} swiglu {swiglu} f32-launch {with_f32}: max rel err {err:.2e}"
+            );
             assert!(err < 5e-5, "dense multi {ty} swiglu {swiglu}: {err:.3e}");
         }
     }
