@@ -328,6 +328,336 @@ __device__ void gemm_body(const PfGemmArgs& a) {
     }
 }
 
+// ---- GEMM, pipelined variant ---------------------------------------------------------------------
+// Same tile, arithmetic and results as gemm_body, but the next pass's loads are in flight while the
+// current pass computes: A (already f16) by cp.async into the other of two shared stages, the raw
+// weight bytes of B into registers (decoded into shared memory at the top of the next pass).
+
+struct WRaw {
+    uint32_t v[8];
+};
+
+// Global loads of the 16 weights k..k+15 of one row (no decoding).
+template <int TY>
+__device__ __forceinline__ void fetch_w16(const uint8_t* wrow, const __half* srow, int k, WRaw& r) {
+    if constexpr (TY == PT_Q8R) {
+        const uint4 q = *(const uint4*)(wrow + k);
+        r.v[0] = q.x;
+        r.v[1] = q.y;
+        r.v[2] = q.z;
+        r.v[3] = q.w;
+        r.v[4] = __half_as_ushort(srow[k / 32]);
+    } else if constexpr (TY == PT_F16) {
+        const uint4* p = (const uint4*)(wrow + (size_t)k * 2);
+        const uint4 a = p[0], b = p[1];
+        r.v[0] = a.x;
+        r.v[1] = a.y;
+        r.v[2] = a.z;
+        r.v[3] = a.w;
+        r.v[4] = b.x;
+        r.v[5] = b.y;
+        r.v[6] = b.z;
+        r.v[7] = b.w;
+    } else if constexpr (TY == PT_IQ2_XXS) {
+        const uint8_t* b = wrow + (size_t)(k / 256) * 66;
+        const int ib = (k % 256) / 32;
+        r.v[0] = *(const uint16_t*)b;
+        r.v[1] = pf_ld_u32_2(b + 2 + 8 * ib);
+        r.v[2] = pf_ld_u32_2(b + 6 + 8 * ib);
+    } else if constexpr (TY == PT_Q2_K) {
+        const uint8_t* b = wrow + (size_t)(k / 256) * 84;
+        const int e0 = k % 256;
+        const int h = e0 / 128, l0 = e0 % 32;
+        r.v[0] = b[e0 / 16];
+        r.v[1] = *(const uint32_t*)(b + 80);
+        const uint32_t* q = (const uint32_t*)(b + 16 + 32 * h + l0);
+        r.v[2] = q[0];
+        r.v[3] = q[1];
+        r.v[4] = q[2];
+        r.v[5] = q[3];
+    } else if constexpr (TY == PT_Q4_K) {
+        const uint8_t* b = wrow + (size_t)(k / 256) * 144;
+        const int e0 = k % 256;
+        const int c = e0 / 64, u0 = e0 % 64;
+        r.v[0] = *(const uint32_t*)(b + 4);
+        r.v[1] = *(const uint32_t*)(b + 8);
+        r.v[2] = *(const uint32_t*)(b + 12);
+        r.v[3] = *(const uint32_t*)b;
+        const uint4 q = *(const uint4*)(b + 16 + 32 * c + (u0 % 32));
+        r.v[4] = q.x;
+        r.v[5] = q.y;
+        r.v[6] = q.z;
+        r.v[7] = q.w;
+    }
+}
+
+__device__ __forceinline__ int wraw_byte(const WRaw& r, int first, int i) { return (r.v[first + i / 4] >> (8 * (i % 4))) & 0xff; }
+
+// The fetched bytes as 16 exact f16 weights and the step's scale and min (w = sa·q − sb).
+template <int TY>
+__device__ __forceinline__ void decode_w16(const WRaw& r, int k, const uint64_t* grid, __half* dst, float& sa, float& sb) {
+    sb = 0.0f;
+    if constexpr (TY == PT_Q8R) {
+#pragma unroll
+        for (int i = 0; i < 16; i++) dst[i] = __short2half_rn((short)(int8_t)wraw_byte(r, 0, i));
+        sa = __half2float(__ushort_as_half((uint16_t)r.v[4]));
+    } else if constexpr (TY == PT_F16) {
+        uint4* d = (uint4*)dst;
+        d[0] = make_uint4(r.v[0], r.v[1], r.v[2], r.v[3]);
+        d[1] = make_uint4(r.v[4], r.v[5], r.v[6], r.v[7]);
+        sa = 1.0f;
+    } else if constexpr (TY == PT_IQ2_XXS) {
+        const float d = pf_h2f((uint16_t)r.v[0]);
+        const uint32_t a0 = r.v[1], a1 = r.v[2];
+        sa = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
+        const int l0 = (k % 32) / 8;
+#pragma unroll
+        for (int ll = 0; ll < 2; ll++) {
+            const int l = l0 + ll;
+            const uint64_t g = grid[(a0 >> (8 * l)) & 255];
+            const uint32_t sidx = (a1 >> (7 * l)) & 127;
+            const uint32_t signs = sidx | ((__popc(sidx) & 1) << 7);
+#pragma unroll
+            for (int kk = 0; kk < 8; kk++) {
+                const int mag = (int)((g >> (8 * kk)) & 0xff);
+                dst[ll * 8 + kk] = __int2half_rn(((signs >> kk) & 1) ? -mag : mag);
+            }
+        }
+    } else if constexpr (TY == PT_Q2_K) {
+        const int j = ((k % 256) % 128) / 32;
+        const int sc = (int)r.v[0];
+        const float d = pf_h2f((uint16_t)(r.v[1] & 0xffff)), dmin = pf_h2f((uint16_t)(r.v[1] >> 16));
+#pragma unroll
+        for (int u = 0; u < 16; u++) dst[u] = __int2half_rn((wraw_byte(r, 2, u) >> (2 * j)) & 3);
+        sa = d * (float)(sc & 15);
+        sb = dmin * (float)(sc >> 4);
+    } else if constexpr (TY == PT_Q4_K) {
+        const int e0 = k % 256;
+        const int j = e0 / 32;
+        int sc, mn;
+        if (j < 4) {
+            sc = wraw_byte(r, 0, j) & 63;
+            mn = wraw_byte(r, 0, j + 4) & 63;
+        } else {
+            sc = (wraw_byte(r, 0, j + 4) & 15) | ((wraw_byte(r, 0, j - 4) >> 6) << 4);
+            mn = (wraw_byte(r, 0, j + 4) >> 4) | ((wraw_byte(r, 0, j) >> 6) << 4);
+        }
+        const bool hi = (e0 % 64) >= 32;
+#pragma unroll
+        for (int u = 0; u < 16; u++) {
+            const int q = wraw_byte(r, 4, u);
+            dst[u] = __int2half_rn(hi ? (q >> 4) : (q & 15));
+        }
+        const float d = pf_h2f((uint16_t)(r.v[3] & 0xffff)), dmin = pf_h2f((uint16_t)(r.v[3] >> 16));
+        sa = d * (float)sc;
+        sb = dmin * (float)mn;
+    }
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
+
+#define G3_STAGE (2 * G_BM * G_SA)  // halves per A stage (hi then lo)
+
+// Dynamic shared memory: see G3_SMEM_BYTES.
+template <int TY>
+__device__ void gemm_body3(const PfGemmArgs& a) {
+    extern __shared__ __align__(16) unsigned char g3_smem[];
+    __half* s_a = (__half*)g3_smem;                   // [2 stages][hi, lo][G_BM][G_SA]
+    __half* s_b = s_a + 2 * G3_STAGE;                 // [G_BN][G_SA]
+    float* s_sa = (float*)(s_b + G_BN * G_SA);        // [G_BN][G_KS]
+    float* s_sb = s_sa + G_BN * G_KS;                 // [G_BN][G_KS]
+    float* s_xs = s_sb + G_BN * G_KS;                 // [2][G_BM][G_KS]
+    uint64_t* s_grid = (uint64_t*)(s_xs + 2 * G_BM * G_KS);  // [256]
+    int* s_src = (int*)(s_grid + 256);                // [G_BM]
+    constexpr int SPAN = TY == PT_Q2_K ? 1 : 2;       // 16-wide steps per scale
+    int e = 0, row0, n_rows;
+    if (a.tiles) {
+        if ((int)blockIdx.y >= *a.n_tiles) return;
+        e = a.tiles[3 * blockIdx.y];
+        row0 = a.tiles[3 * blockIdx.y + 1];
+        n_rows = a.tiles[3 * blockIdx.y + 2];
+    } else {
+        row0 = blockIdx.y * G_BM;
+        n_rows = min(G_BM, a.M - row0);
+    }
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t4 = lane & 3;
+    const int wm = warp & 3, wnb = (warp >> 2) * 64;
+    const int n0 = blockIdx.x * G_BN;
+    if (TY == PT_IQ2_XXS) {
+        for (int i = tid; i < 256; i += blockDim.x) s_grid[i] = IQ2XXS_GRID[i];
+    }
+    if (tid < G_BM) {
+        const int r = row0 + tid;
+        s_src[tid] = tid < n_rows ? (a.gather ? a.gather[r] / a.gather_div : r) : -1;
+    }
+    __syncthreads();
+    const int ar = tid >> 2, aq = tid & 3;
+    const int asrc = s_src[ar];
+    const size_t aoff = asrc >= 0 ? (size_t)blockIdx.z * a.gx + (size_t)asrc * a.ldx : 0;
+    const int br = tid >> 1, bh = tid & 1;
+    const int wn = n0 + br;
+    const size_t wrow_idx = (size_t)(blockIdx.z + e) * a.N + (wn < a.N ? wn : 0);
+    const uint8_t* wrow = TY == PT_Q8R ? a.w + wrow_idx * a.K : a.w + wrow_idx * a.w_row_bytes;
+    const __half* srow = TY == PT_Q8R ? a.wscale + wrow_idx * (a.K / 32) : nullptr;
+
+    auto load_a = [&](int k0, int stage) {
+        const int k = k0 + 16 * aq;
+        __half* dh = s_a + stage * G3_STAGE + ar * G_SA + 16 * aq;
+        __half* dl = dh + G_BM * G_SA;
+        if (asrc >= 0 && k < a.K) {
+            cp_async16(dh, a.xh + aoff + k);
+            cp_async16(dh + 8, a.xh + aoff + k + 8);
+            cp_async16(dl, a.xl + aoff + k);
+            cp_async16(dl + 8, a.xl + aoff + k + 8);
+            if (TY == PT_Q2_K || TY == PT_Q4_K) cp_async4(s_xs + (stage * G_BM + ar) * G_KS + aq, a.xs + aoff / 16 + k / 16);
+        } else {
+            const uint4 z = make_uint4(0, 0, 0, 0);
+            ((uint4*)dh)[0] = ((uint4*)dh)[1] = ((uint4*)dl)[0] = ((uint4*)dl)[1] = z;
+            s_xs[(stage * G_BM + ar) * G_KS + aq] = 0.0f;
+        }
+    };
+    WRaw raw[2];
+    auto fetch_b = [&](int k0) {
+#pragma unroll
+        for (int sub = 0; sub < 2; sub++) {
+            const int k = k0 + 16 * (bh + 2 * sub);
+            if (wn < a.N && k < a.K) fetch_w16<TY>(wrow, srow, k, raw[sub]);
+        }
+    };
+    auto store_b = [&](int k0) {
+#pragma unroll
+        for (int sub = 0; sub < 2; sub++) {
+            const int ks = bh + 2 * sub;
+            const int k = k0 + 16 * ks;
+            float sa = 0.0f, sb = 0.0f;
+            __half* d = s_b + br * G_SA + 16 * ks;
+            if (wn < a.N && k < a.K) {
+                decode_w16<TY>(raw[sub], k, s_grid, d, sa, sb);
+            } else {
+                ((uint4*)d)[0] = ((uint4*)d)[1] = make_uint4(0, 0, 0, 0);
+            }
+            s_sa[br * G_KS + ks] = sa;
+            s_sb[br * G_KS + ks] = sb;
+        }
+    };
+
+    float acc[8][4];
+#pragma unroll
+    for (int i = 0; i < 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+
+    load_a(0, 0);
+    cp_async_commit();
+    fetch_b(0);
+    int stage = 0;
+    for (int k0 = 0; k0 < a.K; k0 += G_BK) {
+        store_b(k0);
+        cp_async_wait_all();
+        __syncthreads();
+        if (k0 + G_BK < a.K) {
+            load_a(k0 + G_BK, stage ^ 1);
+            cp_async_commit();
+            fetch_b(k0 + G_BK);
+        }
+        const __half* sah = s_a + stage * G3_STAGE;
+        const __half* sal = sah + G_BM * G_SA;
+        const float* sxs = s_xs + stage * G_BM * G_KS;
+        const int r0 = wm * 16 + g;
+#pragma unroll
+        for (int span = 0; span < G_KS / SPAN; span++) {
+            uint32_t ah[SPAN][4], al[SPAN][4];
+#pragma unroll
+            for (int q = 0; q < SPAN; q++) {
+                const int kc = (span * SPAN + q) * 16 + 2 * t4;
+                ah[q][0] = *(const uint32_t*)(sah + r0 * G_SA + kc);
+                ah[q][1] = *(const uint32_t*)(sah + (r0 + 8) * G_SA + kc);
+                ah[q][2] = *(const uint32_t*)(sah + r0 * G_SA + kc + 8);
+                ah[q][3] = *(const uint32_t*)(sah + (r0 + 8) * G_SA + kc + 8);
+                al[q][0] = *(const uint32_t*)(sal + r0 * G_SA + kc);
+                al[q][1] = *(const uint32_t*)(sal + (r0 + 8) * G_SA + kc);
+                al[q][2] = *(const uint32_t*)(sal + r0 * G_SA + kc + 8);
+                al[q][3] = *(const uint32_t*)(sal + (r0 + 8) * G_SA + kc + 8);
+            }
+            const int ks = span * SPAN;
+            float xs0 = 0.0f, xs1 = 0.0f;
+            if (TY == PT_Q2_K || TY == PT_Q4_K) {
+#pragma unroll
+                for (int q = 0; q < SPAN; q++) {
+                    xs0 += sxs[r0 * G_KS + ks + q];
+                    xs1 += sxs[(r0 + 8) * G_KS + ks + q];
+                }
+            }
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) {
+                const int nb = wnb + nt * 8 + g;
+                float tmp[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                for (int q = 0; q < SPAN; q++) {
+                    const int kc = (span * SPAN + q) * 16 + 2 * t4;
+                    const uint32_t b0 = *(const uint32_t*)(s_b + nb * G_SA + kc);
+                    const uint32_t b1 = *(const uint32_t*)(s_b + nb * G_SA + kc + 8);
+                    mma16816(tmp, ah[q], b0, b1);
+                    mma16816(tmp, al[q], b0, b1);
+                }
+                if (TY == PT_F16) {
+                    acc[nt][0] += tmp[0];
+                    acc[nt][1] += tmp[1];
+                    acc[nt][2] += tmp[2];
+                    acc[nt][3] += tmp[3];
+                } else {
+                    const int c0 = wnb + nt * 8 + 2 * t4;
+                    const float sa0 = s_sa[c0 * G_KS + ks], sa1 = s_sa[(c0 + 1) * G_KS + ks];
+                    acc[nt][0] += sa0 * tmp[0];
+                    acc[nt][1] += sa1 * tmp[1];
+                    acc[nt][2] += sa0 * tmp[2];
+                    acc[nt][3] += sa1 * tmp[3];
+                    if (TY == PT_Q2_K || TY == PT_Q4_K) {
+                        const float sb0 = s_sb[c0 * G_KS + ks], sb1 = s_sb[(c0 + 1) * G_KS + ks];
+                        acc[nt][0] -= sb0 * xs0;
+                        acc[nt][1] -= sb1 * xs0;
+                        acc[nt][2] -= sb0 * xs1;
+                        acc[nt][3] -= sb1 * xs1;
+                    }
+                }
+            }
+        }
+        __syncthreads();
+        stage ^= 1;
+    }
+    float* yg = a.y + (size_t)blockIdx.z * a.gy;
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++) {
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            const int r = wm * 16 + g + (q >= 2 ? 8 : 0);
+            const int n = n0 + wnb + nt * 8 + 2 * t4 + (q & 1);
+            if (r < n_rows && n < a.N) {
+                float v = acc[nt][q] * a.alpha;
+                const size_t gr = (size_t)(row0 + r);
+                if (a.add) v = a.add[gr * a.ldadd + n] + v;
+                yg[gr * a.ldy + n] = v;
+            }
+        }
+    }
+}
+
+#define PF_GEMM3(SUFFIX, TY) \
+    extern "C" __global__ void __launch_bounds__(256, 2) pf_gemm3_##SUFFIX(PfGemmArgs a) { gemm_body3<TY>(a); }
+PF_GEMM3(q8r, PT_Q8R)
+PF_GEMM3(f16, PT_F16)
+PF_GEMM3(iq2_xxs, PT_IQ2_XXS)
+PF_GEMM3(q2_k, PT_Q2_K)
+PF_GEMM3(q4_k, PT_Q4_K)
+
 #define PF_GEMM(SUFFIX, TY) \
     extern "C" __global__ void __launch_bounds__(256, 2) pf_gemm_##SUFFIX(PfGemmArgs a) { gemm_body<TY>(a); }
 PF_GEMM(q8r, PT_Q8R)
@@ -671,26 +1001,42 @@ extern "C" __global__ void pf_index_q_prep(float* qi, int n_idx_head, RopeArgs r
     for (int i = threadIdx.x; i < 128; i += blockDim.x) h[i] = v[i];
 }
 
-// Scores of token t0 + blockIdx.y over its visible index rows (warp per row), only for tokens that
-// select (more than top_k rows): scores[blockIdx.y][c] = Σ_h max(0, K_c·qi_h)·w_h, heads ascending.
-extern "C" __global__ void pf_index_scores(const float* index_cache, const float* qi, const float* w, int pos0, int t0,
-                                           int ratio, int n_idx_head, int top_k, float* scores, int cap) {
+// Scores of token t0 + blockIdx.y over its visible index rows, only for tokens that select (more
+// than top_k rows): scores[blockIdx.y][c] = Σ_h max(0, K_c·qi_h)·w_h, heads ascending. Thread per
+// row c (its 128 values streamed once), the token's queries in shared memory (read as broadcasts).
+// Dynamic shared memory: n_idx_head·128 floats. n_idx_head ≤ 64.
+extern "C" __global__ void __launch_bounds__(128)
+    pf_index_scores(const float* index_cache, const float* qi, const float* w, int pos0, int t0, int ratio,
+                    int n_idx_head, int top_k, float* scores, int cap) {
+    extern __shared__ float qs[];
     const int t = t0 + blockIdx.y;
     const int n_comp = (pos0 + t + 1) / ratio;
-    if (n_comp <= top_k) return;
-    const int c = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    const int lane = threadIdx.x & 31;
-    if (c >= n_comp) return;
-    const float4 k = *((const float4*)(index_cache + (size_t)c * 128) + lane);
+    if (n_comp <= top_k || (int)(blockIdx.x * blockDim.x) >= n_comp) return;
     const float* qt = qi + (size_t)t * n_idx_head * 128;
+    for (int i = threadIdx.x; i < n_idx_head * 128; i += blockDim.x) qs[i] = qt[i];
+    __syncthreads();
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= n_comp) return;
+    const float4* k = (const float4*)(index_cache + (size_t)c * 128);
+    float d[64];
+#pragma unroll
+    for (int h = 0; h < 64; h++) d[h] = 0.0f;
+    for (int i = 0; i < 32; i++) {
+        const float4 kv = __ldg(k + i);
+#pragma unroll
+        for (int h = 0; h < 64; h++) {
+            if (h < n_idx_head) {
+                const float4 q = *((const float4*)(qs + h * 128) + i);
+                d[h] += kv.x * q.x + kv.y * q.y + kv.z * q.z + kv.w * q.w;
+            }
+        }
+    }
     const float* wt = w + (size_t)t * n_idx_head;
     float s = 0.0f;
-    for (int h = 0; h < n_idx_head; h++) {
-        const float4 q = *((const float4*)(qt + (size_t)h * 128) + lane);
-        const float d = warp_sum(k.x * q.x + k.y * q.y + k.z * q.z + k.w * q.w);
-        s += fmaxf(d, 0.0f) * wt[h];
-    }
-    if (lane == 0) scores[(size_t)blockIdx.y * cap + c] = s;
+#pragma unroll
+    for (int h = 0; h < 64; h++)
+        if (h < n_idx_head) s += fmaxf(d[h], 0.0f) * wt[h];
+    scores[(size_t)blockIdx.y * cap + c] = s;
 }
 
 __device__ __forceinline__ uint32_t pf_order_key(float f) {
@@ -788,19 +1134,20 @@ extern "C" __global__ void pf_index_topk(const float* scores, int pos0, int t0, 
 
 // ---- attention (spec §3.5 A11-A12) ---------------------------------------------------------------
 
-#define PF_HPB 8  // heads per block: they share every key row load (one KV head)
+#define PF_HPB 16  // heads per block: they share every key row load (one KV head)
 
-// Heads PF_HPB·blockIdx.x.. of token blockIdx.y. Rows: raw window oldest first (positions before
-// the chunk from the ring, the chunk's own from kvc), then the visible compressed rows (all, or the
-// token's top-k list). Softmax with the sink; value = key; inverse RoPE. Scores: warp per row; the
-// weighted sum: thread per output dim over rows in order (fixed order, no atomics).
-// Dynamic shared memory: PF_HPB·(head_dim + max_rows) floats.
+// Heads PF_HPB·blockIdx.x.. of token blockIdx.y (256 threads). Rows: raw window oldest first
+// (positions before the chunk from the ring, the chunk's own from kvc), then the visible
+// compressed rows (all, or the token's top-k list). Scores: thread per row, the row streamed once
+// against the block's queries in shared memory (broadcast reads); softmax with the sink (warp per
+// head); value = key: thread per output dim over the rows, four at a time, in order (fixed order,
+// no atomics); inverse RoPE. Dynamic shared memory: PF_HPB·(head_dim + rows rounded up to 4) floats.
 extern "C" __global__ void __launch_bounds__(256)
     pf_attention(const float* q, const float* ring, int raw_cap, const float* kvc, int pos0, const float* comp,
                  const int* list, const float* sinks, int n_head, int n_swa, int ratio, int top_k, int head_dim,
                  float kq_scale, RopeArgs rope, float* out) {
     extern __shared__ float sm[];
-    __shared__ float red[32];
+    __shared__ float inv[PF_HPB];
     const int t = blockIdx.y, h0 = blockIdx.x * PF_HPB;
     const int pos = pos0 + t;
     const int n_raw = min(pos + 1, n_swa);
@@ -828,81 +1175,88 @@ extern "C" __global__ void __launch_bounds__(256)
         }
         return comp + (size_t)(use_list ? lt[j - n_raw] : j - n_raw) * head_dim;
     };
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warp = blockDim.x >> 5;
-    const int n_chunk = head_dim / 128;
-    for (int j = warp; j < n_rows; j += n_warp) {
-        const float* k = row_ptr(j);
+    for (int j = threadIdx.x; j < n_rows4; j += blockDim.x) {
+        if (j >= n_rows) {
+#pragma unroll
+            for (int h = 0; h < PF_HPB; h++) sc[h * n_rows4 + j] = -3.0e38f;
+            continue;
+        }
+        const float4* k = (const float4*)row_ptr(j);
         float s[PF_HPB];
 #pragma unroll
         for (int h = 0; h < PF_HPB; h++) s[h] = 0.0f;
-        for (int c = 0; c < n_chunk; c++) {
-            const float4 a = __ldg((const float4*)(k + c * 128) + lane);
+        for (int c = 0; c < head_dim / 4; c++) {
+            const float4 a = __ldg(k + c);
 #pragma unroll
             for (int h = 0; h < PF_HPB; h++) {
-                const float4 b = *((const float4*)(qs + h * head_dim + c * 128) + lane);
+                const float4 b = *((const float4*)(qs + h * head_dim) + c);
                 s[h] += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
             }
         }
 #pragma unroll
-        for (int h = 0; h < PF_HPB; h++) {
-            const float v = warp_sum(s[h]);
-            if (lane == 0) sc[h * n_rows4 + j] = v * kq_scale;
+        for (int h = 0; h < PF_HPB; h++) sc[h * n_rows4 + j] = s[h] * kq_scale;
+    }
+    __syncthreads();
+    {  // softmax with the sink: warp per head
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warp = blockDim.x >> 5;
+        for (int h = warp; h < PF_HPB; h += n_warp) {
+            float* sh = sc + h * n_rows4;
+            const float sink = sinks[h0 + h];
+            float m = sink;
+            for (int j = lane; j < n_rows; j += 32) m = fmaxf(m, sh[j]);
+            const float mx = warp_max(m);
+            float psum = 0.0f;
+            for (int j = lane; j < n_rows4; j += 32) {
+                const float e = j < n_rows ? expf(sh[j] - mx) : 0.0f;
+                sh[j] = e;
+                psum += e;
+            }
+            const float den = expf(sink - mx) + warp_sum(psum);
+            if (lane == 0) inv[h] = 1.0f / den;
         }
     }
     __syncthreads();
-    float inv[PF_HPB];
+    // Weighted sum: thread per output dim (head_dim ≤ 2·blockDim), four rows per step.
+    float acc[PF_HPB][2];
 #pragma unroll
-    for (int h = 0; h < PF_HPB; h++) {
-        float* sh = sc + h * n_rows4;
-        const float sink = sinks[h0 + h];
-        float m = sink;
-        for (int j = threadIdx.x; j < n_rows; j += blockDim.x) m = fmaxf(m, sh[j]);
-        const float mx = block_max(m, red);
-        __syncthreads();
-        float psum = 0.0f;
-        for (int j = threadIdx.x; j < n_rows4; j += blockDim.x) {
-            const float e = j < n_rows ? expf(sh[j] - mx) : 0.0f;
-            sh[j] = e;
-            psum += e;
-        }
-        const float den = expf(sink - mx) + block_sum(psum, red);
-        inv[h] = 1.0f / den;
-        __syncthreads();
-    }
-    // Weighted sum: thread per output dim, four rows per step (their weights as one float4).
-    float acc[PF_HPB][4];
-#pragma unroll
-    for (int h = 0; h < PF_HPB; h++) acc[h][0] = acc[h][1] = acc[h][2] = acc[h][3] = 0.0f;
-    const int n_dim = (head_dim + blockDim.x - 1) / blockDim.x;  // head_dim ≤ 4·blockDim
+    for (int h = 0; h < PF_HPB; h++) acc[h][0] = acc[h][1] = 0.0f;
+    const int d0 = threadIdx.x, d1 = threadIdx.x + blockDim.x;
+    const bool has0 = d0 < head_dim, has1 = d1 < head_dim;
     for (int j = 0; j < n_rows4; j += 4) {
         const float* k[4];
 #pragma unroll
         for (int u = 0; u < 4; u++) k[u] = row_ptr(min(j + u, n_rows - 1));
+        float k0[4], k1[4];
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int d = threadIdx.x + i * blockDim.x;
-            if (i < n_dim && d < head_dim) {
-                const float k0 = __ldg(k[0] + d), k1 = __ldg(k[1] + d), k2 = __ldg(k[2] + d), k3 = __ldg(k[3] + d);
+        for (int u = 0; u < 4; u++) {
+            k0[u] = has0 ? __ldg(k[u] + d0) : 0.0f;
+            k1[u] = has1 ? __ldg(k[u] + d1) : 0.0f;
+        }
 #pragma unroll
-                for (int h = 0; h < PF_HPB; h++) {
-                    const float4 w = *(const float4*)(sc + h * n_rows4 + j);
-                    acc[h][i] += w.x * k0 + w.y * k1 + w.z * k2 + w.w * k3;
-                }
-            }
+        for (int h = 0; h < PF_HPB; h++) {
+            const float4 w = *(const float4*)(sc + h * n_rows4 + j);
+            acc[h][0] += w.x * k0[0] + w.y * k0[1] + w.z * k0[2] + w.w * k0[3];
+            acc[h][1] += w.x * k1[0] + w.y * k1[1] + w.z * k1[2] + w.w * k1[3];
         }
     }
     __syncthreads();
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const int d = threadIdx.x + i * blockDim.x;
-        if (i < n_dim && d < head_dim) {
-#pragma unroll
-            for (int h = 0; h < PF_HPB; h++) qs[h * head_dim + d] = acc[h][i] * inv[h];
-        }
-    }
-    __syncthreads();
     for (int h = 0; h < PF_HPB; h++) {
-        rope_tail_block(qs + h * head_dim, head_dim, rope, (float)pos, true);
+        if (has0) qs[h * head_dim + d0] = acc[h][0] * inv[h];
+        if (has1) qs[h * head_dim + d1] = acc[h][1] * inv[h];
+    }
+    __syncthreads();
+    // Inverse RoPE on every head's tail: thread per (head, pair).
+    const int n_pair = rope.n_rot / 2, base = head_dim - rope.n_rot;
+    for (int i = threadIdx.x; i < PF_HPB * n_pair; i += blockDim.x) {
+        const int h = i / n_pair, kk = i % n_pair;
+        float s, c;
+        sincosf(rope_theta(rope, (float)pos, kk), &s, &c);
+        s = -s;
+        float* v = qs + h * head_dim + base;
+        const float x0 = v[2 * kk], x1 = v[2 * kk + 1];
+        v[2 * kk] = x0 * c - x1 * s;
+        v[2 * kk + 1] = x0 * s + x1 * c;
     }
     __syncthreads();
     float* ot = out + ((size_t)t * n_head + h0) * head_dim;
@@ -1005,14 +1359,20 @@ extern "C" __global__ void pf_moe_sort(const int* sel, int n_pairs, int n_expert
         *n_tiles = nt;
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < n_expert; e += blockDim.x) {
+    // Placement: warp per expert, pairs in order 32 at a time (ballot + prefix count).
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warp = blockDim.x >> 5;
+    for (int e = warp; e < n_expert; e += n_warp) {
         int o = off[e];
-        for (int i = 0; i < n_pairs; i++) {
-            if (sel[i] == e) {
-                perm[o] = i;
-                inv[i] = o;
-                o++;
+        for (int i0 = 0; i0 < n_pairs; i0 += 32) {
+            const int i = i0 + lane;
+            const bool hit = i < n_pairs && sel[i] == e;
+            const unsigned m = __ballot_sync(0xffffffffu, hit);
+            if (hit) {
+                const int at = o + __popc(m & ((1u << lane) - 1u));
+                perm[at] = i;
+                inv[i] = at;
             }
+            o += __popc(m);
         }
     }
 }

@@ -376,7 +376,10 @@ impl Backend for CudaBackend {
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
             return Err(BackendError::BadToken { token: t, n_vocab });
         }
-        if tokens.len() >= 4 && crate::prefill::batched_enabled() {
+        if tokens.len() >= 4
+            && crate::prefill::batched_enabled()
+            && crate::prefill::supported(&self.cfg, self.ctx)
+        {
             // Batched prefill: chunks that never cross an absolute multiple of CHUNK_ALIGN
             // (spec/server.md §5.1), logits only where asked.
             self.dev.bind()?;

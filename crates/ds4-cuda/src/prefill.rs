@@ -28,7 +28,7 @@ use crate::Error;
 pub const CHUNK_ALIGN: usize = 2048;
 
 /// Whether `eval` batches prompts of 4+ tokens when `DS4_CUDA_BATCHED_PREFILL` is unset.
-pub const BATCHED_DEFAULT: bool = false;
+pub const BATCHED_DEFAULT: bool = true;
 
 /// `DS4_CUDA_BATCHED_PREFILL=1|0` overrides [`BATCHED_DEFAULT`].
 pub fn batched_enabled() -> bool {
@@ -38,11 +38,45 @@ pub fn batched_enabled() -> bool {
     }
 }
 
+/// Whether the batched path handles a session of `ctx` positions: one attention block keeps the
+/// scores of every row a token sees in shared memory (227 KiB on sm_90).
+pub fn supported(cfg: &Config, ctx: usize) -> bool {
+    let max_comp = cfg
+        .attn_kinds
+        .iter()
+        .map(|k| match k {
+            AttnKind::Window => 0,
+            AttnKind::Compressed4 => cfg.idx_top_k,
+            AttnKind::CompressedN(r) => ctx / *r as usize,
+        })
+        .max()
+        .unwrap_or(0);
+    let rows = cfg.n_swa.min(ctx) + max_comp;
+    ATTN_HPB * (cfg.head_dim + rows + 3) * 4 <= 227 * 1024
+        && cfg.n_idx_head <= 64
+        && cfg.head_dim <= 512
+        && cfg.n_head.is_multiple_of(ATTN_HPB)
+}
+
+/// Weight kinds of the tensor-core GEMM, in the order of `PrefillKernels::gemm3`.
+const GEMM_TYPES: [Option<TensorType>; 5] = [
+    None, // Q8_0 repacked
+    Some(TensorType::F16),
+    Some(TensorType::Iq2Xxs),
+    Some(TensorType::Q2K),
+    Some(TensorType::Q4K),
+];
+
+/// Dynamic shared memory of the pipelined GEMM (kernels/prefill.cu `gemm_body3`): two A stages of
+/// hi + lo, one B tile, scales and mins, two x-sum stages, the IQ2_XXS grid, the row sources.
+const GEMM3_SMEM: usize =
+    2 * 2 * 64 * 72 * 2 + 128 * 72 * 2 + 2 * 128 * 4 * 4 + 2 * 64 * 4 * 4 + 256 * 8 + 64 * 4;
+
 /// GEMM tile (kernels/prefill.cu `G_BM`, `G_BN`).
 const TILE: usize = 64;
 const TILE_N: usize = 128;
 /// Heads per attention block (`PF_HPB`).
-const ATTN_HPB: usize = 8;
+const ATTN_HPB: usize = 16;
 
 /// `PfGemmArgs` of kernels/prefill.cu (field order and types must match).
 #[repr(C)]
@@ -172,6 +206,8 @@ pub struct Gemm {
     pub tiles: DPtr,
     pub n_tiles: DPtr,
     pub tile_cap: usize,
+    /// Run the pipelined kernel variant (same results; see [`PrefillKernels::pipelined`]).
+    pub pipelined: bool,
 }
 
 impl Gemm {
@@ -199,6 +235,7 @@ impl Gemm {
             tiles: 0,
             n_tiles: 0,
             tile_cap: 0,
+            pipelined: false,
         }
     }
 }
@@ -218,6 +255,12 @@ pub struct PrefillKernels {
     module: sys::CUmodule,
     gemm_q8r: sys::CUfunction,
     split: sys::CUfunction,
+    /// The pipelined variants (cp.async A stages, B prefetched into registers), same order as
+    /// [`GEMM_TYPES`].
+    gemm3: [sys::CUfunction; 5],
+    /// Whether dense and expert GEMMs of the chunk use the pipelined variant
+    /// (`DS4_PREFILL_GEMM=2` selects the plain one).
+    pub pipelined: bool,
     gemm_f16: sys::CUfunction,
     gemm_f32: sys::CUfunction,
     gemm_iq2_xxs: sys::CUfunction,
@@ -287,6 +330,14 @@ impl PrefillKernels {
             module,
             gemm_q8r: f("pf_gemm_q8r")?,
             split: f("pf_split")?,
+            gemm3: [
+                f("pf_gemm3_q8r")?,
+                f("pf_gemm3_f16")?,
+                f("pf_gemm3_iq2_xxs")?,
+                f("pf_gemm3_q2_k")?,
+                f("pf_gemm3_q4_k")?,
+            ],
+            pipelined: std::env::var("DS4_PREFILL_GEMM").map_or(true, |v| v != "2"),
             gemm_f16: f("pf_gemm_f16")?,
             gemm_f32: f("pf_gemm_f32")?,
             gemm_iq2_xxs: f("pf_gemm_iq2_xxs")?,
@@ -503,13 +554,22 @@ impl PrefillKernels {
             rows as u32,
             g.groups.max(1) as u32,
         );
+        let (f, smem) = if g.pipelined {
+            let i = GEMM_TYPES
+                .iter()
+                .position(|t| *t == ty)
+                .ok_or_else(|| Error::MissingKernel(format!("pipelined gemm {ty:?}")))?;
+            (self.gemm3[i], GEMM3_SMEM as u32)
+        } else {
+            (f, 0)
+        };
         let name = match (ty, g.tiles != 0) {
             (None, _) => "pf_gemm_q8r",
             (Some(TensorType::F16), _) => "pf_gemm_f16",
             (Some(_), true) => "pf_gemm_experts",
             (Some(_), false) => "pf_gemm_kquant",
         };
-        self.launch(name, f, grid, 256, 0, &mut p)
+        self.launch(name, f, grid, 256, smem, &mut p)
     }
 
     /// Splits `m` rows of `k` f32 values (row stride `ldx`, times `rowscale[r]` when set) into
@@ -811,7 +871,14 @@ impl Prefill {
     /// `y = W·x` for the `t` rows of the current split (row stride `W.n_in`).
     fn mm(&self, w: &DevTensor, sp: XSplit, y: DPtr, t: usize) -> Result<(), Error> {
         self.k
-            .gemm(&Gemm::new(weight_operand(w), w.n_in(), w.n_out(), sp, y, t))
+            .gemm(&self.gemm(weight_operand(w), w.n_in(), w.n_out(), sp, y, t))
+    }
+
+    /// [`Gemm::new`] with this session's kernel variant.
+    fn gemm(&self, w: WeightOp, n_in: usize, n_out: usize, sp: XSplit, y: DPtr, t: usize) -> Gemm {
+        let mut g = Gemm::new(w, n_in, n_out, sp, y, t);
+        g.pipelined = self.k.pipelined;
+        g
     }
 
     /// Steps 1-6 + the sublayer norm for every token: hcw [T][mix], xa = normed input.
@@ -1019,7 +1086,7 @@ impl Prefill {
                 self.mm(&indexer.compressor.kv, sp, b.ickv.ptr(), t)?;
                 self.mm(&indexer.compressor.gate, sp, b.icsc.ptr(), t)?;
                 if selects {
-                    let mut g = Gemm::new(
+                    let mut g = self.gemm(
                         weight_operand(&indexer.proj),
                         cfg.n_embd,
                         cfg.n_idx_head,
@@ -1147,7 +1214,7 @@ impl Prefill {
         }
         // A11, A12
         assert!(
-            hd.is_multiple_of(128) && hd <= 1024 && cfg.n_head.is_multiple_of(ATTN_HPB),
+            hd.is_multiple_of(4) && hd <= 512 && cfg.n_head.is_multiple_of(ATTN_HPB),
             "invariant: attention reads rows as float4 per lane, {ATTN_HPB} heads per block"
         );
         let max_comp = match kind {
@@ -1203,7 +1270,7 @@ impl Prefill {
             // A13: n_out_group LoRA-A maps on consecutive head groups, then LoRA-B.
         let (ol, gd, lowd) = (cfg.o_lora_rank, cfg.group_heads() * hd, cfg.out_low_dim());
         let sp = self.split(b.o.ptr(), qd, qd, t, 0)?;
-        let mut g = Gemm::new(weight_operand(&l.attn_output_a), gd, ol, sp, b.low.ptr(), t);
+        let mut g = self.gemm(weight_operand(&l.attn_output_a), gd, ol, sp, b.low.ptr(), t);
         g.ldx = qd;
         g.ldy = lowd;
         g.groups = cfg.n_out_group;
@@ -1262,9 +1329,9 @@ impl Prefill {
             self.k.launch(
                 "pf_index_scores",
                 self.k.index_scores,
-                ((max_rows as u32).div_ceil(8), tb as u32, 1),
-                256,
-                0,
+                ((max_rows as u32).div_ceil(128), tb as u32, 1),
+                128,
+                (cfg.n_idx_head * 128 * 4) as u32,
                 &mut p,
             )?;
             let mut p = args![b.scores.ptr(), p0, t0i, ri, tk, b.list.ptr(), cap];
@@ -1337,7 +1404,7 @@ impl Prefill {
             "invariant: expert tiles fit the tile list"
         );
         let expert = |w: &DevTensor, sp: XSplit, gather: DPtr, y: DPtr| -> Result<(), Error> {
-            let mut g = Gemm::new(weight_operand(w), w.n_in(), w.n_out(), sp, y, pairs);
+            let mut g = self.gemm(weight_operand(w), w.n_in(), w.n_out(), sp, y, pairs);
             g.gather = gather;
             g.gather_div = used;
             g.tiles = b.tiles.ptr();

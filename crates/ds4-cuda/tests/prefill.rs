@@ -124,50 +124,66 @@ fn gemm_matches_f64_reference_for_every_type_and_shape() {
                 let rs = random_vec(t, 2.0, &mut rng);
                 let add = random_vec(t * n_out, 1.0, &mut rng);
                 let (xb, rb, ab) = (upload(&dev, &x), upload(&dev, &rs), upload(&dev, &add));
-                let yb = upload(&dev, &vec![f32::NAN; t * n_out]);
                 let sb = SplitBuf::new(&dev, t * n_in).expect("split buffer");
-                let mut g = Gemm::new(op, n_in, n_out, sb.view(), yb.ptr(), t);
-                if ty == TensorType::F32 {
-                    g.x = xb.ptr();
-                    g.rowscale = rb.ptr();
-                } else {
+                if ty != TensorType::F32 {
                     k.split(xb.ptr(), n_in, n_in, t, rb.ptr(), sb.view())
                         .expect("split");
                 }
-                g.add = ab.ptr();
-                g.ldadd = n_out;
-                g.alpha = 0.5;
-                k.gemm(&g).expect("gemm");
-                let mut y = vec![0f32; t * n_out];
-                yb.download(0, &mut y).expect("download");
-                assert!(
-                    y.iter().all(|v| v.is_finite()),
-                    "{ty} {n_in}x{n_out} T={t}: unwritten or non-finite outputs"
-                );
                 // Rows checked against f64: first, last, middle and a few random ones.
                 let mut rows = vec![0, t - 1, t / 2];
                 rows.extend((0..3).map(|_| rng.gen_range(0..t)));
-                let (mut got, mut want) = (Vec::new(), Vec::new());
+                let mut want = Vec::new();
                 for &r in &rows {
                     let xr: Vec<f32> = x[r * n_in..(r + 1) * n_in]
                         .iter()
                         .map(|v| v * rs[r])
                         .collect();
                     for o in 0..n_out {
-                        got.push(y[r * n_out + o]);
                         want.push(
                             add[r * n_out + o] as f64
                                 + 0.5 * dot64(&deq[o * n_in..(o + 1) * n_in], &xr),
                         );
                     }
                 }
-                let (rel, mx) = errs(&got, &want);
-                worst = worst.max(rel);
-                println!("gemm {ty:7} {n_in:5}x{n_out:5} T={t:4}: relL2 {rel:.2e}, max {mx:.2e}");
-                assert!(
-                    rel < 1e-5 && mx < 3e-5,
-                    "gemm {ty} {n_in}x{n_out} T={t}: relL2 {rel:.3e} max {mx:.3e}"
-                );
+                // The plain and the pipelined kernel (F32 has only the simple path).
+                let variants: &[bool] = if ty == TensorType::F32 {
+                    &[false]
+                } else {
+                    &[false, true]
+                };
+                for &pipelined in variants {
+                    let yb = upload(&dev, &vec![f32::NAN; t * n_out]);
+                    let mut g = Gemm::new(op, n_in, n_out, sb.view(), yb.ptr(), t);
+                    g.pipelined = pipelined;
+                    if ty == TensorType::F32 {
+                        g.x = xb.ptr();
+                        g.rowscale = rb.ptr();
+                    }
+                    g.add = ab.ptr();
+                    g.ldadd = n_out;
+                    g.alpha = 0.5;
+                    k.gemm(&g).expect("gemm");
+                    let mut y = vec![0f32; t * n_out];
+                    yb.download(0, &mut y).expect("download");
+                    assert!(
+                        y.iter().all(|v| v.is_finite()),
+                        "{ty} {n_in}x{n_out} T={t}: unwritten or non-finite outputs"
+                    );
+                    let got: Vec<f32> = rows
+                        .iter()
+                        .flat_map(|&r| y[r * n_out..(r + 1) * n_out].iter().copied())
+                        .collect();
+                    let (rel, mx) = errs(&got, &want);
+                    worst = worst.max(rel);
+                    let name = if pipelined { "pipelined" } else { "plain" };
+                    println!(
+                        "gemm {ty:7} {n_in:5}x{n_out:5} T={t:4} {name:9}: relL2 {rel:.2e}, max {mx:.2e}"
+                    );
+                    assert!(
+                        rel < 1e-5 && mx < 3e-5,
+                        "gemm {ty} {n_in}x{n_out} T={t} {name}: relL2 {rel:.3e} max {mx:.3e}"
+                    );
+                }
             }
         }
     }
@@ -188,6 +204,7 @@ fn grouped_q8_gemm_matches_f64() {
     k.split(xb.ptr(), groups * n_in, groups * n_in, t, 0, sb.view())
         .expect("split");
     let mut g = Gemm::new(op, n_in, n_out, sb.view(), yb.ptr(), t);
+    g.pipelined = true;
     g.ldx = groups * n_in;
     g.ldy = groups * n_out;
     g.groups = groups;
@@ -250,6 +267,7 @@ fn expert_tiles_with_gathered_rows_match_f64() {
         k.split(xb.ptr(), n_in, n_in, t, 0, sb.view())
             .expect("split");
         let mut g = Gemm::new(op, n_in, n_out, sb.view(), yb.ptr(), t * used);
+        g.pipelined = ty != TensorType::Q4K; // Q4_K: the plain kernel (both are covered above)
         g.gather = pb.ptr();
         g.gather_div = used;
         g.tiles = tb.ptr();
@@ -417,4 +435,42 @@ fn batched_prefill_of_the_golden_tiny_model_passes_the_float_gates() {
         "batched prefill drifts from decode: median {:.2e}, KV {worst_kv:.2e}, next step {cont:.2e}, one call {last_err:.2e}",
         sorted[steps / 2]
     );
+}
+
+#[test]
+fn chunking_does_not_change_the_results() {
+    if device().is_none() {
+        return;
+    }
+    let Some(model) = tiny_model() else { return };
+    let n_vocab = model.config.n_vocab;
+    let tokens: Vec<u32> = (0..200u32)
+        .map(|i| (i * 37 + 11) % n_vocab as u32)
+        .collect();
+    set_batched(true);
+    let run = |pieces: &[usize]| -> Vec<f32> {
+        let mut be = CudaBackend::new(model.clone(), 256).expect("cuda backend");
+        let mut out = vec![0f32; tokens.len() * n_vocab];
+        let mut at = 0;
+        for &n in pieces {
+            be.eval(
+                &tokens[at..at + n],
+                Logits::All(&mut out[at * n_vocab..(at + n) * n_vocab]),
+            )
+            .expect("eval");
+            at += n;
+        }
+        out
+    };
+    let one = run(&[200]);
+    let again = run(&[200]);
+    let split = run(&[70, 10, 120]);
+    set_batched(false);
+    assert!(one == again, "two identical batched runs differ");
+    let rel = rel_l2_f32(&one, &split);
+    println!(
+        "one call vs 70+10+120: relL2 {rel:.2e}, bit-identical: {}",
+        one == split
+    );
+    assert!(rel < 1e-5, "chunking changes the logits: relL2 {rel:.3e}");
 }
