@@ -230,12 +230,20 @@ avx512_fn! {
                     *h = rd16(p0.add(34 * i));
                 }
                 _mm512_storeu_ps(ds.as_mut_ptr(), _mm512_cvtph_ps(ld256(dh.as_ptr() as *const u8)));
-                for i in 0..n {
-                    let p = p0.add(34 * i);
-                    let xb = x.as_ptr().add(32 * (b0 + i));
-                    let s = _mm512_mul_ps(i8x16_ps(ld128(p.add(2))), ldx(xb));
-                    let s = _mm512_fmadd_ps(i8x16_ps(ld128(p.add(18))), ldx(xb.add(16)), s);
-                    acc[i & 3] = _mm512_fmadd_ps(_mm512_set1_ps(ds[i]), s, acc[i & 3]);
+                // Block i goes to acc[i % 4]; the index is a constant in each unrolled step, so
+                // the accumulators stay in registers (a run-time index kept them on the stack,
+                // every update a store and a reload).
+                for i0 in (0..n).step_by(4) {
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        let i = i0 + k;
+                        if i < n {
+                            let p = p0.add(34 * i);
+                            let xb = x.as_ptr().add(32 * (b0 + i));
+                            let s = _mm512_mul_ps(i8x16_ps(ld128(p.add(2))), ldx(xb));
+                            let s = _mm512_fmadd_ps(i8x16_ps(ld128(p.add(18))), ldx(xb.add(16)), s);
+                            *a = _mm512_fmadd_ps(_mm512_set1_ps(ds[i]), s, *a);
+                        }
+                    }
                 }
             }
             b0 += n;
@@ -546,17 +554,21 @@ avx512_fn! {
                 crate::x86::prefetch_ahead::<66>(p);
                 let xb = x.as_ptr().add(256 * b);
                 let db = iq2_sub_scales(p);
-                for sb in 0..8 {
-                    let a0 = rd32(p.add(2 + 8 * sb));
-                    let a1 = rd32(p.add(6 + 8 * sb));
-                    let db = _mm512_set1_ps(db[sb]);
-                    let (lo, hi) = iq2_grid_f32(a0);
-                    let neg = iq2_sign_bits(a1);
-                    let lo = _mm512_mask_sub_ps(lo, neg as u16, z, lo);
-                    let hi = _mm512_mask_sub_ps(hi, (neg >> 16) as u16, z, hi);
-                    let e = xb.add(32 * sb);
-                    let s = _mm512_fmadd_ps(hi, ldx(e.add(16)), _mm512_mul_ps(lo, ldx(e)));
-                    acc[sb & 3] = _mm512_fmadd_ps(db, s, acc[sb & 3]);
+                // Sub-block sb goes to acc[sb % 4], a constant index in each unrolled step.
+                for sb0 in [0, 4] {
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        let sb = sb0 + k;
+                        let a0 = rd32(p.add(2 + 8 * sb));
+                        let a1 = rd32(p.add(6 + 8 * sb));
+                        let db = _mm512_set1_ps(db[sb]);
+                        let (lo, hi) = iq2_grid_f32(a0);
+                        let neg = iq2_sign_bits(a1);
+                        let lo = _mm512_mask_sub_ps(lo, neg as u16, z, lo);
+                        let hi = _mm512_mask_sub_ps(hi, (neg >> 16) as u16, z, hi);
+                        let e = xb.add(32 * sb);
+                        let s = _mm512_fmadd_ps(hi, ldx(e.add(16)), _mm512_mul_ps(lo, ldx(e)));
+                        *a = _mm512_fmadd_ps(db, s, *a);
+                    }
                 }
             }
         }
