@@ -215,8 +215,20 @@ impl Kernels {
             unsafe { (self.q8_0_matvec_q)(w, row_bytes, n_rows, acts, y) };
             return;
         }
-        for (o, yo) in y.iter_mut().enumerate() {
-            *yo = self.dot_q(ty, &w[o * row_bytes..(o + 1) * row_bytes], acts);
+        let f = match ty {
+            TensorType::Q2K => self.q2_k_q,
+            TensorType::Q4K => self.q4_k_q,
+            TensorType::Iq2Xxs => self.iq2_xxs_q,
+            _ => unreachable!("check_for accepts only formats with an activation format"),
+        };
+        if row_bytes == 0 {
+            y.fill(0.0); // empty rows: the empty sum
+            return;
+        }
+        for (row, yo) in w.chunks_exact(row_bytes).zip(y.iter_mut()) {
+            // SAFETY: the table matches the CPU; check_for asserted that a row of row_bytes holds
+            // exactly as many whole blocks as the activations (checked once for all rows).
+            *yo = unsafe { f(row, acts) };
         }
     }
 
