@@ -77,10 +77,21 @@ constexpr int NBUF = 2;
 // e·128 + 8c): the 8-byte loads of a half warp then hit 16 different bank pairs whatever the
 // indices, where one shared copy would serialise on random conflicts.
 constexpr int IQ2_GRID_BYTES = 256 * 128;  // grid magnitudes, u64 per entry
-constexpr int IQ2_SIGN_BYTES = 128 * 128;  // 1 per negative lane, u64 per 7-bit sign code
+// Then the sign table: 128 × 128 bytes, 1 per negative lane, u64 per 7-bit sign code.
 
+// Benchmark diagnostics (never defined in the build; compile a fatbin with one and time it through
+// DS4_EXPERTS_FATBINS, see tests/experts.rs): EXPERTS_DIAG_NO_MMA replaces the mma by a few integer
+// ops, EXPERTS_DIAG_NO_MEM skips the weight loads, EXPERTS_DIAG_NO_LUT skips the IQ2_XXS table
+// lookups. The results are then wrong; only the timings of such builds mean something.
 __device__ __forceinline__ void mma_s8(int (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                                        uint32_t b1) {
+#ifdef EXPERTS_DIAG_NO_MMA
+    c[0] += (int)(a0 ^ b0);
+    c[1] += (int)(a1 ^ b1);
+    c[2] += (int)a2;
+    c[3] += (int)a3;
+    return;
+#endif
     asm volatile(
         "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};"
@@ -204,7 +215,11 @@ __device__ __forceinline__ void block_iq2(const uint8_t* r0, const uint8_t* r1, 
         for (int r = 0; r < 2; r++) {
             const uint32_t a0 = sh ? __byte_perm(w[r][wi], w[r][wi + 1], 0x5432) : w[r][wi];
             const uint32_t gi = __byte_perm(a0, 0, L.sel_t);
+#ifdef EXPERTS_DIAG_NO_LUT
+            const uint2 gv = make_uint2(gi, a0);
+#else
             const uint2 gv = *(const uint2*)(grid + gi * 128u + L.tab_off);
+#endif
             // Sign code t of a1 at bits 7-13, straight from the staged words; mult = 2·scale + 1.
             uint32_t sa;
             if (sh) {
@@ -214,7 +229,11 @@ __device__ __forceinline__ void block_iq2(const uint8_t* r0, const uint8_t* r1, 
                 sa = __funnelshift_r(w[r][wi + 1], w[r][wi + 1], L.rot_al);
                 mult[r] = (int)__umulhi(w[r][wi + 1] | 0x08000000u, 32u);
             }
+#ifdef EXPERTS_DIAG_NO_LUT
+            const uint2 tv = make_uint2(sa & 0x01010101u, (sa >> 1) & 0x01010101u);
+#else
             const uint2 tv = *(const uint2*)(sign + ((sa & 0x3f80u) | L.tab_off));
+#endif
             // tv: 1 per negative lane. g ^ (0xff·tv) is -g-1 there; the second mma adds the 1.
             alo[r] = gv.x ^ (tv.x * 255u);
             ahi[r] = gv.y ^ (tv.y * 255u);
@@ -420,6 +439,9 @@ template <int TY, int MODE>
 __device__ __forceinline__ void stage_piece(const ExpArgs& a, int t0, int p, int n_pieces, uint8_t* buf, int half) {
     constexpr int CH = XT<TY>::NBLK * XT<TY>::BB / 16;  // 16-byte chunks per row
     const int lane = threadIdx.x & 31;
+#ifdef EXPERTS_DIAG_NO_MEM
+    p = n_pieces;
+#endif
     if (p < n_pieces) {
         const Piece pc = piece_of<TY, MODE>(a, t0, p);
         for (int c = lane + 32 * half; c < 16 * CH; c += 64) {

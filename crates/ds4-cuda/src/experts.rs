@@ -123,8 +123,13 @@ unsafe impl Sync for ExpertKernels {}
 impl ExpertKernels {
     /// Loads kernels/experts.cu into the device's context.
     pub fn new(dev: &Arc<Device>) -> Result<ExpertKernels, Error> {
+        Self::with_image(dev, crate::kernels::EXPERTS.ok_or(Error::NoKernels)?)
+    }
+
+    /// Loads another build of kernels/experts.cu (a fatbin with the same kernels and argument
+    /// layout), for benchmarking variants without rebuilding the crate.
+    pub fn with_image(dev: &Arc<Device>, image: &[u8]) -> Result<ExpertKernels, Error> {
         let fallback = Kernels::new(dev)?;
-        let image = crate::kernels::EXPERTS.ok_or(Error::NoKernels)?;
         dev.bind()?;
         // The driver wants the image 8-byte aligned; include_bytes! guarantees only 1.
         let owned: Vec<u64> = image
