@@ -393,13 +393,26 @@ __device__ __forceinline__ void fetch_w16(const uint8_t* wrow, const __half* sro
 
 __device__ __forceinline__ int wraw_byte(const WRaw& r, int first, int i) { return (r.v[first + i / 4] >> (8 * (i % 4))) & 0xff; }
 
+// Four bytes of `w` (each < 1024 as an integer) as four exact f16 values minus `bias`, without
+// I2F (a quarter-rate instruction on sm_90): 0x6400 | u is the f16 1024 + u, then one half2
+// subtraction. Writes two half2 words.
+__device__ __forceinline__ void bytes4_to_h(uint32_t w, __half2 bias, uint32_t* out) {
+    const uint32_t lo = __byte_perm(w, 0x64646464u, 0x5150), hi = __byte_perm(w, 0x64646464u, 0x5352);
+    const __half2 l = __hsub2(*(const __half2*)&lo, bias), h = __hsub2(*(const __half2*)&hi, bias);
+    out[0] = *(const uint32_t*)&l;
+    out[1] = *(const uint32_t*)&h;
+}
+
 // The fetched bytes as 16 exact f16 weights and the step's scale and min (w = sa·q − sb).
 template <int TY>
 __device__ __forceinline__ void decode_w16(const WRaw& r, int k, const uint64_t* grid, __half* dst, float& sa, float& sb) {
     sb = 0.0f;
+    uint32_t* o = (uint32_t*)dst;  // 8 half2 words (dst is 16-byte aligned)
+    const __half2 b1024 = __half2half2(__ushort_as_half(0x6400));          // 1024
     if constexpr (TY == PT_Q8R) {
+        const __half2 b1152 = __half2half2(__ushort_as_half(0x6480));      // 1024 + 128
 #pragma unroll
-        for (int i = 0; i < 16; i++) dst[i] = __short2half_rn((short)(int8_t)wraw_byte(r, 0, i));
+        for (int i = 0; i < 4; i++) bytes4_to_h(r.v[i] ^ 0x80808080u, b1152, o + 2 * i);
         sa = __half2float(__ushort_as_half((uint16_t)r.v[4]));
     } else if constexpr (TY == PT_F16) {
         uint4* d = (uint4*)dst;
@@ -417,10 +430,12 @@ __device__ __forceinline__ void decode_w16(const WRaw& r, int k, const uint64_t*
             const uint64_t g = grid[(a0 >> (8 * l)) & 255];
             const uint32_t sidx = (a1 >> (7 * l)) & 127;
             const uint32_t signs = sidx | ((__popc(sidx) & 1) << 7);
+            bytes4_to_h((uint32_t)g, b1024, o + 4 * ll);
+            bytes4_to_h((uint32_t)(g >> 32), b1024, o + 4 * ll + 2);
 #pragma unroll
-            for (int kk = 0; kk < 8; kk++) {
-                const int mag = (int)((g >> (8 * kk)) & 0xff);
-                dst[ll * 8 + kk] = __int2half_rn(((signs >> kk) & 1) ? -mag : mag);
+            for (int q = 0; q < 4; q++) {
+                const uint32_t s0 = (signs >> (2 * q)) & 1, s1 = (signs >> (2 * q + 1)) & 1;
+                o[4 * ll + q] ^= (s0 << 15) | (s1 << 31);
             }
         }
     } else if constexpr (TY == PT_Q2_K) {
@@ -428,26 +443,33 @@ __device__ __forceinline__ void decode_w16(const WRaw& r, int k, const uint64_t*
         const int sc = (int)r.v[0];
         const float d = pf_h2f((uint16_t)(r.v[1] & 0xffff)), dmin = pf_h2f((uint16_t)(r.v[1] >> 16));
 #pragma unroll
-        for (int u = 0; u < 16; u++) dst[u] = __int2half_rn((wraw_byte(r, 2, u) >> (2 * j)) & 3);
+        for (int i = 0; i < 4; i++) bytes4_to_h((r.v[2 + i] >> (2 * j)) & 0x03030303u, b1024, o + 2 * i);
         sa = d * (float)(sc & 15);
         sb = dmin * (float)(sc >> 4);
     } else if constexpr (TY == PT_Q4_K) {
         const int e0 = k % 256;
         const int j = e0 / 32;
-        int sc, mn;
-        if (j < 4) {
-            sc = wraw_byte(r, 0, j) & 63;
-            mn = wraw_byte(r, 0, j + 4) & 63;
-        } else {
-            sc = (wraw_byte(r, 0, j + 4) & 15) | ((wraw_byte(r, 0, j - 4) >> 6) << 4);
-            mn = (wraw_byte(r, 0, j + 4) >> 4) | ((wraw_byte(r, 0, j) >> 6) << 4);
-        }
-        const bool hi = (e0 % 64) >= 32;
+        const uint32_t s0 = r.v[0], s1 = r.v[1], s2 = r.v[2];
+        const uint32_t sw[3] = {s0, s1, s2};
+        auto sbyte = [&](int i) -> int {  // i < 12, resolved at compile time after unrolling j
+            return (int)((sw[i >> 2] >> (8 * (i & 3))) & 0xff);
+        };
+        int sc = 0, mn = 0;
 #pragma unroll
-        for (int u = 0; u < 16; u++) {
-            const int q = wraw_byte(r, 4, u);
-            dst[u] = __int2half_rn(hi ? (q >> 4) : (q & 15));
+        for (int jj = 0; jj < 8; jj++) {
+            if (jj == j) {
+                if (jj < 4) {
+                    sc = sbyte(jj) & 63;
+                    mn = sbyte(jj + 4) & 63;
+                } else {
+                    sc = (sbyte(jj + 4) & 15) | ((sbyte(jj - 4) >> 6) << 4);
+                    mn = (sbyte(jj + 4) >> 4) | ((sbyte(jj) >> 6) << 4);
+                }
+            }
         }
+        const int shift = (e0 % 64) >= 32 ? 4 : 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) bytes4_to_h((r.v[4 + i] >> shift) & 0x0f0f0f0fu, b1024, o + 2 * i);
         const float d = pf_h2f((uint16_t)(r.v[3] & 0xffff)), dmin = pf_h2f((uint16_t)(r.v[3] >> 16));
         sa = d * (float)sc;
         sb = dmin * (float)mn;
@@ -1134,7 +1156,6 @@ extern "C" __global__ void pf_index_topk(const float* scores, int pos0, int t0, 
 
 // ---- attention (spec §3.5 A11-A12) ---------------------------------------------------------------
 
-#define PF_HPB 16  // heads per block: they share every key row load (one KV head)
 
 // Heads PF_HPB·blockIdx.x.. of token blockIdx.y (256 threads). Rows: raw window oldest first
 // (positions before the chunk from the ring, the chunk's own from kvc), then the visible
@@ -1142,8 +1163,8 @@ extern "C" __global__ void pf_index_topk(const float* scores, int pos0, int t0, 
 // against the block's queries in shared memory (broadcast reads); softmax with the sink (warp per
 // head); value = key: thread per output dim over the rows, four at a time, in order (fixed order,
 // no atomics); inverse RoPE. Dynamic shared memory: PF_HPB·(head_dim + rows rounded up to 4) floats.
-extern "C" __global__ void __launch_bounds__(256)
-    pf_attention(const float* q, const float* ring, int raw_cap, const float* kvc, int pos0, const float* comp,
+template <int PF_HPB>
+__device__ void attention_body(const float* q, const float* ring, int raw_cap, const float* kvc, int pos0, const float* comp,
                  const int* list, const float* sinks, int n_head, int n_swa, int ratio, int top_k, int head_dim,
                  float kq_scale, RopeArgs rope, float* out) {
     extern __shared__ float sm[];
@@ -1262,6 +1283,16 @@ extern "C" __global__ void __launch_bounds__(256)
     float* ot = out + ((size_t)t * n_head + h0) * head_dim;
     for (int i = threadIdx.x; i < PF_HPB * head_dim; i += blockDim.x) ot[i] = qs[i];
 }
+
+#define PF_ATTN_ARGS                                                                                            \
+    const float *q, const float *ring, int raw_cap, const float *kvc, int pos0, const float *comp, const int *list, \
+        const float *sinks, int n_head, int n_swa, int ratio, int top_k, int head_dim, float kq_scale, RopeArgs rope, \
+        float *out
+#define PF_ATTN_PASS q, ring, raw_cap, kvc, pos0, comp, list, sinks, n_head, n_swa, ratio, top_k, head_dim, kq_scale, rope, out
+// Heads per block: they share every key row load (one KV head). 32 halves the key traffic per head
+// where the scores of every row still fit in shared memory.
+extern "C" __global__ void __launch_bounds__(256) pf_attention(PF_ATTN_ARGS) { attention_body<16>(PF_ATTN_PASS); }
+extern "C" __global__ void __launch_bounds__(256) pf_attention32(PF_ATTN_ARGS) { attention_body<32>(PF_ATTN_PASS); }
 
 // ---- router and experts (spec §3.6 F2-F7) --------------------------------------------------------
 

@@ -258,6 +258,8 @@ pub struct PrefillKernels {
     /// The pipelined variants (cp.async A stages, B prefetched into registers), same order as
     /// [`GEMM_TYPES`].
     gemm3: [sys::CUfunction; 5],
+    /// `DS4_PREFILL_HPB=32`: 32 heads per attention block where they fit (16 otherwise).
+    pub attn32: bool,
     /// Whether dense and expert GEMMs of the chunk use the pipelined variant
     /// (`DS4_PREFILL_GEMM=2` selects the plain one).
     pub pipelined: bool,
@@ -280,6 +282,7 @@ pub struct PrefillKernels {
     index_scores: sys::CUfunction,
     index_topk: sys::CUfunction,
     attention: sys::CUfunction,
+    attention32: sys::CUfunction,
     route: sys::CUfunction,
     moe_sort: sys::CUfunction,
     swiglu: sys::CUfunction,
@@ -338,6 +341,7 @@ impl PrefillKernels {
                 f("pf_gemm3_q4_k")?,
             ],
             pipelined: std::env::var("DS4_PREFILL_GEMM").map_or(true, |v| v != "2"),
+            attn32: std::env::var("DS4_PREFILL_HPB").is_ok_and(|v| v == "32"),
             gemm_f16: f("pf_gemm_f16")?,
             gemm_f32: f("pf_gemm_f32")?,
             gemm_iq2_xxs: f("pf_gemm_iq2_xxs")?,
@@ -357,6 +361,7 @@ impl PrefillKernels {
             index_scores: f("pf_index_scores")?,
             index_topk: f("pf_index_topk")?,
             attention: f("pf_attention")?,
+            attention32: f("pf_attention32")?,
             route: f("pf_route")?,
             moe_sort: f("pf_moe_sort")?,
             swiglu: f("pf_swiglu")?,
@@ -1223,7 +1228,18 @@ impl Prefill {
             AttnKind::CompressedN(r) => (pos0 + t) / r as usize,
         };
         let max_rows = cfg.n_swa.min(pos0 + t) + max_comp;
-        let smem = (ATTN_HPB * (hd + max_rows.next_multiple_of(4)) * 4) as u32;
+        let smem_of = |hpb: usize| hpb * (hd + max_rows.next_multiple_of(4)) * 4;
+        let hpb = if self.k.attn32 && cfg.n_head.is_multiple_of(32) && smem_of(32) <= 227 * 1024 {
+            32
+        } else {
+            ATTN_HPB
+        };
+        let smem = smem_of(hpb) as u32;
+        let attn_f = if hpb == 32 {
+            self.k.attention32
+        } else {
+            self.k.attention
+        };
         let (rc, swa, ri, tk, kq) = (
             raw_cap as i32,
             cfg.n_swa as i32,
@@ -1251,8 +1267,8 @@ impl Prefill {
         ];
         self.k.launch(
             "pf_attention",
-            self.k.attention,
-            ((cfg.n_head / ATTN_HPB) as u32, t as u32, 1),
+            attn_f,
+            ((cfg.n_head / hpb) as u32, t as u32, 1),
             256,
             smem,
             &mut p,
