@@ -154,27 +154,37 @@ pub fn apply_memory(state: &AppState, messages: &mut [Message]) -> ReplayStats {
             .count();
         return stats;
     }
+    if let Some(disk) = &state.disk {
+        // The ids the memory lacks, collected under the lock; the directory scan runs without
+        // it, so the worker is never held up by disk reads.
+        let missing: Vec<String> = match state.tool_memory.lock() {
+            Ok(mem) => messages
+                .iter()
+                .flat_map(|m| {
+                    m.tool_calls
+                        .iter()
+                        .map(|c| c.id.as_str())
+                        .chain(m.tool_call_id.as_deref())
+                })
+                .filter(|id| !id.is_empty() && !mem.contains(id))
+                .map(str::to_string)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        if !missing.is_empty() {
+            let ids: Vec<&str> = missing.iter().map(String::as_str).collect();
+            let found = disk.cache.find_tool_memories(&ids);
+            if let Ok(mut mem) = state.tool_memory.lock() {
+                for t in &found {
+                    mem.remember(&[t.id.as_str()], &t.dsml);
+                }
+            }
+            stats.disk = found.len();
+        }
+    }
     let Ok(mut mem) = state.tool_memory.lock() else {
         return stats;
     };
-    if let Some(disk) = &state.disk {
-        let missing: Vec<&str> = messages
-            .iter()
-            .flat_map(|m| {
-                m.tool_calls
-                    .iter()
-                    .map(|c| c.id.as_str())
-                    .chain(m.tool_call_id.as_deref())
-            })
-            .filter(|id| !id.is_empty() && !mem.contains(id))
-            .collect();
-        if !missing.is_empty() {
-            for t in disk.cache.find_tool_memories(&missing) {
-                mem.remember(&[t.id.as_str()], &t.dsml);
-                stats.disk += 1;
-            }
-        }
-    }
     let st = mem.apply(messages);
     stats.mem = st.mem;
     stats.canonical = st.canonical;
