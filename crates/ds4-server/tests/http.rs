@@ -970,7 +970,8 @@ fn responses_tool_output_only_request_continues_live_state_or_gets_409() {
     // Rule 4: another request runs first and takes the live state: 409.
     let (_, id) = turn(&s);
     let addr = s.addr;
-    let long: String = (0..300).map(|i| format!("w{i} ")).collect();
+    let chats_before = chat_requests(&s);
+    let long: String = (0..800).map(|i| format!("w{i} ")).collect();
     let other = std::thread::spawn(move || {
         post_forced(
             addr,
@@ -979,7 +980,7 @@ fn responses_tool_output_only_request_continues_live_state_or_gets_409() {
             "ok",
         )
     });
-    std::thread::sleep(std::time::Duration::from_millis(150));
+    wait_for_chat_request(&s, chats_before);
     let r = post_forced(s.addr, "/v1/responses", &output_only(&id), "x</think>y");
     assert_eq!(other.join().unwrap().status, 200);
     assert_eq!(r.status, 409, "{}", r.body);
@@ -990,6 +991,25 @@ fn responses_tool_output_only_request_continues_live_state_or_gets_409() {
     // Now the id is unknown at parse time: 400.
     let r = post(s.addr, "/v1/responses", &output_only(&id));
     assert_eq!(r.status, 400);
+}
+
+fn chat_requests(s: &TestServer) -> u64 {
+    s.state.metrics.requests[0].load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Waits until another chat request reached its handler (it is queued right after parsing), so
+/// a request sent now runs after it while that one is still prefilling (a second or more on the
+/// slow fake model).
+fn wait_for_chat_request(s: &TestServer, before: u64) {
+    let t = std::time::Instant::now();
+    while chat_requests(s) == before {
+        assert!(
+            t.elapsed().as_secs() < 20,
+            "the other request never arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(50));
 }
 
 fn anthropic_tools() -> Value {
@@ -1082,7 +1102,8 @@ fn anthropic_tool_result_only_request_gets_409_when_live_state_is_gone() {
         .unwrap()
         .to_string();
     let addr = s.addr;
-    let long: String = (0..300).map(|i| format!("w{i} ")).collect();
+    let chats_before = chat_requests(&s);
+    let long: String = (0..800).map(|i| format!("w{i} ")).collect();
     let other = std::thread::spawn(move || {
         post_forced(
             addr,
@@ -1091,7 +1112,7 @@ fn anthropic_tool_result_only_request_gets_409_when_live_state_is_gone() {
             "ok",
         )
     });
-    std::thread::sleep(std::time::Duration::from_millis(150));
+    wait_for_chat_request(&s, chats_before);
     let only = json!({"max_tokens": 10, "messages": [
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": id, "content": "Rain"}]}]});
     let r = post_forced(s.addr, "/v1/messages", &only, "x");
