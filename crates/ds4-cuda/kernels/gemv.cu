@@ -403,10 +403,30 @@ template <int TY> __device__ __forceinline__ float dense_dot(uint4 w, const floa
 }
 
 // R rows per warp (2R dot products with swiglu). x is staged already.
+template <int TY>
+__device__ __forceinline__ void dense_stage(const DenseArgs& a, const float* x, float* xsm, double* red) {
+    constexpr int E = DenseElems<TY>::E, CH = 32 * E;
+    const int n_in = a.n_in, n_pad = (n_in + CH - 1) / CH * CH;
+    const float sc = a.norm ? block_rms_scale(x, n_in, a.eps, red) : 1.0f;
+    const bool write_out = a.x_out && blockIdx.x == 0;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < n_pad; i += blockDim.x) {
+        float v = 0.0f;
+        if (i < n_in) v = a.norm ? (x[i] * sc) * a.norm_w[i] : x[i];
+        xsm[dense_slot<E>(i)] = v;
+        if (write_out && i < n_in) a.x_out[i] = v;
+    }
+    __syncthreads();
+}
+
+// R rows per warp (2R dot products with swiglu). Software-pipelined: the first chunks' weights are
+// requested before the input is staged, and each group of chunks is requested while the previous
+// one is being multiplied, so HBM latency overlaps with the staging and the math.
 template <int TY, int R, bool SW>
-__device__ __forceinline__ void dense_rows(const DenseArgs& a, const DenseMat& m, const float* xsm, int o0) {
+__device__ __forceinline__ void dense_rows(const DenseArgs& a, const DenseMat& m, const float* x, float* xsm,
+                                           double* red, int o0) {
     constexpr int E = DenseElems<TY>::E, CH = 32 * E, NR = SW ? 2 * R : R;
-    constexpr int U = NR >= 8 ? 1 : 8 / NR;  // chunks in flight per lane
+    constexpr int U = NR >= 4 ? 1 : 4 / NR;  // chunks per group (two groups in flight)
     const int lane = threadIdx.x & 31;
     const int n_in = a.n_in, n_ch = (n_in + CH - 1) / CH;
     const size_t row_bytes = (size_t)n_in * DenseElems<TY>::BYTES;
@@ -424,12 +444,7 @@ __device__ __forceinline__ void dense_rows(const DenseArgs& a, const DenseMat& m
             sp[j + 1] = m.s2 + (size_t)row * nb;
         }
     }
-    float acc[NR];
-#pragma unroll
-    for (int j = 0; j < NR; j++) acc[j] = 0.0f;
-    for (int c0 = 0; c0 < n_ch; c0 += U) {
-        uint4 wv[U][NR];
-        float d[U][NR];
+    auto load = [&](uint4 (&wv)[U][NR], float (&d)[U][NR], int c0) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int e0 = (c0 + u) * CH + lane * E;
@@ -440,6 +455,11 @@ __device__ __forceinline__ void dense_rows(const DenseArgs& a, const DenseMat& m
                 if constexpr (TY == TY_Q8_0) d[u][j] = ok ? __half2float(sp[j][e0 >> 5]) : 0.0f;
             }
         }
+    };
+    float acc[NR];
+#pragma unroll
+    for (int j = 0; j < NR; j++) acc[j] = 0.0f;
+    auto compute = [&](const uint4 (&wv)[U][NR], const float (&d)[U][NR], int c0) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
             if (c0 + u < n_ch) {
@@ -452,6 +472,16 @@ __device__ __forceinline__ void dense_rows(const DenseArgs& a, const DenseMat& m
                 }
             }
         }
+    };
+    uint4 wa[U][NR], wb[U][NR];
+    float da[U][NR], db[U][NR];
+    load(wa, da, 0);
+    dense_stage<TY>(a, x, xsm, red);
+    for (int c0 = 0; c0 < n_ch; c0 += 2 * U) {
+        load(wb, db, c0 + U);
+        compute(wa, da, c0);
+        if (c0 + 2 * U < n_ch) load(wa, da, c0 + 2 * U);
+        compute(wb, db, c0 + U);
     }
 #pragma unroll
     for (int r = 0; r < R; r++) {
@@ -475,28 +505,16 @@ __device__ __forceinline__ void dense_rows(const DenseArgs& a, const DenseMat& m
     }
 }
 
-template <int TY>
-__device__ __forceinline__ void dense_stage(const DenseArgs& a, const float* x, float* xsm, double* red) {
-    constexpr int E = DenseElems<TY>::E, CH = 32 * E;
-    const int n_in = a.n_in, n_pad = (n_in + CH - 1) / CH * CH;
-    const float sc = a.norm ? block_rms_scale(x, n_in, a.eps, red) : 1.0f;
-    const bool write_out = a.x_out && blockIdx.x == 0;
-#pragma unroll 4
-    for (int i = threadIdx.x; i < n_pad; i += blockDim.x) {
-        float v = 0.0f;
-        if (i < n_in) v = a.norm ? (x[i] * sc) * a.norm_w[i] : x[i];
-        xsm[dense_slot<E>(i)] = v;
-        if (write_out && i < n_in) a.x_out[i] = v;
-    }
-    __syncthreads();
-}
-
 template <int TY, int R>
 __device__ __forceinline__ void dense_block(const DenseArgs& a, const DenseMat& m, const float* x, float* xsm,
                                             double* red, int o0) {
-    dense_stage<TY>(a, x, xsm, red);
-    if (m.swiglu) dense_rows<TY, R, true>(a, m, xsm, o0);
-    else dense_rows<TY, R, false>(a, m, xsm, o0);
+    if constexpr (R <= 2) {  // the host never pairs SwiGLU with 4 rows per warp
+        if (m.swiglu) {
+            dense_rows<TY, R, true>(a, m, x, xsm, red, o0);
+            return;
+        }
+    }
+    dense_rows<TY, R, false>(a, m, x, xsm, red, o0);
 }
 
 template <int R>

@@ -176,8 +176,10 @@ pub struct Kernels {
     dense: [sys::CUfunction; 3],
     /// `dense_mma_k1` .. `dense_mma_k8` (K split over 1, 2, 4, 8 warps)
     dense_mma: [sys::CUfunction; 4],
-    /// `DS4_CUDA_DENSE_FFMA=1`: CUDA-core dense kernels only (A/B checks).
-    dense_ffma_only: bool,
+    /// Tensor-core dense kernels (`DS4_CUDA_DENSE_MMA=1` or [`Kernels::set_dense_mma`]). Off by
+    /// default: on the H200 they measured slower than the CUDA-core kernels (the dense products
+    /// are latency-bound, not ALU-bound) and track the float64 reference less closely.
+    dense_mma_on: std::sync::atomic::AtomicBool,
     fill_q8_scales: sys::CUfunction,
     embed: sys::CUfunction,
     rms_scale: sys::CUfunction,
@@ -247,7 +249,9 @@ impl Kernels {
                 f("gemv", "dense_mma_k4")?,
                 f("gemv", "dense_mma_k8")?,
             ],
-            dense_ffma_only: std::env::var("DS4_CUDA_DENSE_FFMA").is_ok_and(|v| v == "1"),
+            dense_mma_on: std::sync::atomic::AtomicBool::new(
+                std::env::var("DS4_CUDA_DENSE_MMA").is_ok_and(|v| v == "1"),
+            ),
             fill_q8_scales: f("gemv", "fill_q8_scales")?,
             embed: f("ops", "embed")?,
             rms_scale: f("ops", "rms_scale")?,
@@ -421,6 +425,12 @@ impl Kernels {
         self.launch(name, f, grid, 256, 0, &mut p)
     }
 
+    /// Chooses the tensor-core dense kernels (true) or the CUDA-core ones (false, the default).
+    pub fn set_dense_mma(&self, on: bool) {
+        self.dense_mma_on
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// One launch of up to [`DENSE_MAX_MATS`] matrices (Q8_0 repacked, F16, F32) that read the same
     /// input: `y_m = alpha_m·(W_m·x)·xscale + add_m`, or the SwiGLU pair when `swiglu` is set.
     /// `mats[i].block0` is filled in here.
@@ -465,7 +475,7 @@ impl Kernels {
         }
         // Tensor cores when every matrix is Q8_0 with 64-wide chunks or F16 with 32-wide ones: tiles
         // of 16 rows, the K range split over `ks` warps so that a launch has ~2 waves of blocks.
-        let mma_ok = !self.dense_ffma_only
+        let mma_ok = self.dense_mma_on.load(std::sync::atomic::Ordering::Relaxed)
             && mats
                 .iter()
                 .all(|m| match TensorType::from_code(m.ty as u32) {

@@ -92,110 +92,117 @@ fn dense_multi_matrix_launch_matches_host() {
         (4096, false, false),
         (8192, true, false),
     ] {
-        let x = random_vec(n_in, &mut rng);
-        let norm_w = random_vec(n_in, &mut rng);
-        // The input the matrices see.
-        let xin: Vec<f32> = if with_norm {
-            let ss: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
-            let sc = 1.0f32 / ((ss / n_in as f64) as f32 + 1e-6).sqrt();
-            x.iter().zip(&norm_w).map(|(&v, &w)| (v * sc) * w).collect()
-        } else {
-            x.clone()
-        };
-        let xb = dev.alloc(n_in * 4).unwrap();
-        xb.upload(0, &x).unwrap();
-        let nwb = dev.alloc(n_in * 4).unwrap();
-        nwb.upload(0, &norm_w).unwrap();
-        let (open, closed) = (dev.alloc(4).unwrap(), dev.alloc(4).unwrap());
-        open.upload(0, &[1i32]).unwrap();
-        closed.upload(0, &[0i32]).unwrap();
-        // (type, rows, swiglu, gate closed)
-        let specs = [
-            (TensorType::Q8_0, 1000usize, false, false),
-            (TensorType::F16, 40, false, false),
-            (TensorType::Q8_0, 300, true, false),
-            (TensorType::F32, 17, false, false),
-            (TensorType::F16, 64, false, true),
-        ];
-        let mut keep = Vec::new();
-        let mut mats = Vec::new();
-        let mut wants = Vec::new();
-        for (i, &(ty, rows, swiglu, gated)) in specs.iter().enumerate() {
-            if (ty == TensorType::Q8_0 && !n_in.is_multiple_of(32))
-                || (ty == TensorType::F32 && !with_f32)
-            {
-                continue;
+        for mma in [false, true] {
+            k.set_dense_mma(mma);
+            let x = random_vec(n_in, &mut rng);
+            let norm_w = random_vec(n_in, &mut rng);
+            // The input the matrices see.
+            let xin: Vec<f32> = if with_norm {
+                let ss: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
+                let sc = 1.0f32 / ((ss / n_in as f64) as f32 + 1e-6).sqrt();
+                x.iter().zip(&norm_w).map(|(&v, &w)| (v * sc) * w).collect()
+            } else {
+                x.clone()
+            };
+            let xb = dev.alloc(n_in * 4).unwrap();
+            xb.upload(0, &x).unwrap();
+            let nwb = dev.alloc(n_in * 4).unwrap();
+            nwb.upload(0, &norm_w).unwrap();
+            let (open, closed) = (dev.alloc(4).unwrap(), dev.alloc(4).unwrap());
+            open.upload(0, &[1i32]).unwrap();
+            closed.upload(0, &[0i32]).unwrap();
+            // (type, rows, swiglu, gate closed)
+            let specs = [
+                (TensorType::Q8_0, 1000usize, false, false),
+                (TensorType::F16, 40, false, false),
+                (TensorType::Q8_0, 300, true, false),
+                (TensorType::F32, 17, false, false),
+                (TensorType::F16, 64, false, true),
+            ];
+            let mut keep = Vec::new();
+            let mut mats = Vec::new();
+            let mut wants = Vec::new();
+            for (i, &(ty, rows, swiglu, gated)) in specs.iter().enumerate() {
+                if (ty == TensorType::Q8_0 && !n_in.is_multiple_of(32))
+                    || (ty == TensorType::F32 && !with_f32)
+                {
+                    continue;
+                }
+                let (w, wd) = random_matrix(ty, n_in, rows, rng.gen());
+                let (u, ud) = random_matrix(ty, n_in, rows, rng.gen());
+                let (wl, ul) = (device_layout(ty, &w), device_layout(ty, &u));
+                let (wb, ub) = (dev.alloc(wl.len()).unwrap(), dev.alloc(ul.len()).unwrap());
+                wb.upload(0, &wl).unwrap();
+                ub.upload(0, &ul).unwrap();
+                let yb = dev.alloc(rows * 4).unwrap();
+                yb.upload(0, &vec![f32::NAN; rows]).unwrap();
+                let add = random_vec(rows, &mut rng);
+                let ab = dev.alloc(rows * 4).unwrap();
+                ab.upload(0, &add).unwrap();
+                let alpha = 0.5 + i as f32;
+                let mut m = DenseMat {
+                    w: wb.ptr(),
+                    s: scales_ptr(ty, wb.ptr(), n_in * rows),
+                    y: yb.ptr(),
+                    gate: if gated { closed.ptr() } else { open.ptr() },
+                    ty: ty.code() as i32,
+                    n_rows: rows as i32,
+                    alpha,
+                    ..Default::default()
+                };
+                let want: Vec<f64> = (0..rows)
+                    .map(|o| {
+                        let g = dot64(&wd[o * n_in..(o + 1) * n_in], &xin);
+                        if swiglu {
+                            let g = g.min(7.0);
+                            let uu = dot64(&ud[o * n_in..(o + 1) * n_in], &xin).clamp(-7.0, 7.0);
+                            g / (1.0 + (-g).exp()) * uu
+                        } else {
+                            add[o] as f64 + alpha as f64 * g
+                        }
+                    })
+                    .collect();
+                if swiglu {
+                    m.w2 = ub.ptr();
+                    m.s2 = scales_ptr(ty, ub.ptr(), n_in * rows);
+                    m.swiglu = 1;
+                } else {
+                    m.add = ab.ptr();
+                }
+                mats.push(m);
+                wants.push((ty, swiglu, gated, want));
+                keep.push((wb, ub, yb, ab));
             }
-            let (w, wd) = random_matrix(ty, n_in, rows, rng.gen());
-            let (u, ud) = random_matrix(ty, n_in, rows, rng.gen());
-            let (wl, ul) = (device_layout(ty, &w), device_layout(ty, &u));
-            let (wb, ub) = (dev.alloc(wl.len()).unwrap(), dev.alloc(ul.len()).unwrap());
-            wb.upload(0, &wl).unwrap();
-            ub.upload(0, &ul).unwrap();
-            let yb = dev.alloc(rows * 4).unwrap();
-            yb.upload(0, &vec![f32::NAN; rows]).unwrap();
-            let add = random_vec(rows, &mut rng);
-            let ab = dev.alloc(rows * 4).unwrap();
-            ab.upload(0, &add).unwrap();
-            let alpha = 0.5 + i as f32;
-            let mut m = DenseMat {
-                w: wb.ptr(),
-                s: scales_ptr(ty, wb.ptr(), n_in * rows),
-                y: yb.ptr(),
-                gate: if gated { closed.ptr() } else { open.ptr() },
-                ty: ty.code() as i32,
-                n_rows: rows as i32,
-                alpha,
+            let input = DenseInput {
+                x: xb.ptr(),
+                n_in,
+                norm: with_norm.then_some((nwb.ptr(), 1e-6)),
+                clamp: 7.0,
                 ..Default::default()
             };
-            let want: Vec<f64> = (0..rows)
-                .map(|o| {
-                    let g = dot64(&wd[o * n_in..(o + 1) * n_in], &xin);
-                    if swiglu {
-                        let g = g.min(7.0);
-                        let uu = dot64(&ud[o * n_in..(o + 1) * n_in], &xin).clamp(-7.0, 7.0);
-                        g / (1.0 + (-g).exp()) * uu
-                    } else {
-                        add[o] as f64 + alpha as f64 * g
-                    }
-                })
-                .collect();
-            if swiglu {
-                m.w2 = ub.ptr();
-                m.s2 = scales_ptr(ty, ub.ptr(), n_in * rows);
-                m.swiglu = 1;
-            } else {
-                m.add = ab.ptr();
-            }
-            mats.push(m);
-            wants.push((ty, swiglu, gated, want));
-            keep.push((wb, ub, yb, ab));
-        }
-        let input = DenseInput {
-            x: xb.ptr(),
-            n_in,
-            norm: with_norm.then_some((nwb.ptr(), 1e-6)),
-            clamp: 7.0,
-            ..Default::default()
-        };
-        k.dense(input, &mats).unwrap();
-        for ((ty, swiglu, gated, want), (_, _, yb, _)) in wants.iter().zip(&keep) {
-            let mut y = vec![0f32; want.len()];
-            yb.download(0, &mut y).unwrap();
-            if *gated {
-                assert!(
-                    y.iter().all(|v| v.is_nan()),
-                    "a closed gate must skip the matrix"
-                );
-                continue;
-            }
-            let err = rel_err(&y, want);
-            println!(
-                "dense multi n_in {n_in} {ty} swiglu {swiglu} f32-launch {with_f32}: max rel err {err:.2e}"
+            k.dense(input, &mats).unwrap();
+            for ((ty, swiglu, gated, want), (_, _, yb, _)) in wants.iter().zip(&keep) {
+                let mut y = vec![0f32; want.len()];
+                yb.download(0, &mut y).unwrap();
+                if *gated {
+                    assert!(
+                        y.iter().all(|v| v.is_nan()),
+                        "a closed gate must skip the matrix"
+                    );
+                    continue;
+                }
+                let err = rel_err(&y, want);
+                println!(
+                "dense multi n_in {n_in} {ty} swiglu {swiglu} f32-launch {with_f32} mma {mma}: max rel err {err:.2e}"
             );
-            assert!(err < 5e-5, "dense multi {ty} swiglu {swiglu}: {err:.3e}");
+                assert!(
+                    err < 5e-5,
+                    "dense multi {ty} swiglu {swiglu} mma {mma}: {err:.3e}"
+                );
+            }
         }
     }
+    k.set_dense_mma(false);
 }
 
 #[test]
