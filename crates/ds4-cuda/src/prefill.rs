@@ -58,6 +58,18 @@ pub fn supported(cfg: &Config, ctx: usize) -> bool {
         && cfg.n_head.is_multiple_of(ATTN_HPB)
 }
 
+/// The rows a ratio-`r` compressor emits for tokens at `pos0..pos0 + t` (spec §3.5 C3: a row at
+/// every position ≡ r−1 mod r): the first emitting position and how many.
+fn emissions(pos0: usize, t: usize, r: usize) -> (usize, usize) {
+    let first = (pos0 + 1).div_ceil(r) * r - 1;
+    let n = if first < pos0 + t {
+        (pos0 + t - 1 - first) / r + 1
+    } else {
+        0
+    };
+    (first, n)
+}
+
 /// Weight kinds of the tensor-core GEMM, in the order of `PrefillKernels::gemm3`.
 const GEMM_TYPES: [Option<TensorType>; 5] = [
     None, // Q8_0 repacked
@@ -970,13 +982,7 @@ impl Prefill {
         let b = &self.bufs;
         let (r, coff) = (kind.ratio(), kind.coff());
         let width = coff * dim;
-        // Emissions: positions ≡ R−1 (mod R) in [pos0, pos0 + t).
-        let first = (pos0 + 1).div_ceil(r) * r - 1;
-        let n_emit = if first < pos0 + t {
-            (pos0 + t - 1 - first) / r + 1
-        } else {
-            0
-        };
+        let (first, n_emit) = emissions(pos0, t, r);
         let (p0, nt, ri, ci, di) = (pos0 as i32, t as i32, r as i32, coff as i32, dim as i32);
         let fp = first as i32;
         let mut p = args![
@@ -1477,5 +1483,33 @@ impl Prefill {
         let blocks = (rows * ff).div_ceil(256).min(8192) as u32;
         self.k
             .launch("pf_swiglu", self.k.swiglu, (blocks, 1, 1), 256, 0, &mut p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emissions_are_the_positions_that_complete_a_window() {
+        for r in [4usize, 8, 128] {
+            for pos0 in 0..300 {
+                for t in [1usize, 2, 3, 5, 127, 128, 129, 400] {
+                    let want: Vec<usize> = (pos0..pos0 + t).filter(|p| (p + 1) % r == 0).collect();
+                    let (first, n) = emissions(pos0, t, r);
+                    let got: Vec<usize> = (0..n).map(|i| first + i * r).collect();
+                    assert_eq!(got, want, "r {r} pos0 {pos0} t {t}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn batched_path_is_refused_only_where_attention_scores_do_not_fit() {
+        let cfg = Config::real(43);
+        assert!(supported(&cfg, 8192));
+        assert!(supported(&cfg, 65536));
+        // 1M positions: 8192 ratio-128 rows per token do not fit 227 KiB of shared memory.
+        assert!(!supported(&cfg, 1 << 20));
     }
 }
