@@ -30,10 +30,10 @@
 enum { XTY_Q2_K = 10, XTY_Q4_K = 12, XTY_IQ2_XXS = 16 };
 enum { XMODE_SWIGLU = 1, XMODE_DOWN = 2 };
 
-// 16 warps in 8 teams of 2: a team stages one piece and each warp takes half of its blocks. (With
-// one warp per piece and 8 warps per SM, the measured time matched about 1.2 warp instructions per
-// cycle per SM for our instruction count: latency-bound. Teams double the warps without more
-// staging memory.)
+// 16 warps in 8 teams of 2: a team stages one piece and each warp takes half of its blocks, so the
+// SM has twice the warps without more staging memory. Measured on the H200, this runs as fast as 8
+// warps with one piece each (Q2_K down 6 % slower): both are bound by the integer decode (about 47
+// integer instructions per 512 weights per warp at ~2 IPC per SM), see BENCHMARKS.md.
 constexpr int XWARPS = 16;
 constexpr int XTEAMS = XWARPS / 2;
 constexpr int XTHREADS = XWARPS * 32;
@@ -170,9 +170,8 @@ __device__ __forceinline__ uint2 load_b(const uint8_t* dg, int c, int g, int t) 
 // Each adds, for the thread's rows r0 (= g) and r1 (= g + 8) and its two C columns, the block's
 // integer dot times the block's float scales into acc[4] (C fragment order: r0c0, r0c1, r1c0, r1c1).
 
-// The integer decode is limited by the ALU pipe (LOP3, SHF, PRMT, IADD3 issue at half rate), so
-// right shifts go through __umulhi and byte broadcasts through multiplies: IMAD runs on the FMA
-// pipe, which the decode otherwise leaves idle.
+// Right shifts through __umulhi and byte broadcasts through multiplies (IMAD instead of SHF/LOP3):
+// meant to relieve the ALU pipe; measured on the H200 it neither helped nor hurt.
 __device__ __forceinline__ uint32_t shr_fma(uint32_t x, int k) { return k == 0 ? x : __umulhi(x, 1u << (32 - k)); }
 
 struct Lane {
