@@ -348,7 +348,7 @@ struct DenseArgs {
     int norm;
     float eps;
     float clamp;
-    int pad;
+    int n_blocks;  // row blocks of all matrices; the grid loops over them (persistent blocks)
 };
 
 template <int TY> struct DenseElems;  // elements per lane per 16-byte load
@@ -424,7 +424,7 @@ __device__ __forceinline__ void dense_stage(const DenseArgs& a, const float* x, 
 // one is being multiplied, so HBM latency overlaps with the staging and the math.
 template <int TY, int R, bool SW>
 __device__ __forceinline__ void dense_rows(const DenseArgs& a, const DenseMat& m, const float* x, float* xsm,
-                                           double* red, int o0) {
+                                           double* red, int o0, bool restage) {
     constexpr int E = DenseElems<TY>::E, CH = 32 * E, NR = SW ? 2 * R : R;
     constexpr int U = NR >= 4 ? 1 : 4 / NR;  // chunks per group (two groups in flight)
     const int lane = threadIdx.x & 31;
@@ -476,7 +476,10 @@ __device__ __forceinline__ void dense_rows(const DenseArgs& a, const DenseMat& m
     uint4 wa[U][NR], wb[U][NR];
     float da[U][NR], db[U][NR];
     load(wa, da, 0);
-    dense_stage<TY>(a, x, xsm, red);
+    if (restage) {
+        __syncthreads();  // every warp is done with the previous staged input
+        dense_stage<TY>(a, x, xsm, red);
+    }
     for (int c0 = 0; c0 < n_ch; c0 += 2 * U) {
         load(wb, db, c0 + U);
         compute(wa, da, c0);
@@ -507,33 +510,42 @@ __device__ __forceinline__ void dense_rows(const DenseArgs& a, const DenseMat& m
 
 template <int TY, int R>
 __device__ __forceinline__ void dense_block(const DenseArgs& a, const DenseMat& m, const float* x, float* xsm,
-                                            double* red, int o0) {
+                                            double* red, int o0, bool restage) {
     if constexpr (R <= 2) {  // the host never pairs SwiGLU with 4 rows per warp
         if (m.swiglu) {
-            dense_rows<TY, R, true>(a, m, x, xsm, red, o0);
+            dense_rows<TY, R, true>(a, m, x, xsm, red, o0, restage);
             return;
         }
     }
-    dense_rows<TY, R, false>(a, m, x, xsm, red, o0);
+    dense_rows<TY, R, false>(a, m, x, xsm, red, o0, restage);
 }
 
+// Persistent blocks: block b takes row blocks b, b + gridDim.x, ... and stages the input only when
+// the matrix type (its slot permutation) or the input group changes.
 template <int R>
 __device__ void dense_body(const DenseArgs& a) {
     extern __shared__ float xsm[];
     __shared__ double red[32];
-    int mi = 0;
+    int staged = -1;
+    for (int rb = blockIdx.x; rb < a.n_blocks; rb += gridDim.x) {
+        int mi = 0;
 #pragma unroll
-    for (int i = 1; i < DENSE_MAX_MATS; i++)
-        if (i < a.n_mats && (int)blockIdx.x >= a.m[i].block0) mi = i;
-    const DenseMat& m = a.m[mi];
-    if (m.gate && *m.gate == 0) return;  // uniform per block
-    const int row0 = ((int)blockIdx.x - m.block0) * 8 * R;
-    const int o0 = row0 + (threadIdx.x >> 5) * R;
-    const float* x = a.x + (m.rows_per_group > 0 ? (size_t)(row0 / m.rows_per_group) * a.n_in : 0);
-    switch (m.ty) {
-        case TY_Q8_0: dense_block<TY_Q8_0, R>(a, m, x, xsm, red, o0); break;
-        case TY_F16: dense_block<TY_F16, R>(a, m, x, xsm, red, o0); break;
-        default: dense_block<TY_F32, R>(a, m, x, xsm, red, o0); break;
+        for (int i = 1; i < DENSE_MAX_MATS; i++)
+            if (i < a.n_mats && rb >= a.m[i].block0) mi = i;
+        const DenseMat& m = a.m[mi];
+        if (m.gate && *m.gate == 0) continue;  // uniform per block
+        const int row0 = (rb - m.block0) * 8 * R;
+        const int o0 = row0 + (threadIdx.x >> 5) * R;
+        const int group = m.rows_per_group > 0 ? row0 / m.rows_per_group : 0;
+        const int key = m.ty * 65536 + group;
+        const bool restage = key != staged;
+        staged = key;
+        const float* x = a.x + (size_t)group * a.n_in;
+        switch (m.ty) {
+            case TY_Q8_0: dense_block<TY_Q8_0, R>(a, m, x, xsm, red, o0, restage); break;
+            case TY_F16: dense_block<TY_F16, R>(a, m, x, xsm, red, o0, restage); break;
+            default: dense_block<TY_F32, R>(a, m, x, xsm, red, o0, restage); break;
+        }
     }
 }
 

@@ -23,6 +23,8 @@ pub struct Device {
     modules: Vec<Module>,
     /// `<gpu name> (sm_XY, N MiB)`
     pub description: String,
+    /// Streaming multiprocessors (persistent kernels size their grids by it).
+    pub sm_count: usize,
 }
 
 // SAFETY: the module handles are only used through `&self` on the thread that binds the context
@@ -54,11 +56,16 @@ impl Device {
             .compute_capability()
             .map_err(|e| Error::driver("cuDeviceGetAttribute", e))?;
         let mem = ctx.total_mem().unwrap_or(0) >> 20;
+        let sm_count = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| Error::driver("cuDeviceGetAttribute", e))?
+            .max(1) as usize;
         let mut dev = Device {
             ctx,
             stream,
             modules: Vec::new(),
             description: format!("{name} (sm_{major}{minor}, {mem} MiB)"),
+            sm_count,
         };
         for (name, image) in crate::kernels::MODULES {
             let image = image.ok_or(Error::NoKernels)?;

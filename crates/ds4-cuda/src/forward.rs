@@ -13,6 +13,7 @@ use ds4_gguf::TensorType;
 use ds4_model::{AttnKind, Config};
 
 use crate::device::{DevBuf, Device};
+use crate::experts::ExpertKernels;
 use crate::launch::{DPtr, DenseInput, DenseMat, GemvArgs, GemvMode, Kernels, RopeArgs};
 use crate::weights::{DevAttnExtra, DevCompressor, DevHc, DevLayer, DevTensor, DevWeights};
 use crate::Error;
@@ -133,8 +134,10 @@ impl KvState {
 // ---- activations ----------------------------------------------------------------------------------
 
 /// Every activation buffer of one decode step, sized once from `Config` (nothing is allocated
-/// per token).
+/// per token), and the routed-expert kernels the step launches.
 pub struct Scratch {
+    /// Routed-expert SwiGLU/down kernels (kernels/experts.cu; generic GEMV for other shapes).
+    pub experts: ExpertKernels,
     /// `Step { token, pos }`
     pub step: DevBuf,
     /// The HC streams, ping-ponged between `x` and `x2` by the fused HC step (it reads one while
@@ -190,6 +193,7 @@ impl Scratch {
         let comp_cap = ctx / 4 + 2;
         let width = (2 * cfg.head_dim).max(2 * cfg.idx_head_dim);
         Ok(Scratch {
+            experts: ExpertKernels::new(dev)?,
             step: f(2)?,
             x: f(cfg.hc_dim())?,
             x2: f(cfg.hc_dim())?,
@@ -323,43 +327,6 @@ fn dense_swiglu(gate: &DevTensor, up: &DevTensor, y: DPtr) -> Result<DenseMat, E
     m.s2 = up.q8_scales_ptr();
     m.swiglu = 1;
     Ok(m)
-}
-
-/// `h = silu(min(gate·x, c))·clamp(up·x, ±c)` (shared expert, spec §3.6 F6), or per selected
-/// expert with its route weight (F5) when `sel` is set.
-#[allow(clippy::too_many_arguments)]
-fn swiglu(
-    k: &Kernels,
-    gate: &DevTensor,
-    up: &DevTensor,
-    x: DPtr,
-    y: DPtr,
-    sel: DPtr,
-    route_w: DPtr,
-    n_sel: usize,
-    clamp: f32,
-) -> Result<(), Error> {
-    assert_eq!(
-        gate.ty, up.ty,
-        "invariant: gate and up share a type (spec §2.3)"
-    );
-    let a = GemvArgs {
-        w: gate.ptr(),
-        w2: up.ptr(),
-        x,
-        y,
-        sel,
-        route_w,
-        row_bytes: gate.row_bytes(),
-        expert_bytes: gate.expert_bytes(),
-        n_in: gate.n_in() as i32,
-        n_rows: gate.n_out() as i32,
-        n_sel: n_sel as i32,
-        clamp,
-        alpha: 1.0,
-        ..Default::default()
-    };
-    k.gemv(gate.ty, GemvMode::Swiglu, a, n_sel.max(1) as u32)
 }
 
 // ---- spec/model.md §3.3 embedding, §3.4 hyper-connections ----------------------------------------
@@ -657,17 +624,29 @@ fn ffn_sublayer(k: &Kernels, cfg: &Config, l: &DevLayer, s: &Scratch) -> Result<
         s.route_w.ptr(),
     )?; // F3, F4
     let n_used = cfg.n_expert_used;
-    swiglu(
-        k,
-        &l.ffn_gate_exps,
-        &l.ffn_up_exps,
-        xf,
-        s.mid.ptr(),
-        s.sel.ptr(),
-        s.route_w.ptr(),
-        n_used,
-        cfg.swiglu_clamp,
-    )?; // F5
+    let (gate, up) = (&l.ffn_gate_exps, &l.ffn_up_exps);
+    if gate.ty != up.ty {
+        return Err(Error::Unsupported(
+            "routed gate and up experts differ in type".into(),
+        ));
+    }
+    let a = GemvArgs {
+        w: gate.ptr(),
+        w2: up.ptr(),
+        x: xf,
+        y: s.mid.ptr(),
+        sel: s.sel.ptr(),
+        route_w: s.route_w.ptr(),
+        row_bytes: gate.row_bytes(),
+        expert_bytes: gate.expert_bytes(),
+        n_in: gate.n_in() as i32,
+        n_rows: gate.n_out() as i32,
+        n_sel: n_used as i32,
+        clamp: cfg.swiglu_clamp,
+        alpha: 1.0,
+        ..Default::default()
+    };
+    s.experts.swiglu(gate.ty, &a, n_used)?; // F5
     let d = &l.ffn_down_exps;
     let a = GemvArgs {
         w: d.ptr(),
@@ -682,7 +661,7 @@ fn ffn_sublayer(k: &Kernels, cfg: &Config, l: &DevLayer, s: &Scratch) -> Result<
         alpha: 1.0,
         ..Default::default()
     };
-    k.gemv(d.ty, GemvMode::Down, a, 1)?; // F5: Σ_k in selection order
+    s.experts.down(d.ty, &a)?; // F5: Σ_k in selection order
     let mut mv = Mv::new(&l.ffn_down_shexp, s.shmid.ptr(), s.ffn_out.ptr());
     mv.add = s.moe.ptr(); // F7: moe + sh
     mv.run(k) // F8: HC post in the next hc_step

@@ -115,7 +115,7 @@ struct DenseArgs {
     norm: i32,
     eps: f32,
     clamp: f32,
-    pad: i32,
+    n_blocks: i32,
 }
 
 /// What a dense launch reads: the shared input and how it is prepared.
@@ -552,9 +552,12 @@ impl Kernels {
             2 => 1,
             _ => 2,
         }];
+        // Persistent: two resident blocks per SM loop over the row blocks.
+        a.n_blocks = blocks as i32;
+        let grid = blocks.min(2 * self.dev.sm_count).max(1);
         let smem = (n_in.div_ceil(512) * 512 * 4) as u32;
         let mut p = args![a];
-        self.launch("dense", f, (blocks as u32, 1, 1), 256, smem, &mut p)
+        self.launch("dense", f, (grid as u32, 1, 1), 256, smem, &mut p)
     }
 
     // ---- small ops ----------------------------------------------------------------------------
