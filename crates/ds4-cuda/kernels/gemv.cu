@@ -549,9 +549,9 @@ __device__ void dense_body(const DenseArgs& a) {
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256, 3) dense_r1(DenseArgs a) { dense_body<1>(a); }
-extern "C" __global__ void __launch_bounds__(256, 3) dense_r2(DenseArgs a) { dense_body<2>(a); }
-extern "C" __global__ void __launch_bounds__(256, 3) dense_r4(DenseArgs a) { dense_body<4>(a); }
+extern "C" __global__ void __launch_bounds__(256) dense_r1(DenseArgs a) { dense_body<1>(a); }
+extern "C" __global__ void __launch_bounds__(256) dense_r2(DenseArgs a) { dense_body<2>(a); }
+extern "C" __global__ void __launch_bounds__(256) dense_r4(DenseArgs a) { dense_body<4>(a); }
 
 // ---- synthetic weights (ds4-bench --synthetic) --------------------------------------------------
 

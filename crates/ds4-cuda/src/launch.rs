@@ -519,7 +519,8 @@ impl Kernels {
                 return self.launch("dense_mma", f, (blocks as u32, 1, 1), 256, smem, &mut p);
             }
         }
-        // Grouped matrices need whole groups per block.
+        // Rows per warp: 4 (or 2) rows share each input read when that still leaves a few waves
+        // of 8-warp blocks; grouped matrices need whole groups per block.
         let dots: usize = mats
             .iter()
             .map(|m| m.n_rows as usize * if m.swiglu != 0 { 2 } else { 1 })
@@ -529,12 +530,9 @@ impl Kernels {
                 .all(|m| m.rows_per_group == 0 || (m.rows_per_group as usize).is_multiple_of(8 * r))
                 && !mats.iter().any(|m| m.swiglu != 0 && r > 2)
         };
-        // Enough warps to keep ~24 per SM streaming (the products are latency-bound: more rows in
-        // flight beat fewer, longer warps), then as many rows per warp as that allows.
-        let warps_wanted = 24 * self.dev.sm_count;
-        let r = if dots / 4 >= warps_wanted && fits(4) {
+        let r = if dots / 32 >= 2 * 132 && fits(4) {
             4
-        } else if dots / 2 >= warps_wanted && fits(2) {
+        } else if dots / 16 >= 132 && fits(2) {
             2
         } else if fits(1) {
             1
@@ -554,10 +552,9 @@ impl Kernels {
             2 => 1,
             _ => 2,
         }];
-        // Persistent: three resident blocks per SM (kernels/gemv.cu launch bounds) loop over the
-        // row blocks.
+        // Persistent: two resident blocks per SM loop over the row blocks.
         a.n_blocks = blocks as i32;
-        let grid = blocks.min(3 * self.dev.sm_count).max(1);
+        let grid = blocks.min(2 * self.dev.sm_count).max(1);
         let smem = (n_in.div_ceil(512) * 512 * 4) as u32;
         let mut p = args![a];
         self.launch("dense", f, (grid as u32, 1, 1), 256, smem, &mut p)
