@@ -253,3 +253,24 @@ fn usage_errors_exit_2() {
     assert_eq!(o.status.code(), Some(0));
     assert!(stdout(&o).contains("--dump-logprobs"));
 }
+
+#[test]
+fn cuda_backend_generates_or_says_why_not() {
+    // `--cuda` (and `--backend cuda`) reach the CUDA backend: where a GPU is present the demo model
+    // generates; where not (CI), the run fails with a message that names CUDA, never a panic.
+    for flags in [&["--cuda"][..], &["--backend", "cuda"][..]] {
+        let mut args = vec!["--demo", "-p", "hello", "-n", "4", "--seed", "7"];
+        args.extend_from_slice(flags);
+        let o = ds4(&args);
+        let err = stderr(&o);
+        assert!(!err.contains("panicked"), "{err}");
+        if o.status.success() {
+            assert_eq!(counts(&o).1, 4, "{err}");
+        } else {
+            assert!(err.contains("CUDA"), "{err}");
+        }
+    }
+    let o = ds4(&["--demo", "-p", "hi", "--backend", "tpu"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--backend"), "{}", stderr(&o));
+}

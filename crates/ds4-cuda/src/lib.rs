@@ -37,7 +37,10 @@ pub use weights::{DevWeights, SyntheticQuant};
 
 /// Whether this build embeds compiled kernels (false when nvcc was missing at build time).
 pub fn kernels_built() -> bool {
+    // prefill and experts load their own modules (src/prefill.rs, src/experts.rs)
     kernels::MODULES.iter().all(|(_, m)| m.is_some())
+        && kernels::PREFILL.is_some()
+        && kernels::EXPERTS.is_some()
 }
 
 /// Errors of the CUDA backend (STYLE §2.6).

@@ -33,6 +33,19 @@ pub enum BackendKind {
     /// The reference CPU backend (`ds4-cpu`).
     #[default]
     Cpu,
+    /// The CUDA backend (`ds4-cuda`): errors clearly when no GPU or no kernels are present.
+    Cuda,
+}
+
+impl BackendKind {
+    /// `cpu` or `cuda` (case-insensitive); `None` for anything else.
+    pub fn from_name(name: &str) -> Option<BackendKind> {
+        match name.to_ascii_lowercase().as_str() {
+            "cpu" => Some(BackendKind::Cpu),
+            "cuda" => Some(BackendKind::Cuda),
+            _ => None,
+        }
+    }
 }
 
 /// What [`Engine::open`] loads.
@@ -75,6 +88,11 @@ impl Engine {
         let factory: BackendFactory = match backend {
             BackendKind::Cpu => Arc::new(move |ctx| {
                 Ok(Box::new(CpuBackend::new(m.clone(), ctx)?) as Box<dyn Backend>)
+            }),
+            BackendKind::Cuda => Arc::new(move |ctx| {
+                let be = ds4_cuda::CudaBackend::new(m.clone(), ctx)
+                    .map_err(ds4_model::BackendError::from)?;
+                Ok(Box::new(be) as Box<dyn Backend>)
             }),
         };
         Engine {

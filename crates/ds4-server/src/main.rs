@@ -37,12 +37,15 @@ struct Args {
     /// `chdir` before loading.
     #[arg(long)]
     chdir: Option<PathBuf>,
-    /// Backend (`cpu`).
+    /// Backend: `cpu` or `cuda`.
     #[arg(long, default_value = "cpu")]
     backend: String,
     /// Shorthand for `--backend cpu`.
     #[arg(long)]
     cpu: bool,
+    /// Shorthand for `--backend cuda`.
+    #[arg(long, conflicts_with = "cpu")]
+    cuda: bool,
     /// Bind address (IPv4 literal or `localhost`).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -104,6 +107,7 @@ struct Resolved {
     host: Ipv4Addr,
     port: u16,
     source: ModelSource,
+    backend: BackendKind,
     threads: Option<usize>,
     trace: Option<PathBuf>,
     disk: Option<DiskSettings>,
@@ -129,12 +133,16 @@ impl Args {
                 .parse()
                 .with_context(|| format!("--host {}: not an IPv4 address", self.host))?
         };
-        if !self.cpu && self.backend != "cpu" {
-            bail!(
-                "--backend {}: only `cpu` is available in this build",
-                self.backend
-            );
-        }
+        let backend = if self.cuda {
+            BackendKind::Cuda
+        } else if self.cpu {
+            BackendKind::Cpu
+        } else {
+            match BackendKind::from_name(&self.backend) {
+                Some(b) => b,
+                None => bail!("--backend {}: expected `cpu` or `cuda`", self.backend),
+            }
+        };
         if self.ctx < 2 {
             bail!("--ctx {}: must be at least 2", self.ctx);
         }
@@ -184,6 +192,7 @@ impl Args {
                 tool_memory_max_ids: self.tool_memory_max_ids,
                 test_forced_output: self.test_forced_output,
             },
+            backend,
             host,
             port: self.port,
             source,
@@ -237,7 +246,7 @@ fn main() -> Result<()> {
     }
     let engine = Engine::open(&EngineOptions {
         model: r.source.clone(),
-        backend: BackendKind::Cpu,
+        backend: r.backend,
     })
     .context("loading the model")?;
     let tokenizer = match engine.model() {

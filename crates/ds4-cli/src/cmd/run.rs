@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use ds4_chat::{ThinkMode, Tokenizer, THINK_MAX_PREFIX};
 use ds4_engine::sampler::Sampler;
-use ds4_engine::{BackendKind, Engine, EngineOptions, ModelSource};
+use ds4_engine::{Engine, EngineOptions, ModelSource};
 
 pub use args::{Action, Args, ModelChoice, PromptSource, RunOptions};
 pub use dump::{fmt_g9, json_token_text};
@@ -78,7 +78,7 @@ pub fn main(raw: &[String]) -> Result<ExitCode> {
             };
             let engine = Engine::open(&EngineOptions {
                 model: source,
-                backend: BackendKind::Cpu,
+                backend: opts.backend,
             })
             .context("opening the demo model")?;
             (
@@ -91,7 +91,7 @@ pub fn main(raw: &[String]) -> Result<ExitCode> {
             let source = ModelSource::File(path.clone());
             let engine = Engine::open(&EngineOptions {
                 model: source,
-                backend: BackendKind::Cpu,
+                backend: opts.backend,
             })
             .with_context(|| format!("loading model {}", path.display()))?;
             let model = engine.model().context("the engine has no model file")?;

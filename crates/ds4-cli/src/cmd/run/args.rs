@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use ds4_chat::{ThinkMode, COMPLETION_SYSTEM_TEXT, THINK_MAX_MIN_CTX};
 use ds4_engine::sampler::{seed_from_entropy, SamplingParams};
+use ds4_engine::BackendKind;
 
 /// Default model path, relative to the working directory (spec/server.md §6).
 pub const DEFAULT_MODEL: &str = "ds4flash.gguf";
@@ -169,6 +170,8 @@ pub struct RunOptions {
     /// What the user asked for; [`RunOptions::effective_think`] applies the 393216 rule.
     pub think: ThinkMode,
     pub threads: Option<usize>,
+    /// Which backend generates (`--cpu`, `--cuda`, `--backend NAME`).
+    pub backend: BackendKind,
     /// Touch every page of the mapped model before the first prompt.
     pub warm_weights: bool,
     pub action: Action,
@@ -257,19 +260,19 @@ impl Args {
                 backend = Some(name.to_string());
             }
         }
-        match backend.as_deref() {
-            None | Some("cpu") => {}
-            Some(b @ ("metal" | "cuda")) => {
-                return Err(usage(format!(
-                    "the {b} backend is not available in this build of ds4 (use --cpu)"
-                )))
-            }
-            Some(other) => {
-                return Err(usage(format!(
-                    "invalid value for --backend: {other} (metal, cuda or cpu)"
-                )))
-            }
-        }
+        let backend =
+            match backend.as_deref() {
+                None | Some("cpu") => BackendKind::Cpu,
+                Some("cuda") => BackendKind::Cuda,
+                Some("metal") => return Err(usage(
+                    "the metal backend is not available in this build of ds4 (use --cuda or --cpu)",
+                )),
+                Some(other) => {
+                    return Err(usage(format!(
+                        "invalid value for --backend: {other} (metal, cuda or cpu)"
+                    )))
+                }
+            };
         if self.dir_steering_file.is_some()
             || self.dir_steering_ffn.is_some()
             || self.dir_steering_attn.is_some()
@@ -342,6 +345,7 @@ impl Args {
             seed: self.seed.unwrap_or_else(seed_from_entropy),
             think,
             threads: self.threads,
+            backend,
             warm_weights: self.warm_weights,
             action,
             ignored,
