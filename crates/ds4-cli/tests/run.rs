@@ -266,6 +266,7 @@ fn cuda_backend_generates_or_says_why_not() {
         assert!(!err.contains("panicked"), "{err}");
         if o.status.success() {
             assert_eq!(counts(&o).1, 4, "{err}");
+            assert!(err.contains("backend=cuda"), "{err}");
         } else {
             assert!(err.contains("CUDA"), "{err}");
         }

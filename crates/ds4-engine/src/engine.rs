@@ -97,7 +97,10 @@ impl Engine {
         };
         Engine {
             config,
-            backend_name: "cpu",
+            backend_name: match backend {
+                BackendKind::Cpu => "cpu",
+                BackendKind::Cuda => "cuda",
+            },
             factory,
             model: Some(model),
         }
