@@ -170,6 +170,20 @@ fn now_unix() -> u64 {
 }
 
 /// Writers in this process number their temp files so concurrent saves never share one.
+/// Whether the process that wrote temp file `name` (`<sha1>.kv.tmp.<pid>.<n>`) has exited. Only
+/// answers yes where `/proc` shows live processes (Linux); elsewhere, or for a name it cannot parse,
+/// the age rule alone applies.
+fn writer_is_gone(name: &str) -> bool {
+    let Some((_, rest)) = name.split_once(".kv.tmp.") else {
+        return false;
+    };
+    let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<u32>().ok()) else {
+        return false;
+    };
+    let proc = Path::new("/proc");
+    proc.join("self").exists() && !proc.join(pid.to_string()).exists()
+}
+
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl DiskCache {
@@ -227,6 +241,8 @@ impl DiskCache {
         Ok(f)
     }
 
+    /// Removes temp files older than [`STALE_TEMP`] and those whose writer process is gone (a
+    /// killed save): a live writer's temp file, in this or another process, is left alone.
     fn remove_stale_temps(&self) {
         let Ok(dir) = std::fs::read_dir(&self.opts.dir) else {
             return;
@@ -243,7 +259,7 @@ impl DiskCache {
                 .ok()
                 .and_then(|t| t.elapsed().ok())
                 .is_some_and(|age| age > STALE_TEMP);
-            if old {
+            if old || writer_is_gone(name) {
                 tracing::info!(file = name, "kv cache removed stale temp file");
                 let _ = std::fs::remove_file(e.path());
             }

@@ -571,3 +571,27 @@ fn two_writer_processes_sharing_a_directory() {
     }
     check_after_writers(dir.path(), budget, &s, one);
 }
+
+#[test]
+fn temp_files_of_exited_writers_are_removed_at_open_and_live_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    // A writer that has exited: a child process we waited for.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let dead_tmp = dir.path().join(format!("{sha}.kv.tmp.{dead}.0"));
+    let live_tmp = dir
+        .path()
+        .join(format!("{sha}.kv.tmp.{}.0", std::process::id()));
+    std::fs::write(&dead_tmp, b"half a checkpoint").unwrap();
+    std::fs::write(&live_tmp, b"a save in progress").unwrap();
+    let _cache = open(dir.path(), 1 << 30);
+    if Path::new("/proc/self").exists() {
+        assert!(
+            !dead_tmp.exists(),
+            "an exited writer's temp file is removed"
+        );
+    }
+    assert!(live_tmp.exists(), "a live writer's temp file is kept");
+}
