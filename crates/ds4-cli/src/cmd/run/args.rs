@@ -427,7 +427,8 @@ mod tests {
             (&["--top-p", "1.5"][..], "--top-p"),
             (&["--seed", "0"][..], "--seed"),
             (&["--server"][..], "ds4-server"),
-            (&["--cuda"][..], "cuda backend"),
+            (&["--metal"][..], "metal backend"),
+            (&["--backend", "tpu"][..], "--backend"),
             (
                 &["--dump-tokens"][..],
                 "--dump-tokens requires -p or --prompt-file",
@@ -441,5 +442,18 @@ mod tests {
             assert!(e.contains(needle), "{args:?}: {e}");
         }
         assert!(parse(&["--top-k", "5"]).is_err(), "ds4 has no --top-k");
+    }
+
+    #[test]
+    fn backend_flags_choose_the_backend() {
+        for (args, want) in [
+            (&[][..], BackendKind::Cpu),
+            (&["--cuda"][..], BackendKind::Cuda),
+            (&["--backend", "CUDA"][..], BackendKind::Cuda),
+            (&["--backend", "cuda", "--cpu"][..], BackendKind::Cpu),
+        ] {
+            let o = parse(args).expect("parses");
+            assert_eq!(o.backend, want, "{args:?}");
+        }
     }
 }
