@@ -1017,7 +1017,9 @@ impl Kernels {
             cfg.head_dim,
             Self::ATT_HG
         );
-        let slice_cap = max_rows.div_ceil(Self::ATT_SPLIT).max(1);
+        // A multiple of 4 keeps the float regions after the row-address table 16-byte aligned
+        // (the kernel reads the normalised q rows there as float4).
+        let slice_cap = max_rows.div_ceil(Self::ATT_SPLIT).max(1).next_multiple_of(4);
         let (rc, swa, r, k, hd, sc) = (
             raw_cap as i32,
             cfg.n_swa as i32,
