@@ -334,7 +334,7 @@ extern "C" __global__ void __launch_bounds__(256)
     attention_split(const float* q, const float* ring, int raw_cap, const float* comp, const int* list,
                     const float* sinks, const Step* step, int n_swa, int ratio, int top_k, int head_dim,
                     float kq_scale, RopeArgs rope, float* out, float* part_o, float* part_ml,
-                    unsigned int* counters, int slice_cap, float eps) {
+                    unsigned int* counters, int slice_cap) {
     extern __shared__ float sm[];
     const float** rows = (const float**)sm;                   // [slice_cap]
     float* p = (float*)(rows + slice_cap);                    // [ATT_HG][slice_cap] scores, then weights
@@ -356,25 +356,13 @@ extern "C" __global__ void __launch_bounds__(256)
     const int h0 = g * ATT_HG;
     for (int j = threadIdx.x; j < nj; j += blockDim.x)
         rows[j] = attn_row(j0 + j, n_raw, pos, raw_cap, head_dim, ring, comp, list, ratio);
-    // A4 + A6 for the group's heads (q arrives straight from q_b): unweighted RMSNorm of each head,
-    // then RoPE on its tail, in the output-row buffer (free until the combine).
-    {
-        __shared__ double red_d[32];
-        for (int hh = 0; hh < ATT_HG; hh++) {
-            const float* src = q + (size_t)(h0 + hh) * head_dim;
-            const float sc = block_rms_scale(src, head_dim, eps, red_d);
-            for (int i = threadIdx.x; i < head_dim; i += blockDim.x) orow[hh * head_dim + i] = src[i] * sc;
-        }
-        __syncthreads();
-        for (int hh = 0; hh < ATT_HG; hh++) rope_tail_block(orow + hh * head_dim, head_dim, rope, (float)pos, false);
-        __syncthreads();
-    }
     float4 qv[ATT_HG][4];
 #pragma unroll
     for (int hh = 0; hh < ATT_HG; hh++)
 #pragma unroll
         for (int c = 0; c < 4; c++)
-            qv[hh][c] = c < n_chunk ? *((const float4*)(orow + hh * head_dim) + c * 32 + lane) : make_float4(0, 0, 0, 0);
+            qv[hh][c] = c < n_chunk ? *((const float4*)(q + (size_t)(h0 + hh) * head_dim) + c * 32 + lane)
+                                    : make_float4(0, 0, 0, 0);
     __syncthreads();
     // Scores: warps over rows (two rows' loads in flight), each row against the group's heads.
     for (int jb = warp; jb < nj; jb += 2 * n_warp) {

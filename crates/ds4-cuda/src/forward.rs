@@ -459,7 +459,14 @@ fn attention_sublayer(
         ..Default::default()
     };
     k.dense(from_qn, &mats)?;
-    // A4 head norm and A6 RoPE of q run inside attention_split.
+    k.head_norm_rope(
+        s.q.ptr(),
+        cfg.n_head,
+        cfg.head_dim,
+        rope,
+        s.step.ptr(),
+        cfg.rms_eps,
+    )?; // A4, A6
     k.kv_finish(
         s.kv_raw.ptr(),
         l.attn_kv_a_norm.ptr(),

@@ -989,8 +989,7 @@ impl Kernels {
     pub const ATT_SPLIT: usize = 16;
 
     /// The attention of [`Kernels::attention`], split over head groups and row slices with a
-    /// fixed-order combine (kernels/attention.cu `attention_split`). `q` comes straight from q_b:
-    /// the per-head RMSNorm and RoPE of [`Kernels::head_norm_rope`] happen inside. `part_o`: n_head·ATT_SPLIT·
+    /// fixed-order combine (kernels/attention.cu `attention_split`). `part_o`: n_head·ATT_SPLIT·
     /// head_dim floats, `part_ml`: n_head·ATT_SPLIT·2 floats, `counters`: n_head/ATT_HG zeroed u32.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_split(
@@ -1017,9 +1016,7 @@ impl Kernels {
             cfg.head_dim,
             Self::ATT_HG
         );
-        // A multiple of 4 keeps the float regions after the row-address table 16-byte aligned
-        // (the kernel reads the normalised q rows there as float4).
-        let slice_cap = max_rows.div_ceil(Self::ATT_SPLIT).max(1).next_multiple_of(4);
+        let slice_cap = max_rows.div_ceil(Self::ATT_SPLIT).max(1);
         let (rc, swa, r, k, hd, sc) = (
             raw_cap as i32,
             cfg.n_swa as i32,
@@ -1028,10 +1025,10 @@ impl Kernels {
             cfg.head_dim as i32,
             slice_cap as i32,
         );
-        let (kq, eps) = (cfg.kq_scale(), cfg.rms_eps);
+        let kq = cfg.kq_scale();
         let mut p = args![
             q, ring, rc, comp, list, sinks, step, swa, r, k, hd, kq, rope, out, part_o, part_ml,
-            counters, sc, eps
+            counters, sc
         ];
         let smem = (slice_cap * 8 + Self::ATT_HG * (slice_cap + cfg.head_dim) * 4) as u32;
         self.launch(
