@@ -1,7 +1,7 @@
 // Attention-side state kernels of the decode step: the compressor step (spec §3.5 C1-C9), the
 // indexer (A10: query QAT, scores, top-k) and attention over raw window + compressed rows with the
 // sink (A11) followed by the inverse RoPE (A12).
-#include "common.cuh"
+#include "blockops.cuh"
 
 // spec §3.2 P7 on a 128-wide vector in shared memory: Hadamard (Sylvester order), scale, then FP4
 // in blocks of 32. Called by every thread of the block.
@@ -129,197 +129,28 @@ extern "C" __global__ void index_scores(const float* index_cache, const float* q
     if (lane == 0) scores[c] = s;
 }
 
-__device__ __forceinline__ uint32_t order_key(float f) {
-    const uint32_t u = __float_as_uint(f);
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
-// Exclusive prefix sum over the block (1024 threads max); returns this thread's offset, total in *total.
-__device__ int block_exclusive_scan(int v, int* tmp, int* total) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warp = (blockDim.x + 31) >> 5;
-    int x = v;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const int y = __shfl_up_sync(0xffffffffu, x, o);
-        if (lane >= o) x += y;
-    }
-    __syncthreads();
-    if (lane == 31) tmp[warp] = x;
-    __syncthreads();
-    if (warp == 0) {
-        int w = lane < n_warp ? tmp[lane] : 0;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const int y = __shfl_up_sync(0xffffffffu, w, o);
-            if (lane >= o) w += y;
-        }
-        tmp[32 + lane] = w;  // inclusive warp totals
-    }
-    __syncthreads();
-    const int before = warp > 0 ? tmp[32 + warp - 1] : 0;
-    *total = tmp[32 + n_warp - 1];
-    return before + x - v;
-}
-
 // The allowed compressed rows for this step, ascending: all n_comp rows when n_comp <= top_k, else
 // the top_k highest scores (ties to the lower index; spec §3.5 A10.2). Radix select on the order-
 // preserving bit pattern, then a stable compaction. One block of 1024 threads.
 extern "C" __global__ void index_topk(const float* scores, const Step* step, int ratio, int top_k, int* list) {
-    __shared__ int hist[256];
-    __shared__ int tmp[64];
-    __shared__ uint32_t s_prefix;
-    __shared__ int s_remaining;
     const int n = (step->pos + 1) / ratio;
     if (n <= top_k) {
         for (int i = threadIdx.x; i < n; i += blockDim.x) list[i] = i;
         return;
     }
-    uint32_t prefix = 0, mask = 0;
-    int remaining = top_k;
-    for (int shift = 24; shift >= 0; shift -= 8) {
-        for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
-        __syncthreads();
-        for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            const uint32_t k = order_key(scores[i]);
-            if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255], 1);
-        }
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            int above = 0, d = 255;
-            for (; d > 0; d--) {
-                if (above + hist[d] >= remaining) break;
-                above += hist[d];
-            }
-            s_prefix = prefix | ((uint32_t)d << shift);
-            s_remaining = remaining - above;
-        }
-        __syncthreads();
-        prefix = s_prefix;
-        remaining = s_remaining;
-        mask |= 0xffu << shift;
-        __syncthreads();
-    }
-    // prefix is the k-th largest key; take every key above it and the first `remaining` equal ones.
-    const int chunk = (n + blockDim.x - 1) / blockDim.x;
-    const int lo = min(n, (int)threadIdx.x * chunk), hi = min(n, lo + chunk);
-    int n_gt = 0, n_eq = 0;
-    for (int i = lo; i < hi; i++) {
-        const uint32_t k = order_key(scores[i]);
-        n_gt += k > prefix;
-        n_eq += k == prefix;
-    }
-    int total;
-    const int eq_before = block_exclusive_scan(n_eq, tmp, &total);
-    const int eq_take = max(0, min(n_eq, remaining - eq_before));
-    const int out_before = block_exclusive_scan(n_gt + eq_take, tmp, &total);
-    int o = out_before, eq_seen = 0;
-    for (int i = lo; i < hi; i++) {
-        const uint32_t k = order_key(scores[i]);
-        if (k > prefix) {
-            list[o++] = i;
-        } else if (k == prefix) {
-            if (eq_seen < eq_take) list[o++] = i;
-            eq_seen++;
-        }
-    }
+    topk_select(scores, n, top_k, list);
 }
 
-// spec §3.5 A11-A12 for one head (block per head, 8 warps): rows = raw window (oldest first) then
-// the visible compressed rows; softmax with the sink in the denominator; value = key; then the
-// inverse RoPE at pos. Warps take rows round-robin for both the scores and the weighted sum (q and
-// the partial outputs stay in registers; loads are 16 bytes and coalesced); the 8 partial outputs
-// are added in warp order. head_dim is a multiple of 128, at most 512.
-// Dynamic shared memory: (ATTN_WARPS·head_dim + max_rows) floats.
+// Row j of the rows a token at `pos` attends to: the raw window (oldest first), then the visible
+// compressed rows (all of them, or the indexer's list on ratio-4 layers).
 __device__ __forceinline__ const float* attn_row(int j, int n_raw, int pos, int raw_cap, int head_dim,
                                                  const float* ring, const float* comp, const int* list, int ratio) {
     if (j < n_raw) return ring + (size_t)((pos - n_raw + 1 + j) % raw_cap) * head_dim;
     return comp + (size_t)(ratio == 4 ? list[j - n_raw] : j - n_raw) * head_dim;
 }
 
-#define ATTN_WARPS 16
-extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32) attention(const float* q, const float* ring, int raw_cap, const float* comp,
-                                     const int* list, const float* sinks, const Step* step, int n_swa, int ratio,
-                                     int top_k, int head_dim, float kq_scale, RopeArgs rope, float* out) {
-    extern __shared__ float sm[];
-    __shared__ float red[32];
-    float* part = sm;                          // [ATTN_WARPS][head_dim]
-    float* sc = sm + ATTN_WARPS * head_dim;    // [n_rows]
-    const int h = blockIdx.x;
-    const int pos = step->pos;
-    const int n_raw = min(pos + 1, n_swa);
-    int n_comp = 0;
-    if (ratio > 0) {
-        n_comp = (pos + 1) / ratio;
-        if (ratio == 4) n_comp = min(n_comp, top_k);
-    }
-    const int n_rows = n_raw + n_comp;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int n_chunk = head_dim / 128;  // float4 per lane per row
-    float4 qv[4];
-#pragma unroll
-    for (int c = 0; c < 4; c++)
-        qv[c] = c < n_chunk ? *((const float4*)(q + (size_t)h * head_dim) + c * 32 + lane) : make_float4(0, 0, 0, 0);
-    for (int j = warp; j < n_rows; j += ATTN_WARPS) {
-        const float4* k = (const float4*)attn_row(j, n_raw, pos, raw_cap, head_dim, ring, comp, list, ratio);
-        float s = 0.0f;
-#pragma unroll
-        for (int c = 0; c < 4; c++) {
-            if (c < n_chunk) {
-                const float4 a = __ldg(k + c * 32 + lane);
-                s += a.x * qv[c].x + a.y * qv[c].y + a.z * qv[c].z + a.w * qv[c].w;
-            }
-        }
-        s = warp_sum(s);
-        if (lane == 0) sc[j] = s * kq_scale;
-    }
-    __syncthreads();
-    const float sink = sinks[h];
-    float m = sink;
-    for (int j = threadIdx.x; j < n_rows; j += blockDim.x) m = fmaxf(m, sc[j]);
-    const float mx = block_max(m, red);
-    __syncthreads();
-    float psum = 0.0f;
-    for (int j = threadIdx.x; j < n_rows; j += blockDim.x) {
-        const float e = expf(sc[j] - mx);
-        sc[j] = e;
-        psum += e;
-    }
-    const float den = expf(sink - mx) + block_sum(psum, red);
-    __syncthreads();
-    float4 acc[4];
-#pragma unroll
-    for (int c = 0; c < 4; c++) acc[c] = make_float4(0, 0, 0, 0);
-    for (int j = warp; j < n_rows; j += ATTN_WARPS) {
-        const float4* k = (const float4*)attn_row(j, n_raw, pos, raw_cap, head_dim, ring, comp, list, ratio);
-        const float p = sc[j];
-#pragma unroll
-        for (int c = 0; c < 4; c++) {
-            if (c < n_chunk) {
-                const float4 a = __ldg(k + c * 32 + lane);
-                acc[c].x += p * a.x;
-                acc[c].y += p * a.y;
-                acc[c].z += p * a.z;
-                acc[c].w += p * a.w;
-            }
-        }
-    }
-#pragma unroll
-    for (int c = 0; c < 4; c++)
-        if (c < n_chunk) *((float4*)(part + warp * head_dim) + c * 32 + lane) = acc[c];
-    __syncthreads();
-    const float inv = 1.0f / den;
-    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
-        float o = 0.0f;
-        for (int w = 0; w < ATTN_WARPS; w++) o += part[w * head_dim + i];
-        sc[i] = o * inv;  // scores are no longer needed: reuse as the output row
-    }
-    __syncthreads();
-    rope_tail_block(sc, head_dim, rope, (float)pos, true);
-    __syncthreads();
-    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) out[(size_t)h * head_dim + i] = sc[i];
-}
-
-// The same attention (spec §3.5 A11-A12), split for the whole GPU: block (g, s) takes ATT_HG heads
+// spec §3.5 A11-A12, split for the whole GPU: rows = raw window then the visible compressed rows;
+// softmax with the sink in the denominator; value = key; then the inverse RoPE at pos. Block (g, s) takes ATT_HG heads
 // and the s-th slice of the visible rows, so every key row is read once per head group (the KV rows
 // are shared by all heads) and 16·n_split blocks share the work. Each block writes, per head, its
 // slice's max m, sum l = Σ exp(score - m) and unnormalised output o = Σ exp(score - m)·row; the last

@@ -1,7 +1,7 @@
 // Small fused ops of the decode step: embedding, RMSNorm, hyper-connection pre/post (spec §3.4),
 // Q/KV finishing (§3.5 A4-A8), router (§3.6 F2-F4) and the output collapse (§3.7).
 // Each kernel reads the token and position from `Step` on the device, so a captured graph replays.
-#include "common.cuh"
+#include "blockops.cuh"
 
 // spec §3.3: every HC stream starts as the token's embedding row.
 extern "C" __global__ void embed(const __half* token_embd, const Step* step, float* X, int n_embd, int n_hc) {
@@ -26,112 +26,6 @@ extern "C" __global__ void rms_norm(const float* x, const float* w, float* out, 
     float* os = out + (size_t)blockIdx.x * n;
     const float s = block_rms_scale(xs, n, eps, red);
     for (int i = threadIdx.x; i < n; i += blockDim.x) os[i] = w ? (xs[i] * s) * w[i] : xs[i] * s;
-}
-
-// spec §3.4 steps 3-6 and the sublayer's RMSNorm: from the mixer output `mix` (fn·r, r already
-// normalised through the rms_scale folded into the matvec), compute pre/post/Sinkhorn-combine into
-// `hcw` (pre[n_hc], post[n_hc], M[n_hc²]) and write xa = RMSNorm(Σ_h pre_h·X[h]) ⊙ norm_w.
-// Dynamic shared memory: n_embd floats.
-// spec §3.4 steps 3-5 by warp 0: pre, post and the Sinkhorn-normalised combine matrix from the
-// mixer output into w (shared: pre[n_hc], post[n_hc], M[n_hc²]), copied to hcw when it is set.
-__device__ void hc_split(const float* mix, const float* scale, const float* base, float* w, float* hcw, int n_hc,
-                         int sinkhorn_iters, float hc_eps) {
-    // Warp 0 computes the split; lane e owns combine entries e and e+32 (n_hc <= 8). Every sum
-    // runs over the index in ascending order, as the CPU reference does.
-    if (threadIdx.x < 32) {
-        const int n = n_hc, nn = n_hc * n_hc, lane = threadIdx.x;
-        for (int h = lane; h < n; h += 32) {
-            w[h] = 1.0f / (1.0f + expf(-(mix[h] * scale[0] + base[h]))) + hc_eps;
-            w[n + h] = 2.0f * (1.0f / (1.0f + expf(-(mix[n + h] * scale[1] + base[n + h]))));
-        }
-        float* M = w + 2 * n;
-        for (int e = lane; e < nn; e += 32) M[e] = mix[2 * n + e] * scale[2] + base[2 * n + e];
-        __syncwarp();
-        if (nn <= 32) {
-            // Lane e holds M[e]; row and column sums read the n entries by shuffles in index order.
-            const int e = lane < nn ? lane : 0, r = e / n, c = e % n;
-            float m = M[e];
-            float mx = -3.0e38f;
-            for (int k = 0; k < n; k++) mx = fmaxf(mx, __shfl_sync(0xffffffffu, m, r * n + k));
-            const float ex = expf(m - mx);
-            float sum = 0.0f;
-            for (int k = 0; k < n; k++) sum += __shfl_sync(0xffffffffu, ex, r * n + k);
-            m = ex / sum + hc_eps;
-            for (int it = 0; it < sinkhorn_iters; it++) {
-                if (it > 0) {
-                    float rs = 0.0f;
-                    for (int k = 0; k < n; k++) rs += __shfl_sync(0xffffffffu, m, r * n + k);
-                    m = m / (rs + hc_eps);
-                }
-                float cs = 0.0f;
-                for (int k = 0; k < n; k++) cs += __shfl_sync(0xffffffffu, m, k * n + c);
-                m = m / (cs + hc_eps);
-            }
-            if (lane < nn) M[lane] = m;
-            __syncwarp();
-        } else {
-        float v[2];
-        for (int q = 0; q < 2; q++) {
-            const int e = lane + 32 * q;
-            if (e >= nn) continue;
-            const int r = e / n;
-            float mx = -3.0e38f;
-            for (int c = 0; c < n; c++) mx = fmaxf(mx, M[r * n + c]);
-            float sum = 0.0f;
-            for (int c = 0; c < n; c++) sum += expf(M[r * n + c] - mx);
-            v[q] = expf(M[e] - mx) / sum + hc_eps;
-        }
-        __syncwarp();
-        for (int q = 0; q < 2; q++)
-            if (lane + 32 * q < nn) M[lane + 32 * q] = v[q];
-        __syncwarp();
-        for (int it = 0; it < sinkhorn_iters; it++) {
-            for (int pass = (it == 0 ? 1 : 0); pass < 2; pass++) {  // 0: rows, 1: columns
-                for (int q = 0; q < 2; q++) {
-                    const int e = lane + 32 * q;
-                    if (e >= nn) continue;
-                    const int r = e / n, c = e % n;
-                    float sum = 0.0f;
-                    if (pass == 0)
-                        for (int k = 0; k < n; k++) sum += M[r * n + k];
-                    else
-                        for (int k = 0; k < n; k++) sum += M[k * n + c];
-                    v[q] = M[e] / (sum + hc_eps);
-                }
-                __syncwarp();
-                for (int q = 0; q < 2; q++)
-                    if (lane + 32 * q < nn) M[lane + 32 * q] = v[q];
-                __syncwarp();
-            }
-        }
-        }
-        if (hcw)
-            for (int i = lane; i < 2 * n + nn; i += 32) hcw[i] = w[i];
-    }
-}
-
-__device__ void hc_pre_core(const float* mix, const float* scale, const float* base, const float* X,
-                            const float* norm_w, float* hcw, float* xa, int n_embd, int n_hc,
-                            int sinkhorn_iters, float hc_eps, float rms_eps, float* u) {
-    __shared__ float w[2 * 8 + 64];
-    __shared__ double red[32];
-    hc_split(mix, scale, base, w, hcw, n_hc, sinkhorn_iters, hc_eps);
-    __syncthreads();
-    for (int d = threadIdx.x; d < n_embd; d += blockDim.x) {
-        float s = 0.0f;
-        for (int h = 0; h < n_hc; h++) s += w[h] * __ldcg(X + (size_t)h * n_embd + d);
-        u[d] = s;
-    }
-    __syncthreads();
-    const float sc = block_rms_scale(u, n_embd, rms_eps, red);
-    for (int d = threadIdx.x; d < n_embd; d += blockDim.x) xa[d] = (u[d] * sc) * norm_w[d];
-}
-
-extern "C" __global__ void hc_pre(const float* mix, const float* scale, const float* base, const float* X,
-                                  const float* norm_w, float* hcw, float* xa, int n_embd, int n_hc,
-                                  int sinkhorn_iters, float hc_eps, float rms_eps) {
-    extern __shared__ float u[];
-    hc_pre_core(mix, scale, base, X, norm_w, hcw, xa, n_embd, n_hc, sinkhorn_iters, hc_eps, rms_eps, u);
 }
 
 // Grid-wide barrier for kernels whose blocks are all resident (a grid no larger than the SM count,
@@ -321,65 +215,8 @@ extern "C" __global__ void kv_finish(const float* kv_raw, const float* norm_w, R
 extern "C" __global__ void route(const float* logits, const float* bias, const int* tid2eid, const Step* step,
                                  int n_expert, int n_used, float weight_scale, int* sel, float* route_w) {
     extern __shared__ float p[];
-    __shared__ float wbest[32];
-    __shared__ int widx[32];
-    __shared__ int chosen[16];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warp = blockDim.x >> 5;
-    for (int e = threadIdx.x; e < n_expert; e += blockDim.x) {
-        const float z = logits[e];
-        const float sp = z > 20.0f ? z : (z < -20.0f ? expf(z) : log1pf(expf(z)));
-        p[e] = sqrtf(sp);
-    }
-    __syncthreads();
-    if (tid2eid) {
-        if ((int)threadIdx.x < n_used) chosen[threadIdx.x] = tid2eid[(size_t)step->token * n_used + threadIdx.x];
-    } else {
-        // Biased top-k, one block-wide argmax per pick; ties go to the lower expert index.
-        for (int k = 0; k < n_used; k++) {
-            float best = -3.0e38f;
-            int bi = 0x7fffffff;
-            for (int e = threadIdx.x; e < n_expert; e += blockDim.x) {
-                bool taken = false;
-                for (int j = 0; j < k; j++) taken |= chosen[j] == e;
-                const float sc = p[e] + (bias ? bias[e] : 0.0f);
-                if (!taken && (sc > best || (sc == best && e < bi))) {
-                    best = sc;
-                    bi = e;
-                }
-            }
-            for (int o = 16; o > 0; o >>= 1) {
-                const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-                const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-                if (ob > best || (ob == best && oi < bi)) {
-                    best = ob;
-                    bi = oi;
-                }
-            }
-            if (lane == 0) {
-                wbest[warp] = best;
-                widx[warp] = bi;
-            }
-            __syncthreads();
-            if (threadIdx.x == 0) {
-                for (int w = 1; w < n_warp; w++)
-                    if (wbest[w] > best || (wbest[w] == best && widx[w] < bi)) {
-                        best = wbest[w];
-                        bi = widx[w];
-                    }
-                chosen[k] = bi;
-            }
-            __syncthreads();
-        }
-    }
-    __syncthreads();
-    if (threadIdx.x != 0) return;
-    float sum = 0.0f;
-    for (int k = 0; k < n_used; k++) sum += p[chosen[k]];
-    sum = fmaxf(sum, 6.103515625e-5f);
-    for (int k = 0; k < n_used; k++) {
-        sel[k] = chosen[k];
-        route_w[k] = (p[chosen[k]] / sum) * weight_scale;
-    }
+    route_select(logits, bias, tid2eid ? tid2eid + (size_t)step->token * n_used : nullptr, n_expert, n_used,
+                 weight_scale, sel, route_w, p);
 }
 
 // spec §3.7 steps 3-5: w_h = σ(pw_h·scale + base_h) + eps; e = Σ_h w_h X[h]; out = RMSNorm(e) ⊙ w.

@@ -10,7 +10,7 @@
 // are applied to the f32 partial sum of each 16-wide k step; X is split into hi + lo f16 halves, so
 // each product keeps ~22 bits. K-quant mins use exact f32 sums of x per 16-wide step.
 #include "blocks.cuh"
-#include "common.cuh"
+#include "blockops.cuh"
 
 enum { PT_F32 = 0, PT_F16 = 1, PT_Q8R = 8, PT_Q2_K = 10, PT_Q4_K = 12, PT_IQ2_XXS = 16 };
 
@@ -739,52 +739,7 @@ extern "C" __global__ void pf_hc_pre(const float* mix, const float* scale, const
     X += t * n_hc * n_embd;
     hcw += t * mixw;
     xa += t * n_embd;
-    if (threadIdx.x < 32) {
-        const int n = n_hc, nn = n_hc * n_hc, lane = threadIdx.x;
-        for (int h = lane; h < n; h += 32) {
-            w[h] = 1.0f / (1.0f + expf(-(mix[h] * scale[0] + base[h]))) + hc_eps;
-            w[n + h] = 2.0f * (1.0f / (1.0f + expf(-(mix[n + h] * scale[1] + base[n + h]))));
-        }
-        float* M = w + 2 * n;
-        for (int e = lane; e < nn; e += 32) M[e] = mix[2 * n + e] * scale[2] + base[2 * n + e];
-        __syncwarp();
-        // Row softmax, then Sinkhorn (column pass first, as the reference), every sum in index order.
-        float v[2];
-        for (int q = 0; q < 2; q++) {
-            const int e = lane + 32 * q;
-            if (e >= nn) continue;
-            const int r = e / n;
-            float mx = -3.0e38f;
-            for (int c = 0; c < n; c++) mx = fmaxf(mx, M[r * n + c]);
-            float sum = 0.0f;
-            for (int c = 0; c < n; c++) sum += expf(M[r * n + c] - mx);
-            v[q] = expf(M[e] - mx) / sum + hc_eps;
-        }
-        __syncwarp();
-        for (int q = 0; q < 2; q++)
-            if (lane + 32 * q < nn) M[lane + 32 * q] = v[q];
-        __syncwarp();
-        for (int it = 0; it < sinkhorn_iters; it++) {
-            for (int pass = (it == 0 ? 1 : 0); pass < 2; pass++) {  // 0: rows, 1: columns
-                for (int q = 0; q < 2; q++) {
-                    const int e = lane + 32 * q;
-                    if (e >= nn) continue;
-                    const int r = e / n, c = e % n;
-                    float sum = 0.0f;
-                    if (pass == 0)
-                        for (int k = 0; k < n; k++) sum += M[r * n + k];
-                    else
-                        for (int k = 0; k < n; k++) sum += M[k * n + c];
-                    v[q] = M[e] / (sum + hc_eps);
-                }
-                __syncwarp();
-                for (int q = 0; q < 2; q++)
-                    if (lane + 32 * q < nn) M[lane + 32 * q] = v[q];
-                __syncwarp();
-            }
-        }
-        for (int i = lane; i < 2 * n + nn; i += 32) hcw[i] = w[i];
-    }
+    hc_split(mix, scale, base, w, hcw, n_hc, sinkhorn_iters, hc_eps);
     __syncthreads();
     for (int d = threadIdx.x; d < n_embd; d += blockDim.x) {
         float s = 0.0f;
@@ -1061,97 +1016,14 @@ extern "C" __global__ void __launch_bounds__(128)
     scores[(size_t)blockIdx.y * cap + c] = s;
 }
 
-__device__ __forceinline__ uint32_t pf_order_key(float f) {
-    const uint32_t u = __float_as_uint(f);
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
-__device__ int pf_block_exclusive_scan(int v, int* tmp, int* total) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warp = (blockDim.x + 31) >> 5;
-    int x = v;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const int y = __shfl_up_sync(0xffffffffu, x, o);
-        if (lane >= o) x += y;
-    }
-    __syncthreads();
-    if (lane == 31) tmp[warp] = x;
-    __syncthreads();
-    if (warp == 0) {
-        int w = lane < n_warp ? tmp[lane] : 0;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const int y = __shfl_up_sync(0xffffffffu, w, o);
-            if (lane >= o) w += y;
-        }
-        tmp[32 + lane] = w;
-    }
-    __syncthreads();
-    const int before = warp > 0 ? tmp[32 + warp - 1] : 0;
-    *total = tmp[32 + n_warp - 1];
-    return before + x - v;
-}
-
 // The decode index_topk for token t0 + blockIdx.y (only when it has more than top_k rows): the
 // top_k highest scores, ties to the lower row, ascending, into list[t][top_k]. 1024 threads.
 extern "C" __global__ void pf_index_topk(const float* scores, int pos0, int t0, int ratio, int top_k, int* list,
                                          int cap) {
-    __shared__ int hist[256];
-    __shared__ int tmp[64];
-    __shared__ uint32_t s_prefix;
-    __shared__ int s_remaining;
     const int t = t0 + blockIdx.y;
     const int n = (pos0 + t + 1) / ratio;
     if (n <= top_k) return;
-    scores += (size_t)blockIdx.y * cap;
-    list += (size_t)t * top_k;
-    uint32_t prefix = 0, mask = 0;
-    int remaining = top_k;
-    for (int shift = 24; shift >= 0; shift -= 8) {
-        for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
-        __syncthreads();
-        for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            const uint32_t k = pf_order_key(scores[i]);
-            if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255], 1);
-        }
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            int above = 0, d = 255;
-            for (; d > 0; d--) {
-                if (above + hist[d] >= remaining) break;
-                above += hist[d];
-            }
-            s_prefix = prefix | ((uint32_t)d << shift);
-            s_remaining = remaining - above;
-        }
-        __syncthreads();
-        prefix = s_prefix;
-        remaining = s_remaining;
-        mask |= 0xffu << shift;
-        __syncthreads();
-    }
-    const int chunk = (n + blockDim.x - 1) / blockDim.x;
-    const int lo = min(n, (int)threadIdx.x * chunk), hi = min(n, lo + chunk);
-    int n_gt = 0, n_eq = 0;
-    for (int i = lo; i < hi; i++) {
-        const uint32_t k = pf_order_key(scores[i]);
-        n_gt += k > prefix;
-        n_eq += k == prefix;
-    }
-    int total;
-    const int eq_before = pf_block_exclusive_scan(n_eq, tmp, &total);
-    const int eq_take = max(0, min(n_eq, remaining - eq_before));
-    const int out_before = pf_block_exclusive_scan(n_gt + eq_take, tmp, &total);
-    int o = out_before, eq_seen = 0;
-    for (int i = lo; i < hi; i++) {
-        const uint32_t k = pf_order_key(scores[i]);
-        if (k > prefix) {
-            list[o++] = i;
-        } else if (k == prefix) {
-            if (eq_seen < eq_take) list[o++] = i;
-            eq_seen++;
-        }
-    }
+    topk_select(scores + (size_t)blockIdx.y * cap, n, top_k, list + (size_t)t * top_k);
 }
 
 // ---- attention (spec §3.5 A11-A12) ---------------------------------------------------------------
@@ -1300,68 +1172,9 @@ extern "C" __global__ void __launch_bounds__(256) pf_attention32(PF_ATTN_ARGS) {
 extern "C" __global__ void pf_route(const float* logits, const float* bias, const int* tid2eid, const int* tokens,
                                     int n_expert, int n_used, float weight_scale, int* sel, float* route_w) {
     extern __shared__ float p[];
-    __shared__ float wbest[32];
-    __shared__ int widx[32];
-    __shared__ int chosen[16];
     const size_t t = blockIdx.x;
-    logits += t * n_expert;
-    sel += t * n_used;
-    route_w += t * n_used;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warp = blockDim.x >> 5;
-    for (int e = threadIdx.x; e < n_expert; e += blockDim.x) {
-        const float z = logits[e];
-        const float sp = z > 20.0f ? z : (z < -20.0f ? expf(z) : log1pf(expf(z)));
-        p[e] = sqrtf(sp);
-    }
-    __syncthreads();
-    if (tid2eid) {
-        if ((int)threadIdx.x < n_used) chosen[threadIdx.x] = tid2eid[(size_t)tokens[t] * n_used + threadIdx.x];
-    } else {
-        for (int k = 0; k < n_used; k++) {
-            float best = -3.0e38f;
-            int bi = 0x7fffffff;
-            for (int e = threadIdx.x; e < n_expert; e += blockDim.x) {
-                bool taken = false;
-                for (int j = 0; j < k; j++) taken |= chosen[j] == e;
-                const float s = p[e] + (bias ? bias[e] : 0.0f);
-                if (!taken && (s > best || (s == best && e < bi))) {
-                    best = s;
-                    bi = e;
-                }
-            }
-            for (int o = 16; o > 0; o >>= 1) {
-                const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-                const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-                if (ob > best || (ob == best && oi < bi)) {
-                    best = ob;
-                    bi = oi;
-                }
-            }
-            if (lane == 0) {
-                wbest[warp] = best;
-                widx[warp] = bi;
-            }
-            __syncthreads();
-            if (threadIdx.x == 0) {
-                for (int w = 1; w < n_warp; w++)
-                    if (wbest[w] > best || (wbest[w] == best && widx[w] < bi)) {
-                        best = wbest[w];
-                        bi = widx[w];
-                    }
-                chosen[k] = bi;
-            }
-            __syncthreads();
-        }
-    }
-    __syncthreads();
-    if (threadIdx.x != 0) return;
-    float sum = 0.0f;
-    for (int k = 0; k < n_used; k++) sum += p[chosen[k]];
-    sum = fmaxf(sum, 6.103515625e-5f);
-    for (int k = 0; k < n_used; k++) {
-        sel[k] = chosen[k];
-        route_w[k] = (p[chosen[k]] / sum) * weight_scale;
-    }
+    route_select(logits + t * n_expert, bias, tid2eid ? tid2eid + (size_t)tokens[t] * n_used : nullptr, n_expert,
+                 n_used, weight_scale, sel + t * n_used, route_w + t * n_used, p);
 }
 
 // Groups the chunk's (token, slot) pairs by expert: perm[i] = pair of sorted row i (experts

@@ -64,6 +64,7 @@ impl CudaBackend {
         weights: DevWeights,
         ctx: usize,
     ) -> Result<CudaBackend, Error> {
+        forward::check_shape(&cfg)?;
         forward::check_types(&weights)?;
         if ctx == 0 {
             return Err(Error::Unsupported("context size must be positive".into()));

@@ -10,6 +10,24 @@ use cudarc::driver::{result, sys, CudaContext, CudaStream};
 
 use crate::Error;
 
+/// Loads a fatbin into the current context (the caller binds it). `what` names it in errors.
+pub(crate) fn load_image(what: &str, image: &[u8]) -> Result<sys::CUmodule, Error> {
+    // The driver wants the image 8-byte aligned; include_bytes! guarantees only 1.
+    let owned: Vec<u64> = image
+        .chunks(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            u64::from_le_bytes(b)
+        })
+        .collect();
+    // SAFETY: `owned` holds the whole image, 8-byte aligned and alive for the call; the driver
+    // parses it as a fatbin (nvcc output embedded by build.rs, or a test's build of the same file)
+    // and reports a malformed one as an error.
+    unsafe { result::module::load_data(owned.as_ptr() as *const c_void) }
+        .map_err(|e| Error::driver(what, e))
+}
+
 /// One loaded module (`kernels/<name>.cu`).
 struct Module {
     name: &'static str,
@@ -69,19 +87,7 @@ impl Device {
         };
         for (name, image) in crate::kernels::MODULES {
             let image = image.ok_or(Error::NoKernels)?;
-            // The driver wants the image 8-byte aligned; include_bytes! guarantees only 1.
-            let owned: Vec<u64> = image
-                .chunks(8)
-                .map(|c| {
-                    let mut b = [0u8; 8];
-                    b[..c.len()].copy_from_slice(c);
-                    u64::from_le_bytes(b)
-                })
-                .collect();
-            // SAFETY: `owned` is a complete fatbin (nvcc output embedded by build.rs), aligned,
-            // alive for the call; the context is bound to this thread by CudaContext::new.
-            let handle = unsafe { result::module::load_data(owned.as_ptr() as *const c_void) }
-                .map_err(|e| Error::driver(name, e))?;
+            let handle = load_image(name, image)?;
             dev.modules.push(Module { name, handle });
         }
         Ok(Arc::new(dev))

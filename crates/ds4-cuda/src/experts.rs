@@ -131,19 +131,7 @@ impl ExpertKernels {
     pub fn with_image(dev: &Arc<Device>, image: &[u8]) -> Result<ExpertKernels, Error> {
         let fallback = Kernels::new(dev)?;
         dev.bind()?;
-        // The driver wants the image 8-byte aligned; include_bytes! guarantees only 1.
-        let owned: Vec<u64> = image
-            .chunks(8)
-            .map(|c| {
-                let mut b = [0u8; 8];
-                b[..c.len()].copy_from_slice(c);
-                u64::from_le_bytes(b)
-            })
-            .collect();
-        // SAFETY: `owned` is a complete fatbin (nvcc output embedded by build.rs), aligned and
-        // alive for the call; the context is current (bound above).
-        let module = unsafe { result::module::load_data(owned.as_ptr() as *const c_void) }
-            .map_err(|e| Error::driver("experts", e))?;
+        let module = crate::device::load_image("experts", image)?;
         let mut k = ExpertKernels {
             dev: dev.clone(),
             module,
@@ -156,8 +144,7 @@ impl ExpertKernels {
             // SAFETY: device ordinal 0 is the one Device::new opened; a plain attribute query.
             unsafe { result::device::get_attribute(result::device::get(0)?, a) }
         };
-        k.n_sm = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(|e| Error::driver("cuDeviceGetAttribute", e))? as usize;
+        k.n_sm = dev.sm_count;
         k.smem_max =
             attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
                 .map_err(|e| Error::driver("cuDeviceGetAttribute", e))? as usize;

@@ -736,6 +736,45 @@ pub fn decode_step(
     output_head(k, cfg, w, s, bufs[cur])
 }
 
+/// Checks that the shape fits what the decode kernels assume (the launchers assert these as
+/// invariants): a model outside them gets one clear error when the backend is created, not a panic.
+pub fn check_shape(cfg: &Config) -> Result<(), Error> {
+    let mut bad = Vec::new();
+    if cfg.n_hc > 8 || cfg.hc_mix() > 80 {
+        bad.push(format!("{} hyper-connection streams (at most 8)", cfg.n_hc));
+    }
+    if !cfg.head_dim.is_multiple_of(128) || cfg.head_dim > 512 {
+        bad.push(format!(
+            "head_dim {} (a multiple of 128, at most 512)",
+            cfg.head_dim
+        ));
+    }
+    if !cfg.n_head.is_multiple_of(Kernels::ATT_HG) {
+        bad.push(format!(
+            "{} heads (a multiple of {})",
+            cfg.n_head,
+            Kernels::ATT_HG
+        ));
+    }
+    if !cfg.n_embd.is_multiple_of(32) || !cfg.q_lora_rank.is_multiple_of(32) {
+        bad.push(format!(
+            "n_embd {} and q_lora_rank {} (multiples of 32)",
+            cfg.n_embd, cfg.q_lora_rank
+        ));
+    }
+    if !cfg.o_lora_rank.is_multiple_of(8) {
+        bad.push(format!("o_lora_rank {} (a multiple of 8)", cfg.o_lora_rank));
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Unsupported(format!(
+            "the CUDA backend does not support this shape: {}",
+            bad.join("; ")
+        )))
+    }
+}
+
 /// Checks that the weights are in types the kernels read.
 pub fn check_types(w: &DevWeights) -> Result<(), Error> {
     if w.token_embd.ty != TensorType::F16 {
@@ -745,4 +784,23 @@ pub fn check_types(w: &DevWeights) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_outside_the_kernels_are_refused_with_every_reason() {
+        let real = Config::real(43);
+        assert!(check_shape(&real).is_ok());
+        let mut cfg = real.clone();
+        cfg.n_hc = 9;
+        cfg.head_dim = 192;
+        cfg.n_head = 6;
+        let msg = check_shape(&cfg).unwrap_err().to_string();
+        for needle in ["streams", "head_dim 192", "6 heads"] {
+            assert!(msg.contains(needle), "{msg}");
+        }
+    }
 }

@@ -164,9 +164,6 @@ fn item_elems(ty: TensorType) -> usize {
     }
 }
 
-/// Warps per attention block (`ATTN_WARPS` in kernels/attention.cu).
-const ATTN_WARPS: usize = 16;
-
 /// Every kernel function, looked up once.
 pub struct Kernels {
     dev: Arc<Device>,
@@ -184,7 +181,6 @@ pub struct Kernels {
     embed: sys::CUfunction,
     rms_scale: sys::CUfunction,
     rms_norm: sys::CUfunction,
-    hc_pre: sys::CUfunction,
     hc_post: sys::CUfunction,
     hc_fused: sys::CUfunction,
     head_norm_rope: sys::CUfunction,
@@ -196,7 +192,6 @@ pub struct Kernels {
     index_q_prep: sys::CUfunction,
     index_scores: sys::CUfunction,
     index_topk: sys::CUfunction,
-    attention: sys::CUfunction,
     attention_split: sys::CUfunction,
     fill_random: sys::CUfunction,
     fix_scales: sys::CUfunction,
@@ -256,7 +251,6 @@ impl Kernels {
             embed: f("ops", "embed")?,
             rms_scale: f("ops", "rms_scale")?,
             rms_norm: f("ops", "rms_norm")?,
-            hc_pre: f("ops", "hc_pre")?,
             hc_post: f("ops", "hc_post")?,
             hc_fused: f("ops", "hc_fused")?,
             head_norm_rope: f("ops", "head_norm_rope")?,
@@ -268,7 +262,6 @@ impl Kernels {
             index_q_prep: f("attention", "index_q_prep")?,
             index_scores: f("attention", "index_scores")?,
             index_topk: f("attention", "index_topk")?,
-            attention: f("attention", "attention")?,
             attention_split: f("attention", "attention_split")?,
             fill_random: f("gemv", "fill_random")?,
             fix_scales: f("gemv", "fix_scales")?,
@@ -610,39 +603,6 @@ impl Kernels {
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn hc_pre(
-        &self,
-        mix: DPtr,
-        scale: DPtr,
-        base: DPtr,
-        x: DPtr,
-        norm_w: DPtr,
-        hcw: DPtr,
-        xa: DPtr,
-        cfg: &ds4_model::Config,
-    ) -> Result<(), Error> {
-        assert!(
-            cfg.n_hc <= 8,
-            "invariant: the HC kernels hold at most 8 streams"
-        );
-        let (n_embd, n_hc, iters) = (
-            cfg.n_embd as i32,
-            cfg.n_hc as i32,
-            cfg.sinkhorn_iters as i32,
-        );
-        let (he, re) = (cfg.hc_eps, cfg.rms_eps);
-        let mut p = args![mix, scale, base, x, norm_w, hcw, xa, n_embd, n_hc, iters, he, re];
-        self.launch(
-            "hc_pre",
-            self.hc_pre,
-            (1, 1, 1),
-            1024,
-            (cfg.n_embd * 4) as u32,
-            &mut p,
-        )
-    }
-
     /// Blocks of [`Kernels::hc_fused`]; its `part` buffer holds `HC_BLOCKS·(2 + n_mix)` floats.
     pub const HC_BLOCKS: usize = 32;
 
@@ -938,58 +898,15 @@ impl Kernels {
         self.launch("index_topk", self.index_topk, (1, 1, 1), 1024, 0, &mut p)
     }
 
-    /// `max_rows`: most rows one head can see (raw window + visible compressed rows).
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention(
-        &self,
-        q: DPtr,
-        ring: DPtr,
-        raw_cap: usize,
-        comp: DPtr,
-        list: DPtr,
-        sinks: DPtr,
-        step: DPtr,
-        cfg: &ds4_model::Config,
-        ratio: usize,
-        rope: RopeArgs,
-        out: DPtr,
-        max_rows: usize,
-    ) -> Result<(), Error> {
-        let (rc, swa, r, k, hd) = (
-            raw_cap as i32,
-            cfg.n_swa as i32,
-            ratio as i32,
-            cfg.idx_top_k as i32,
-            cfg.head_dim as i32,
-        );
-        let kq = cfg.kq_scale();
-        let mut p = args![q, ring, rc, comp, list, sinks, step, swa, r, k, hd, kq, rope, out];
-        assert!(
-            cfg.head_dim.is_multiple_of(128) && cfg.head_dim <= 512,
-            "invariant: attention reads rows as 32 lanes × up to 4 float4 (head_dim {})",
-            cfg.head_dim
-        );
-        // ATTN_WARPS partial outputs, then the scores (reused for the output row).
-        let smem = ((ATTN_WARPS * cfg.head_dim + max_rows.max(cfg.head_dim)) * 4) as u32;
-        let block = 32 * ATTN_WARPS as u32;
-        self.launch(
-            "attention",
-            self.attention,
-            (cfg.n_head as u32, 1, 1),
-            block,
-            smem,
-            &mut p,
-        )
-    }
-
     /// Heads per block of [`Kernels::attention_split`] (`ATT_HG` in kernels/attention.cu).
     pub const ATT_HG: usize = 4;
     /// Row slices of [`Kernels::attention_split`]: 16 head groups × 16 slices fill the GPU (at most
     /// 32: the combine keeps one weight per slice in a warp-sized table).
     pub const ATT_SPLIT: usize = 16;
 
-    /// The attention of [`Kernels::attention`], split over head groups and row slices with a
-    /// fixed-order combine (kernels/attention.cu `attention_split`). `part_o`: n_head·ATT_SPLIT·
+    /// Attention (spec §3.5 A11-A12), split over head groups and row slices with a
+    /// fixed-order combine (kernels/attention.cu `attention_split`). `max_rows`: most rows one head can see (raw
+    /// window + visible compressed rows). `part_o`: n_head·ATT_SPLIT·
     /// head_dim floats, `part_ml`: n_head·ATT_SPLIT·2 floats, `counters`: n_head/ATT_HG zeroed u32.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_split(

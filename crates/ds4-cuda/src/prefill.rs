@@ -321,19 +321,7 @@ impl PrefillKernels {
     pub fn new(dev: &Arc<Device>) -> Result<PrefillKernels, Error> {
         let image = crate::kernels::PREFILL.ok_or(Error::NoKernels)?;
         dev.bind()?;
-        // The driver wants the image 8-byte aligned; include_bytes! guarantees only 1.
-        let owned: Vec<u64> = image
-            .chunks(8)
-            .map(|c| {
-                let mut b = [0u8; 8];
-                b[..c.len()].copy_from_slice(c);
-                u64::from_le_bytes(b)
-            })
-            .collect();
-        // SAFETY: `owned` is a complete fatbin embedded by build.rs, aligned, alive for the call;
-        // the context is current (bound above).
-        let module = unsafe { result::module::load_data(owned.as_ptr() as *const c_void) }
-            .map_err(|e| Error::driver("prefill module", e))?;
+        let module = crate::device::load_image("prefill module", image)?;
         let f = |name: &str| -> Result<sys::CUfunction, Error> {
             let c = CString::new(name).map_err(|_| Error::MissingKernel(name.to_string()))?;
             // SAFETY: the module handle is alive and the context is current.
