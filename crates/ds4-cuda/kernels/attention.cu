@@ -30,6 +30,8 @@ __device__ void hadamard_fp4_128(float* v) {
 extern "C" __global__ void compressor_step(const float* kvp, const float* scp, const __half* ape, const float* norm_w,
                                            float* state_kv, float* state_sc, float* cache, RopeArgs rope,
                                            const Step* step, int R, int coff, int D, int qat, float eps) {
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ float row[];
     __shared__ double red[32];
     const int W = coff * D;
@@ -100,6 +102,8 @@ extern "C" __global__ void compressor_step(const float* kvp, const float* scp, c
 // spec §3.5 A10.2: the indexer query, per 128-wide head: RoPE on the tail at pos, then Hadamard + FP4.
 // Block per head; skipped when the gate is 0.
 extern "C" __global__ void index_q_prep(float* qi, RopeArgs rope, const Step* step, const int* gate) {
+    pdl_wait();
+    pdl_trigger();
     __shared__ float v[128];
     if (*gate == 0) return;
     float* h = qi + (size_t)blockIdx.x * 128;
@@ -114,6 +118,8 @@ extern "C" __global__ void index_q_prep(float* qi, RopeArgs rope, const Step* st
 // heads summed in ascending order). Skipped when the gate is 0.
 extern "C" __global__ void index_scores(const float* index_cache, const float* qi, const float* w, const Step* step,
                                         const int* gate, int ratio, int n_idx_head, float* scores) {
+    pdl_wait();
+    pdl_trigger();
     if (*gate == 0) return;
     const int n_comp = (step->pos + 1) / ratio;
     const int c = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -133,6 +139,8 @@ extern "C" __global__ void index_scores(const float* index_cache, const float* q
 // the top_k highest scores (ties to the lower index; spec §3.5 A10.2). Radix select on the order-
 // preserving bit pattern, then a stable compaction. One block of 1024 threads.
 extern "C" __global__ void index_topk(const float* scores, const Step* step, int ratio, int top_k, int* list) {
+    pdl_wait();
+    pdl_trigger();
     const int n = (step->pos + 1) / ratio;
     if (n <= top_k) {
         for (int i = threadIdx.x; i < n; i += blockDim.x) list[i] = i;
@@ -166,6 +174,8 @@ extern "C" __global__ void __launch_bounds__(256)
                     const float* sinks, const Step* step, int n_swa, int ratio, int top_k, int head_dim,
                     float kq_scale, RopeArgs rope, float* out, float* part_o, float* part_ml,
                     unsigned int* counters, int slice_cap) {
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ float sm[];
     const float** rows = (const float**)sm;                   // [slice_cap]
     float* p = (float*)(rows + slice_cap);                    // [ATT_HG][slice_cap] scores, then weights

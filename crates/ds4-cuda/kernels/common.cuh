@@ -7,6 +7,16 @@
 
 #define NEG_SENTINEL (-1.0e30f)
 
+// ---- programmatic dependent launch ------------------------------------------------------------
+//
+// The decode kernels are launched as programmatic dependent launches (device.rs launch_kernel): a
+// kernel may start while the previous one runs. pdl_wait() returns once every earlier kernel of the
+// stream has finished and its writes are visible; each kernel calls it before touching anything an
+// earlier kernel wrote (both no-ops without PDL). pdl_trigger() lets the next kernel be scheduled;
+// kernels call it right after their wait, so at most one kernel waits ahead of the running one.
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" :::); }
+
 // ---- reductions ---------------------------------------------------------------------------------
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -453,6 +453,8 @@ __device__ __forceinline__ void stage_piece(const ExpArgs& a, int t0, int p, int
 
 template <int TY, int MODE>
 __device__ void experts_body(const ExpArgs& a) {
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ __align__(16) uint8_t smem[];
     if (a.gate && *a.gate == 0) return;
     constexpr int NB = XT<TY>::NBLK;

@@ -202,6 +202,8 @@ __device__ __forceinline__ float row_reduce(float v, int wpr, float* red) {
 // R rows per warp group (R > 1 only with wpr == 1): the R (or 2R for SwiGLU) rows share every x load.
 template <int TY, int MODE, int R>
 __device__ void gemv_body(const GemvArgs& a) {
+    pdl_wait();
+    pdl_trigger();
     __shared__ float red[32];
     if (a.gate && *a.gate == 0) return;
     if (TY == TY_IQ2_XXS) {
@@ -524,6 +526,8 @@ __device__ __forceinline__ void dense_block(const DenseArgs& a, const DenseMat& 
 // the matrix type (its slot permutation) or the input group changes.
 template <int R>
 __device__ void dense_body(const DenseArgs& a) {
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ float xsm[];
     __shared__ double red[32];
     int staged = -1;
@@ -568,6 +572,8 @@ __device__ __forceinline__ uint32_t hash32(uint64_t x) {
 // fix_scales then sets the f16 super-scales) or uniform values in ±scale (F16/F32).
 extern "C" __global__ void fill_random(uint8_t* dst, unsigned long long n_bytes, unsigned long long seed, int ty,
                                        float scale) {
+    pdl_wait();
+    pdl_trigger();
     const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
     if (ty == TY_F32) {
         float* f = (float*)dst;
@@ -590,6 +596,8 @@ extern "C" __global__ void fill_random(uint8_t* dst, unsigned long long n_bytes,
 // K-quant values have mean about zero (the constants of ds4-quant's synth.rs).
 extern "C" __global__ void fix_scales(uint8_t* dst, unsigned long long n_blocks, int ty, float scale,
                                       float dmin_ratio) {
+    pdl_wait();
+    pdl_trigger();
     const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
     for (unsigned long long b = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; b < n_blocks; b += stride) {
         const float jitter = 0.5f + (float)(hash32(b * 7919u) & 1023) / 1024.0f;
@@ -843,6 +851,8 @@ __device__ __forceinline__ void mma_block(const DenseArgs& a, const DenseMat& m,
 
 template <int KS>
 __device__ void dense_mma_body(const DenseArgs& a) {
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ uint4 xb[];  // n_in/4 B fragments, then n_in floats of staging
     __shared__ double red[32];
     __shared__ float redf[32];
@@ -867,7 +877,288 @@ extern "C" __global__ void __launch_bounds__(256) dense_mma_k8(DenseArgs a) { de
 
 // Synthetic repacked Q8_0: f16 scales near `scale` (±50 %) for `n` blocks at `dst`.
 extern "C" __global__ void fill_q8_scales(__half* dst, unsigned long long n, float scale) {
+    pdl_wait();
+    pdl_trigger();
     const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
     for (unsigned long long b = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; b < n; b += stride)
         dst[b] = __float2half(scale * (0.5f + (float)(hash32(b * 7919u) & 1023) / 1024.0f));
+}
+
+// ---- dense matrices through the bulk-copy engine (Q8_0 repacked, F16) ---------------------------
+//
+// Decode reads every weight byte once, so a dense product is a pure stream: what limits it is how
+// many bytes each SM keeps in flight, and how soon a launch starts streaming. Here one producer
+// thread per block streams "tiles" of TMA_TILE weight bytes (whole rows, plus their Q8_0 scales)
+// with cp.async.bulk into a ring of TMA_STAGES shared-memory stages, each completing on an
+// mbarrier; eight consumer warps multiply stage after stage. The weights do not depend on earlier
+// kernels, so the producer starts before griddepcontrol.wait (programmatic dependent launch): a
+// launch's first stages are in flight while the previous kernel still runs. Blocks take tiles
+// b, b + grid, ... (a fixed assignment: no atomics, the same sums every run).
+//
+// A tile holds TR rows (TR·row_bytes = TMA_TILE; SwiGLU pairs: TR/2 gate rows then the same up
+// rows), cut into 512-byte units (a row's `chunk` c of 512 Q8_0 or 256 F16 weights). Consumer warp
+// w takes units w, w+8, w+16, w+24; with power-of-two chunks per row its chunks repeat from tile to
+// tile, so its slice of the input lives in registers (loaded once per input group) and only the
+// weights come through shared memory. Unit sums meet in shared memory and are added per row in
+// chunk order.
+
+#define TMA_TILE 16384
+#define TMA_STAGE (TMA_TILE + TMA_TILE / 16)  // quants + Q8_0 scales (2 bytes per 32 quants)
+#define TMA_STAGES 6
+#define TMA_CWARPS 8
+#define TMA_THREADS (32 * (TMA_CWARPS + 1))
+
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void mbar_init(uint64_t* b, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(b)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* b, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(b)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* b) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(b)) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
+    uint32_t done;
+    do {
+        asm volatile(
+            "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(smem_addr(b)), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+// Weights are read once per token: evict them first, so activations and KV rows stay in L2.
+__device__ __forceinline__ void tma_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar, uint64_t policy) {
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;" ::"r"(
+            smem_addr(dst)),
+        "l"(src), "r"(bytes), "r"(smem_addr(bar)), "l"(policy)
+        : "memory");
+}
+// Barrier among the consumer warps only (the producer warp never joins it).
+__device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, %0;" ::"n"(32 * TMA_CWARPS) : "memory"); }
+
+// Geometry of matrix m's tiles (the host mirrors this in launch.rs `tma_tile_rows`).
+struct TmaGeom {
+    int row_bytes;  // Q8_0: n_in; F16: 2·n_in
+    int tr;         // rows per tile (per part for SwiGLU)
+    int cpr;        // 512-byte chunks per row
+    int parts;      // 2 for SwiGLU pairs
+};
+__device__ __forceinline__ TmaGeom tma_geom(const DenseMat& m, int n_in) {
+    TmaGeom g;
+    g.row_bytes = m.ty == TY_Q8_0 ? n_in : 2 * n_in;
+    g.parts = m.swiglu ? 2 : 1;
+    g.tr = TMA_TILE / g.row_bytes / g.parts;
+    g.cpr = g.row_bytes / 512;
+    return g;
+}
+
+__device__ __forceinline__ int tma_matrix(const DenseArgs& a, int t) {
+    int mi = 0;
+#pragma unroll
+    for (int i = 1; i < DENSE_MAX_MATS; i++)
+        if (i < a.n_mats && t >= a.m[i].block0) mi = i;
+    return mi;
+}
+
+// f64 sum of squares by the consumer threads, in the same order as block_rms_scale over 256 threads.
+__device__ __forceinline__ float consumers_rms_scale(const float* x, int n, float eps, double* red) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    double ss = 0.0;
+#pragma unroll 8
+    for (int i = tid; i < n; i += 32 * TMA_CWARPS) ss += (double)x[i] * (double)x[i];
+    ss = warp_sum_d(ss);
+    if (lane == 0) red[warp] = ss;
+    consumers_sync();
+    double t = lane < TMA_CWARPS ? red[lane] : 0.0;
+    t = warp_sum_d(t);
+    consumers_sync();
+    return 1.0f / sqrtf((float)(t / (double)n) + eps);
+}
+
+// Slot j of a warp's input registers: elements [c·512 + 16·lane, +16) (Q8_0) or [c·256 + 8·lane,
+// +8) (F16) of chunk c = (warp + 8j) mod cpr, prepared (normalised) like the dense kernels' input.
+template <int TY, int NS>
+__device__ __forceinline__ void tma_load_x(const DenseArgs& a, const float* x, float sc, int cpr, float (&xr)[32]) {
+    constexpr int E = TY == TY_Q8_0 ? 16 : 8, CH = 32 * E;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int j = 0; j < NS; j++) {
+        const int c = (warp + 8 * j) % cpr;
+        const int i0 = c * CH + lane * E;
+#pragma unroll
+        for (int e = 0; e < E; e += 4) {
+            float4 v = *(const float4*)(x + i0 + e);
+            if (a.norm) {
+                const float4 w = *(const float4*)(a.norm_w + i0 + e);
+                v = make_float4((v.x * sc) * w.x, (v.y * sc) * w.y, (v.z * sc) * w.z, (v.w * sc) * w.w);
+            }
+            xr[j * E + e] = v.x;
+            xr[j * E + e + 1] = v.y;
+            xr[j * E + e + 2] = v.z;
+            xr[j * E + e + 3] = v.w;
+        }
+    }
+}
+
+// This warp's units of one stage: partial sums to part[u] (lane 0), then releases the stage.
+template <int TY, int NS>
+__device__ __forceinline__ void tma_units(const uint8_t* stage, const TmaGeom& g, int nr, int n_in, const float (&xr)[32],
+                                          float* part, uint64_t* empty) {
+    constexpr int E = TY == TY_Q8_0 ? 16 : 8;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nb = n_in / 32;
+    uint4 wv[4];
+    float d[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const int u = warp + 8 * k;
+        const int p = u / (g.tr * g.cpr), r = (u / g.cpr) % g.tr, c = u % g.cpr;
+        const bool ok = p < g.parts && r < nr;
+        wv[k] = ok ? *(const uint4*)(stage + p * (TMA_TILE / 2) * (g.parts - 1) + r * g.row_bytes + c * 512 + lane * 16)
+                   : make_uint4(0, 0, 0, 0);
+        if constexpr (TY == TY_Q8_0) {
+            const __half* s = (const __half*)(stage + TMA_TILE + p * (TMA_TILE / 32) * (g.parts - 1));
+            d[k] = ok ? __half2float(s[r * nb + c * 16 + (lane >> 1)]) : 0.0f;
+        }
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(empty);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const int j = k % NS;
+        float s = 0.0f;
+        if constexpr (TY == TY_Q8_0) {
+            const uint32_t q[4] = {wv[k].x ^ 0x80808080u, wv[k].y ^ 0x80808080u, wv[k].z ^ 0x80808080u,
+                                   wv[k].w ^ 0x80808080u};
+#pragma unroll
+            for (int b = 0; b < 4; b++)
+                s += q8b(q[b], 0) * xr[j * E + 4 * b] + q8b(q[b], 1) * xr[j * E + 4 * b + 1] +
+                     q8b(q[b], 2) * xr[j * E + 4 * b + 2] + q8b(q[b], 3) * xr[j * E + 4 * b + 3];
+            s *= d[k];
+        } else {
+            const uint32_t h[4] = {wv[k].x, wv[k].y, wv[k].z, wv[k].w};
+#pragma unroll
+            for (int b = 0; b < 4; b++) {
+                const float2 f = __half22float2(*(const __half2*)&h[b]);
+                s += f.x * xr[j * E + 2 * b] + f.y * xr[j * E + 2 * b + 1];
+            }
+        }
+        s = warp_sum(s);
+        if (lane == 0) part[warp + 8 * k] = s;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(TMA_THREADS, 2) dense_tma(DenseArgs a) {
+    extern __shared__ __align__(128) uint8_t stages[];  // TMA_STAGES × TMA_STAGE bytes
+    __shared__ __align__(8) uint64_t full[TMA_STAGES], empty[TMA_STAGES];
+    __shared__ float part[2][32];
+    __shared__ double red[32];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int n_in = a.n_in;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < TMA_STAGES; s++) {
+            mbar_init(&full[s], 1);
+            mbar_init(&empty[s], TMA_CWARPS);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+
+    if (warp == TMA_CWARPS) {  // producer
+        if (lane != 0) return;
+        uint64_t policy;
+        asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+        bool waited = false;
+        int i = 0;
+        for (int t = blockIdx.x; t < a.n_blocks; t += gridDim.x) {
+            const DenseMat& m = a.m[tma_matrix(a, t)];
+            if (m.gate) {  // written by an earlier kernel of this token
+                if (!waited) pdl_wait();
+                waited = true;
+                if (*(volatile const int*)m.gate == 0) continue;
+            }
+            const TmaGeom g = tma_geom(m, n_in);
+            const int r0 = (t - m.block0) * g.tr, nr = min(g.tr, m.n_rows - r0);
+            const int s = i % TMA_STAGES;
+            if (i >= TMA_STAGES) mbar_wait(&empty[s], ((i / TMA_STAGES) - 1) & 1);
+            const uint32_t wbytes = (uint32_t)(nr * g.row_bytes), sbytes = m.ty == TY_Q8_0 ? (uint32_t)(nr * n_in / 16) : 0u;
+            mbar_expect_tx(&full[s], g.parts * (wbytes + sbytes));
+            uint8_t* st = stages + (size_t)s * TMA_STAGE;
+            for (int p = 0; p < g.parts; p++) {
+                const uint8_t* w = p ? m.w2 : m.w;
+                const __half* sc = p ? m.s2 : m.s;
+                tma_load(st + p * (TMA_TILE / 2), w + (size_t)r0 * g.row_bytes, wbytes, &full[s], policy);
+                if (sbytes) tma_load(st + TMA_TILE + p * (TMA_TILE / 32), sc + (size_t)r0 * (n_in / 32), sbytes, &full[s], policy);
+            }
+            i++;
+        }
+        return;
+    }
+
+    // consumers
+    pdl_wait();
+    pdl_trigger();
+    const float sc = a.norm ? consumers_rms_scale(a.x, n_in, a.eps, red) : 1.0f;
+    if (a.x_out && blockIdx.x == 0)
+        for (int k = threadIdx.x; k < n_in; k += 32 * TMA_CWARPS)
+            a.x_out[k] = a.norm ? (a.x[k] * sc) * a.norm_w[k] : a.x[k];
+    float xr[32];
+    int staged = -1;
+    int i = 0;
+    for (int t = blockIdx.x; t < a.n_blocks; t += gridDim.x) {
+        const DenseMat& m = a.m[tma_matrix(a, t)];
+        if (m.gate && *m.gate == 0) continue;
+        const TmaGeom g = tma_geom(m, n_in);
+        const int r0 = (t - m.block0) * g.tr, nr = min(g.tr, m.n_rows - r0);
+        const int group = m.rows_per_group > 0 ? r0 / m.rows_per_group : 0;
+        const int key = m.ty * 65536 + group;
+        const int ns = g.cpr > 8 ? g.cpr / 8 : 1;
+        const float* x = a.x + (size_t)group * n_in;
+        if (key != staged) {
+            staged = key;
+            if (m.ty == TY_Q8_0) {
+                if (ns == 1) tma_load_x<TY_Q8_0, 1>(a, x, sc, g.cpr, xr);
+                else tma_load_x<TY_Q8_0, 2>(a, x, sc, g.cpr, xr);
+            } else {
+                if (ns == 1) tma_load_x<TY_F16, 1>(a, x, sc, g.cpr, xr);
+                else if (ns == 2) tma_load_x<TY_F16, 2>(a, x, sc, g.cpr, xr);
+                else tma_load_x<TY_F16, 4>(a, x, sc, g.cpr, xr);
+            }
+        }
+        const int s = i % TMA_STAGES;
+        mbar_wait(&full[s], (i / TMA_STAGES) & 1);
+        const uint8_t* st = stages + (size_t)s * TMA_STAGE;
+        float* pt = part[i & 1];
+        if (m.ty == TY_Q8_0) {
+            if (ns == 1) tma_units<TY_Q8_0, 1>(st, g, nr, n_in, xr, pt, &empty[s]);
+            else tma_units<TY_Q8_0, 2>(st, g, nr, n_in, xr, pt, &empty[s]);
+        } else {
+            if (ns == 1) tma_units<TY_F16, 1>(st, g, nr, n_in, xr, pt, &empty[s]);
+            else if (ns == 2) tma_units<TY_F16, 2>(st, g, nr, n_in, xr, pt, &empty[s]);
+            else tma_units<TY_F16, 4>(st, g, nr, n_in, xr, pt, &empty[s]);
+        }
+        consumers_sync();
+        if ((int)threadIdx.x < nr) {
+            const int r = threadIdx.x, o = r0 + r;
+            float v = 0.0f;
+            for (int c = 0; c < g.cpr; c++) v += pt[r * g.cpr + c];
+            if (m.swiglu) {
+                float u = 0.0f;
+                for (int c = 0; c < g.cpr; c++) u += pt[(g.tr + r) * g.cpr + c];
+                v = fminf(v, a.clamp);
+                u = fminf(fmaxf(u, -a.clamp), a.clamp);
+                m.y[o] = v * sigmoid_stable(v) * u;
+            } else {
+                float y = v * m.alpha;
+                if (a.xscale) y *= *a.xscale;
+                if (m.add) y = m.add[o] + y;
+                m.y[o] = y;
+            }
+        }
+        i++;
+    }
 }

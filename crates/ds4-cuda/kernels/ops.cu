@@ -5,6 +5,8 @@
 
 // spec §3.3: every HC stream starts as the token's embedding row.
 extern "C" __global__ void embed(const __half* token_embd, const Step* step, float* X, int n_embd, int n_hc) {
+    pdl_wait();
+    pdl_trigger();
     const size_t row = (size_t)step->token * n_embd;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n_embd; i += gridDim.x * blockDim.x) {
         const float e = __half2float(token_embd[row + i]);
@@ -14,6 +16,8 @@ extern "C" __global__ void embed(const __half* token_embd, const Step* step, flo
 
 // out = 1/sqrt(mean(x²) + eps) as one device scalar (the HC flat norm, spec §3.4 step 1).
 extern "C" __global__ void rms_scale(const float* x, int n, float eps, float* out) {
+    pdl_wait();
+    pdl_trigger();
     __shared__ double red[32];
     const float s = block_rms_scale(x, n, eps, red);
     if (threadIdx.x == 0) *out = s;
@@ -21,6 +25,8 @@ extern "C" __global__ void rms_scale(const float* x, int n, float eps, float* ou
 
 // out[i] = (x[i]·scale)·w[i] (w may be null: unweighted), one block per `n`-slice (blockIdx.x).
 extern "C" __global__ void rms_norm(const float* x, const float* w, float* out, int n, float eps) {
+    pdl_wait();
+    pdl_trigger();
     __shared__ double red[32];
     const float* xs = x + (size_t)blockIdx.x * n;
     float* os = out + (size_t)blockIdx.x * n;
@@ -60,6 +66,8 @@ extern "C" __global__ void __launch_bounds__(256) hc_fused(
     const float* X_in, float* X_out, const float* y, const float* hcw_prev, const __half* fn, const float* scale,
     const float* base, float* hcw, float* xa, unsigned int* counter, double* part, int n_embd, int n_hc,
     int n_mix, int slice, int sinkhorn_iters, float hc_eps, float rms_eps) {
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ float xs[];  // [n_hc][slice] this block's new streams
     __shared__ double red[32];
     __shared__ float mixs[2 * 8 + 64];
@@ -167,6 +175,8 @@ extern "C" __global__ void __launch_bounds__(256) hc_fused(
 
 // spec §3.4 HC post: X[c][d] = post_c·y[d] + Σ_r M[r][c]·X[r][d], in place.
 extern "C" __global__ void hc_post(float* X, const float* y, const float* hcw, int n_embd, int n_hc) {
+    pdl_wait();
+    pdl_trigger();
     const int d = blockIdx.x * blockDim.x + threadIdx.x;
     if (d >= n_embd) return;
     float xin[8];
@@ -182,6 +192,8 @@ extern "C" __global__ void hc_post(float* X, const float* y, const float* hcw, i
 
 // spec §3.5 A4 + A6 for q: unweighted RMSNorm of each head, then RoPE on its tail. Block per head.
 extern "C" __global__ void head_norm_rope(float* q, int head_dim, RopeArgs rope, const Step* step, float eps) {
+    pdl_wait();
+    pdl_trigger();
     __shared__ double red[32];
     float* v = q + (size_t)blockIdx.x * head_dim;
     const float s = block_rms_scale(v, head_dim, eps, red);
@@ -195,6 +207,8 @@ extern "C" __global__ void head_norm_rope(float* q, int head_dim, RopeArgs rope,
 // then store as raw-window row pos mod raw_cap. Dynamic shared memory: head_dim floats.
 extern "C" __global__ void kv_finish(const float* kv_raw, const float* norm_w, RopeArgs rope, const Step* step,
                                      float* ring, int raw_cap, int head_dim, float eps) {
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ float v[];
     __shared__ double red[32];
     const float s = block_rms_scale(kv_raw, head_dim, eps, red);
@@ -214,6 +228,8 @@ extern "C" __global__ void kv_finish(const float* kv_raw, const float* norm_w, R
 // lower index, order = descending score); weights p_sel / max(Σ p_sel, 2^-14) · scale.
 extern "C" __global__ void route(const float* logits, const float* bias, const int* tid2eid, const Step* step,
                                  int n_expert, int n_used, float weight_scale, int* sel, float* route_w) {
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ float p[];
     route_select(logits, bias, tid2eid ? tid2eid + (size_t)step->token * n_used : nullptr, n_expert, n_used,
                  weight_scale, sel, route_w, p);
@@ -224,6 +240,8 @@ extern "C" __global__ void route(const float* logits, const float* bias, const i
 extern "C" __global__ void head_collapse(const float* pw, const float* scale, const float* base, const float* X,
                                          const float* norm_w, float* out, int n_embd, int n_hc, float hc_eps,
                                          float rms_eps) {
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ float e[];
     __shared__ double red[32];
     float w[8];
@@ -241,5 +259,7 @@ extern "C" __global__ void head_collapse(const float* pw, const float* scale, co
 // Sets the indexer gate for this step: 1 when the ratio-`ratio` layers have more than top_k
 // compressed rows, so the indexer query path runs (spec §3.5 A10.2).
 extern "C" __global__ void set_index_gate(const Step* step, int ratio, int top_k, int* gate) {
+    pdl_wait();
+    pdl_trigger();
     if (threadIdx.x == 0 && blockIdx.x == 0) *gate = ((step->pos + 1) / ratio) > top_k ? 1 : 0;
 }

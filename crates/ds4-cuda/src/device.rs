@@ -28,6 +28,51 @@ pub(crate) fn load_image(what: &str, image: &[u8]) -> Result<sys::CUmodule, Erro
         .map_err(|e| Error::driver(what, e))
 }
 
+/// Launches `f` on `stream`. With `pdl`, as a programmatic dependent launch: the kernel may be
+/// scheduled while the previous kernel of the stream is still running (once that kernel's blocks
+/// have all executed `griddepcontrol.launch_dependents`), so its launch latency and its
+/// independent prologue (weight loads) overlap the previous kernel's tail. Every kernel launched
+/// this way must execute `griddepcontrol.wait` (`pdl_wait()` in kernels/common.cuh) before it
+/// touches memory an earlier kernel writes; the decode kernels do so first thing.
+///
+/// # Safety
+/// `params` must point at live values whose types match the kernel's C signature, and every
+/// device pointer among them must be valid for what the kernel does with it.
+pub(crate) unsafe fn launch_kernel(
+    f: sys::CUfunction,
+    grid: (u32, u32, u32),
+    block: u32,
+    smem: u32,
+    stream: sys::CUstream,
+    params: &mut [*mut c_void],
+    pdl: bool,
+) -> Result<(), cudarc::driver::DriverError> {
+    if !pdl {
+        return result::launch_kernel(f, grid, (block, 1, 1), smem, stream, params);
+    }
+    // SAFETY (of the zeroed value): the attribute value is a plain C union of integers.
+    let mut value: sys::CUlaunchAttributeValue = std::mem::zeroed();
+    value.programmaticStreamSerializationAllowed = 1;
+    let mut attr = sys::CUlaunchAttribute {
+        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+        pad: [0; 4],
+        value,
+    };
+    let config = sys::CUlaunchConfig {
+        gridDimX: grid.0,
+        gridDimY: grid.1,
+        gridDimZ: grid.2,
+        blockDimX: block,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: smem,
+        hStream: stream,
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    sys::cuLaunchKernelEx(&config, f, params.as_mut_ptr(), std::ptr::null_mut()).result()
+}
+
 /// One loaded module (`kernels/<name>.cu`).
 struct Module {
     name: &'static str,
@@ -43,6 +88,9 @@ pub struct Device {
     pub description: String,
     /// Streaming multiprocessors (persistent kernels size their grids by it).
     pub sm_count: usize,
+    /// Decode kernels go out as programmatic dependent launches ([`launch_kernel`]); on by
+    /// default, `DS4_CUDA_PDL=0` turns it off, and profiling turns it off while it runs.
+    pdl: std::sync::atomic::AtomicBool,
 }
 
 // SAFETY: the module handles are only used through `&self` on the thread that binds the context
@@ -84,6 +132,9 @@ impl Device {
             modules: Vec::new(),
             description: format!("{name} (sm_{major}{minor}, {mem} MiB)"),
             sm_count,
+            pdl: std::sync::atomic::AtomicBool::new(
+                major >= 9 && std::env::var("DS4_CUDA_PDL").map_or(true, |v| v != "0"),
+            ),
         };
         for (name, image) in crate::kernels::MODULES {
             let image = image.ok_or(Error::NoKernels)?;
@@ -105,6 +156,17 @@ impl Device {
 
     pub(crate) fn cu_stream(&self) -> sys::CUstream {
         self.stream.cu_stream()
+    }
+
+    /// Whether decode kernels are launched as programmatic dependent launches.
+    pub fn pdl(&self) -> bool {
+        self.pdl.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Turns programmatic dependent launches on or off for later launches (a captured graph
+    /// keeps what it was captured with). Returns the previous setting.
+    pub fn set_pdl(&self, on: bool) -> bool {
+        self.pdl.swap(on, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The kernel `name` of module `module`.

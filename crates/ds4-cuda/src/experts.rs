@@ -325,14 +325,16 @@ impl ExpertKernels {
         // SAFETY: `params` points at an ExpArgs laid out as the kernel's C struct; its device
         // pointers come from the caller's GemvArgs (live buffers, checked non-null and aligned in
         // `plan`); the shared-memory size was checked against the limit set in `new`.
+        // The kernels begin with pdl_wait() (kernels/experts.cu).
         unsafe {
-            result::launch_kernel(
+            crate::device::launch_kernel(
                 f,
                 (p.ctas, 1, 1),
-                ((WARPS * 32) as u32, 1, 1),
+                (WARPS * 32) as u32,
                 p.smem,
                 self.dev.cu_stream(),
                 &mut params,
+                self.dev.pdl(),
             )
         }
         .map_err(|e| Error::driver("experts", e))

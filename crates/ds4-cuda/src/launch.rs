@@ -134,6 +134,47 @@ pub struct DenseInput {
     pub x_out: DPtr,
 }
 
+/// `dense_tma`'s block: eight consumer warps and one producer warp (`TMA_THREADS`).
+const TMA_THREADS: u32 = 288;
+/// Weight bytes per `dense_tma` tile (`TMA_TILE`).
+const TMA_TILE: usize = 16384;
+/// `dense_tma`'s dynamic shared memory: `TMA_STAGES` stages of a tile plus its Q8_0 scales.
+const TMA_SMEM: u32 = (6 * (TMA_TILE + TMA_TILE / 16)) as u32;
+
+/// Rows per `dense_tma` tile of one matrix (per half for a SwiGLU pair), as `tma_geom` in
+/// kernels/gemv.cu computes them; `None` for a matrix the kernel does not take: rows of a
+/// power-of-two size from 512 bytes to a whole tile (the 512-byte chunks of a row must repeat
+/// across a warp's units), at most 8192 inputs (a warp's input slice lives in 32 registers),
+/// grouped matrices in whole tiles, and every bulk copy 16-byte aligned.
+fn tma_tile_rows(n_in: usize, m: &DenseMat) -> Option<usize> {
+    let row_bytes = match TensorType::from_code(m.ty as u32)? {
+        TensorType::Q8_0 => n_in,
+        TensorType::F16 => 2 * n_in,
+        _ => return None,
+    };
+    let parts = if m.swiglu != 0 { 2 } else { 1 };
+    if !row_bytes.is_power_of_two() || !(512..=TMA_TILE).contains(&row_bytes) || n_in > 8192 {
+        return None;
+    }
+    let tr = TMA_TILE / row_bytes / parts;
+    let aligned = [m.w, m.s, m.w2, m.s2].iter().all(|p| p.is_multiple_of(16));
+    let q8_scales =
+        m.ty != TensorType::Q8_0.code() as i32 || (m.s != 0 && (m.swiglu == 0 || m.s2 != 0));
+    (tr >= 1 && aligned && q8_scales && (m.rows_per_group as usize).is_multiple_of(tr))
+        .then_some(tr)
+}
+
+/// First tile of each matrix of a `dense_tma` launch, then the total; `None` unless every matrix
+/// fits the kernel ([`tma_tile_rows`]).
+fn tma_tiles(n_in: usize, mats: &[DenseMat]) -> Option<Vec<usize>> {
+    let mut first = vec![0];
+    for m in mats {
+        let tr = tma_tile_rows(n_in, m)?;
+        first.push(first.last()? + (m.n_rows as usize).div_ceil(tr));
+    }
+    Some(first)
+}
+
 /// Types of the per-row-item GEMV family (Q8_0 goes through [`Kernels::dense`]: it is repacked).
 const TYPES: [TensorType; 5] = [
     TensorType::F32,
@@ -171,6 +212,11 @@ pub struct Kernels {
     gemv: Vec<(TensorType, GemvMode, usize, sys::CUfunction)>,
     /// `dense_r1`, `dense_r2`, `dense_r4`
     dense: [sys::CUfunction; 3],
+    /// `dense_tma`: the bulk-copy dense kernel (see [`Kernels::dense`]).
+    dense_tma: sys::CUfunction,
+    /// Use `dense_tma` where the shapes allow (default; `DS4_CUDA_DENSE_TMA=0` or
+    /// [`Kernels::set_dense_tma`] turns it off).
+    dense_tma_on: std::sync::atomic::AtomicBool,
     /// `dense_mma_k1` .. `dense_mma_k8` (K split over 1, 2, 4, 8 warps)
     dense_mma: [sys::CUfunction; 4],
     /// Tensor-core dense kernels (`DS4_CUDA_DENSE_MMA=1` or [`Kernels::set_dense_mma`]). Off by
@@ -197,6 +243,8 @@ pub struct Kernels {
     fix_scales: sys::CUfunction,
     /// Per-launch event pairs while profiling (eager launches only, see [`Kernels::profile_start`]).
     profile: std::sync::Mutex<Option<Vec<(String, sys::CUevent, sys::CUevent)>>>,
+    /// The device's PDL setting before profiling turned it off.
+    pdl_before_profile: std::sync::atomic::AtomicBool,
 }
 
 // SAFETY: CUfunction handles are plain driver handles, valid while `dev` (held here) is alive.
@@ -238,6 +286,10 @@ impl Kernels {
                 f("gemv", "dense_r2")?,
                 f("gemv", "dense_r4")?,
             ],
+            dense_tma: f("gemv", "dense_tma")?,
+            dense_tma_on: std::sync::atomic::AtomicBool::new(
+                std::env::var("DS4_CUDA_DENSE_TMA").map_or(true, |v| v != "0"),
+            ),
             dense_mma: [
                 f("gemv", "dense_mma_k1")?,
                 f("gemv", "dense_mma_k2")?,
@@ -266,6 +318,7 @@ impl Kernels {
             fill_random: f("gemv", "fill_random")?,
             fix_scales: f("gemv", "fix_scales")?,
             profile: std::sync::Mutex::new(None),
+            pdl_before_profile: std::sync::atomic::AtomicBool::new(false),
         };
         Ok(k)
     }
@@ -313,8 +366,13 @@ impl Kernels {
         // SAFETY: every caller passes `params` pointing at live values whose types match the
         // kernel's C signature (see each wrapper), device pointers of live buffers sized by the
         // wrapper's checks, and a grid computed from the same sizes.
+        // Every kernel of the decode modules begins with pdl_wait() (kernels/common.cuh), so a
+        // programmatic dependent launch is safe for all of them; not while profiling (the event
+        // records between launches would be timed around overlapping kernels: profile_start
+        // turns it off).
+        let pdl = self.dev.pdl();
         unsafe {
-            result::launch_kernel(f, grid, (block, 1, 1), smem, self.dev.cu_stream(), params)
+            crate::device::launch_kernel(f, grid, block, smem, self.dev.cu_stream(), params, pdl)
         }
         .map_err(|e| Error::driver(name, e))?;
         if let Some(b) = events {
@@ -327,7 +385,14 @@ impl Kernels {
 
     /// Starts recording a GPU time for every following (eager) launch.
     pub fn profile_start(&self) {
-        *self.profile.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+        let mut prof = self.profile.lock().unwrap_or_else(|e| e.into_inner());
+        if prof.is_none() {
+            self.pdl_before_profile.store(
+                self.dev.set_pdl(false),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        *prof = Some(Vec::new());
     }
 
     /// Stops recording and returns `(launch name, milliseconds)` per launch, in launch order.
@@ -336,8 +401,14 @@ impl Kernels {
             .profile
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .unwrap_or_default();
+            .take();
+        if list.is_some() {
+            self.dev.set_pdl(
+                self.pdl_before_profile
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+        }
+        let list = list.unwrap_or_default();
         self.dev.synchronize()?;
         let mut out = Vec::with_capacity(list.len());
         for (name, a, b) in list {
@@ -418,6 +489,28 @@ impl Kernels {
         self.launch(name, f, grid, 256, 0, &mut p)
     }
 
+    /// Chooses the bulk-copy dense kernel where it applies (true, the default) or the CUDA-core
+    /// ones (false).
+    pub fn set_dense_tma(&self, on: bool) {
+        self.dense_tma_on
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether [`Kernels::dense`] runs these matrices on the bulk-copy kernel `dense_tma`.
+    pub fn dense_uses_tma(&self, input: &DenseInput, mats: &[DenseMat]) -> bool {
+        self.tma_plan(input, mats).is_some()
+    }
+
+    /// The first tile of each matrix (then the total) when `dense_tma` takes this launch.
+    fn tma_plan(&self, input: &DenseInput, mats: &[DenseMat]) -> Option<Vec<usize>> {
+        let aligned =
+            input.x.is_multiple_of(16) && input.norm.is_none_or(|(w, _)| w.is_multiple_of(16));
+        if !self.dense_tma_on.load(std::sync::atomic::Ordering::Relaxed) || !aligned {
+            return None;
+        }
+        tma_tiles(input.n_in, mats)
+    }
+
     /// Chooses the tensor-core dense kernels (true) or the CUDA-core ones (false, the default).
     pub fn set_dense_mma(&self, on: bool) {
         self.dense_mma_on
@@ -465,6 +558,25 @@ impl Kernels {
             a.norm_w = w;
             a.norm = 1;
             a.eps = eps;
+        }
+        if let Some(tiles) = self.tma_plan(&input, mats) {
+            for (i, m) in mats.iter().enumerate() {
+                a.m[i] = *m;
+                a.m[i].block0 = tiles[i] as i32;
+            }
+            let n_tiles = tiles[mats.len()];
+            a.n_blocks = n_tiles as i32;
+            // One block per SM: the next launch's blocks fit beside it and start streaming.
+            let grid = n_tiles.min(self.dev.sm_count).max(1);
+            let mut p = args![a];
+            return self.launch(
+                "dense_tma",
+                self.dense_tma,
+                (grid as u32, 1, 1),
+                TMA_THREADS,
+                TMA_SMEM,
+                &mut p,
+            );
         }
         // Tensor cores when every matrix is Q8_0 with 64-wide chunks or F16 with 32-wide ones: tiles
         // of 16 rows, the K range split over `ks` warps so that a launch has ~2 waves of blocks.
@@ -1005,5 +1117,94 @@ impl Kernels {
             self.launch("fix_scales", self.fix_scales, (1024, 1, 1), 256, 0, &mut p)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mat(ty: TensorType, rows: i32, swiglu: bool, rows_per_group: i32) -> DenseMat {
+        DenseMat {
+            w: 0x1000,
+            s: if ty == TensorType::Q8_0 { 0x9000 } else { 0 },
+            w2: if swiglu { 0x2000 } else { 0 },
+            s2: if swiglu && ty == TensorType::Q8_0 {
+                0xa000
+            } else {
+                0
+            },
+            y: 0x3000,
+            ty: ty.code() as i32,
+            n_rows: rows,
+            rows_per_group,
+            swiglu: swiglu as i32,
+            alpha: 1.0,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn tma_tiles_cover_the_real_decode_shapes() {
+        let q8 = TensorType::Q8_0;
+        let f16 = TensorType::F16;
+        // (n_in, matrix, rows per tile): a tile is 16 KiB of weights (8 KiB per SwiGLU half).
+        for (n_in, m, tr) in [
+            (1024, mat(q8, 32768, false, 0), 16),  // q_b
+            (1024, mat(f16, 8192, false, 0), 8),   // indexer q_b
+            (4096, mat(q8, 8192, false, 1024), 4), // out_a, 8 groups
+            (8192, mat(q8, 4096, false, 0), 2),    // out_b
+            (4096, mat(q8, 2048, true, 0), 2),     // shared expert gate + up
+            (4096, mat(f16, 1024, false, 0), 2),   // compressor projections
+            (2048, mat(q8, 4096, false, 0), 8),    // shared expert down
+            (8192, mat(f16, 64, false, 0), 1),
+            (8192, mat(q8, 10, true, 0), 1),
+            (512, mat(q8, 100, false, 0), 32),
+        ] {
+            assert_eq!(tma_tile_rows(n_in, &m), Some(tr), "{n_in} {m:?}");
+        }
+        // 129280 rows of the head: the last tile is partial.
+        let head = tma_tiles(4096, &[mat(q8, 129_280, false, 0)]).unwrap();
+        assert_eq!(head, vec![0, 32_320]);
+        let first = tma_tiles(
+            4096,
+            &[
+                mat(q8, 1024, false, 0),
+                mat(q8, 512, false, 0),
+                mat(f16, 63, false, 0),
+            ],
+        )
+        .unwrap();
+        assert_eq!(first, vec![0, 256, 384, 416]);
+    }
+
+    #[test]
+    fn tma_refuses_what_the_kernel_does_not_take() {
+        let q8 = TensorType::Q8_0;
+        let f16 = TensorType::F16;
+        for (n_in, m) in [
+            (16384, mat(q8, 8, false, 0)), // input slice over 32 registers
+            (8192, mat(f16, 8, true, 0)),  // a SwiGLU half over a tile
+            (96, mat(q8, 8, false, 0)),    // rows not a power of two of 512+ bytes
+            (1536, mat(q8, 8, false, 0)),  // (the hc mixers' 16384-wide rows go elsewhere)
+            (128, mat(f16, 8, false, 0)),  // 256-byte rows
+            (512, mat(q8, 64, false, 16)), // groups not whole tiles (32 rows)
+            (1024, mat(TensorType::F32, 8, false, 0)),
+            (1024, mat(TensorType::Q2K, 8, false, 0)),
+        ] {
+            assert_eq!(tma_tile_rows(n_in, &m), None, "{n_in} {m:?}");
+        }
+        let mut m = mat(q8, 8, false, 0);
+        m.s = 0x9008; // scales not 16-byte aligned
+        assert_eq!(tma_tile_rows(1024, &m), None);
+        let mut m = mat(q8, 8, true, 0);
+        m.s2 = 0; // a Q8_0 pair without the up scales
+        assert_eq!(tma_tile_rows(1024, &m), None);
+        // One matrix the kernel does not take sends the whole launch elsewhere.
+        assert!(tma_tiles(
+            1024,
+            &[mat(q8, 8, false, 0), mat(TensorType::F32, 8, false, 0)]
+        )
+        .is_none());
     }
 }

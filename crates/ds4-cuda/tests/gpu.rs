@@ -83,7 +83,9 @@ fn scales_ptr(ty: TensorType, base: u64, n: usize) -> u64 {
 fn dense_multi_matrix_launch_matches_host() {
     let Some((dev, k)) = device() else { return };
     let mut rng = ChaCha8Rng::seed_from_u64(9);
-    // With an F32 matrix the launch runs on CUDA cores; without, on tensor cores (when n_in allows).
+    // Each launch on the three dense kernels: CUDA cores, the bulk-copy kernel (dense_tma, which
+    // takes Q8_0/F16 rows of 512 B..16 KiB: not the launches with an F32 matrix or n_in 96) and
+    // the tensor cores (when n_in allows).
     for (n_in, with_norm, with_f32) in [
         (1024usize, true, true),
         (4096, false, true),
@@ -92,8 +94,10 @@ fn dense_multi_matrix_launch_matches_host() {
         (4096, false, false),
         (8192, true, false),
     ] {
-        for mma in [false, true] {
-            k.set_dense_mma(mma);
+        for kernel in ["cuda-core", "tma", "mma"] {
+            k.set_dense_tma(kernel == "tma");
+            k.set_dense_mma(kernel == "mma");
+            let mma = kernel == "mma";
             let x = random_vec(n_in, &mut rng);
             let norm_w = random_vec(n_in, &mut rng);
             // The input the matrices see.
@@ -180,6 +184,12 @@ fn dense_multi_matrix_launch_matches_host() {
                 clamp: 7.0,
                 ..Default::default()
             };
+            let tma_shape = !with_f32 && n_in.is_power_of_two() && n_in >= 512;
+            assert_eq!(
+                k.dense_uses_tma(&input, &mats),
+                kernel == "tma" && tma_shape,
+                "n_in {n_in} f32 {with_f32} on {kernel}"
+            );
             k.dense(input, &mats).unwrap();
             for ((ty, swiglu, gated, want), (_, _, yb, _)) in wants.iter().zip(&keep) {
                 let mut y = vec![0f32; want.len()];
@@ -193,16 +203,189 @@ fn dense_multi_matrix_launch_matches_host() {
                 }
                 let err = rel_err(&y, want);
                 println!(
-                "dense multi n_in {n_in} {ty} swiglu {swiglu} f32-launch {with_f32} mma {mma}: max rel err {err:.2e}"
+                "dense multi n_in {n_in} {ty} swiglu {swiglu} f32-launch {with_f32} {kernel}: max rel err {err:.2e}"
             );
                 assert!(
                     err < 5e-5,
-                    "dense multi {ty} swiglu {swiglu} mma {mma}: {err:.3e}"
+                    "dense multi {ty} swiglu {swiglu} {kernel} (mma {mma}): {err:.3e}"
                 );
             }
         }
     }
     k.set_dense_mma(false);
+    k.set_dense_tma(true);
+}
+
+/// (type, rows, SwiGLU pair, grouped input) of one matrix in a launch.
+type MatSpec = (TensorType, usize, bool, bool);
+
+/// The dense launches of one real DS4 Flash layer (full shapes, random weights) on the bulk-copy
+/// kernel and on the CUDA-core kernel: both against float64 host dots, and the bulk-copy kernel
+/// bit-identical when rerun.
+#[test]
+fn dense_tma_matches_host_on_the_real_decode_launches() {
+    let Some((dev, k)) = device() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    let (q8, f16) = (TensorType::Q8_0, TensorType::F16);
+    // (name, n_in, input groups, RMSNorm prologue, [(type, rows, swiglu, grouped)])
+    let launches: [(&str, usize, usize, bool, &[MatSpec]); 6] = [
+        (
+            "xa",
+            4096,
+            1,
+            true,
+            &[
+                (q8, 1024, false, false),
+                (q8, 512, false, false),
+                (f16, 1024, false, false),
+                (f16, 256, false, false),
+                (f16, 64, false, false),
+            ],
+        ),
+        (
+            "q_b",
+            1024,
+            1,
+            true,
+            &[(q8, 32768, false, false), (f16, 8192, false, false)],
+        ),
+        ("out_a", 4096, 8, false, &[(q8, 8192, false, true)]),
+        ("out_b", 8192, 1, false, &[(q8, 4096, false, false)]),
+        (
+            "xf",
+            4096,
+            1,
+            true,
+            &[(f16, 256, false, false), (q8, 2048, true, false)],
+        ),
+        ("shexp down", 2048, 1, false, &[(q8, 4096, false, false)]),
+    ];
+    for (name, n_in, groups, norm, specs) in launches {
+        let x = random_vec(n_in * groups, &mut rng);
+        let norm_w = random_vec(n_in, &mut rng);
+        let xin: Vec<f32> = if norm {
+            let ss: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
+            let sc = 1.0f32 / ((ss / n_in as f64) as f32 + 1e-6).sqrt();
+            x.iter().zip(&norm_w).map(|(&v, &w)| (v * sc) * w).collect()
+        } else {
+            x.clone()
+        };
+        let xb = dev.alloc(x.len() * 4).unwrap();
+        xb.upload(0, &x).unwrap();
+        let nwb = dev.alloc(n_in * 4).unwrap();
+        nwb.upload(0, &norm_w).unwrap();
+        let xscale = dev.alloc(4).unwrap();
+        xscale.upload(0, &[0.75f32]).unwrap();
+        let mut keep = Vec::new();
+        let mut mats = Vec::new();
+        let mut wants = Vec::new();
+        for &(ty, rows, swiglu, grouped) in specs {
+            let rpg = if grouped { rows / groups } else { 0 };
+            let (w, wd) = random_matrix(ty, n_in, rows, rng.gen());
+            let (u, ud) = if swiglu {
+                random_matrix(ty, n_in, rows, rng.gen())
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            let wl = device_layout(ty, &w);
+            let wb = dev.alloc(wl.len()).unwrap();
+            wb.upload(0, &wl).unwrap();
+            let ub = dev.alloc(w.len()).unwrap();
+            if swiglu {
+                ub.upload(0, &device_layout(ty, &u)).unwrap();
+            }
+            let yb = dev.alloc(rows * 4).unwrap();
+            let add = random_vec(rows, &mut rng);
+            let ab = dev.alloc(rows * 4).unwrap();
+            ab.upload(0, &add).unwrap();
+            let mut m = DenseMat {
+                w: wb.ptr(),
+                s: scales_ptr(ty, wb.ptr(), n_in * rows),
+                y: yb.ptr(),
+                ty: ty.code() as i32,
+                n_rows: rows as i32,
+                rows_per_group: rpg as i32,
+                alpha: 1.5,
+                ..Default::default()
+            };
+            if swiglu {
+                m.w2 = ub.ptr();
+                m.s2 = scales_ptr(ty, ub.ptr(), n_in * rows);
+                m.swiglu = 1;
+            } else {
+                m.add = ab.ptr();
+            }
+            let want: Vec<f64> = (0..rows)
+                .map(|o| {
+                    let g = o.checked_div(rpg).unwrap_or(0);
+                    let xg = if norm {
+                        &xin[..]
+                    } else {
+                        &xin[g * n_in..(g + 1) * n_in]
+                    };
+                    let d = dot64(&wd[o * n_in..(o + 1) * n_in], xg);
+                    if swiglu {
+                        let gg = d.min(10.0);
+                        let uu = dot64(&ud[o * n_in..(o + 1) * n_in], xg).clamp(-10.0, 10.0);
+                        gg / (1.0 + (-gg).exp()) * uu
+                    } else {
+                        add[o] as f64 + 1.5 * 0.75 * d
+                    }
+                })
+                .collect();
+            mats.push(m);
+            wants.push(want);
+            keep.push((wb, ub, yb, ab));
+        }
+        let input = DenseInput {
+            x: xb.ptr(),
+            n_in,
+            xscale: xscale.ptr(),
+            norm: norm.then_some((nwb.ptr(), 1e-6)),
+            clamp: 10.0,
+            ..Default::default()
+        };
+        let mut first_tma: Option<Vec<Vec<f32>>> = None;
+        for (tma, run) in [(false, 0), (true, 0), (true, 1)] {
+            k.set_dense_tma(tma);
+            assert_eq!(k.dense_uses_tma(&input, &mats), tma, "{name}");
+            for (_, _, yb, _) in &keep {
+                yb.upload(0, &vec![f32::NAN; yb.bytes() / 4]).unwrap();
+            }
+            k.dense(input, &mats).unwrap();
+            let mut outs = Vec::new();
+            for (want, (_, _, yb, _)) in wants.iter().zip(&keep) {
+                let mut y = vec![0f32; want.len()];
+                yb.download(0, &mut y).unwrap();
+                let err = rel_err(&y, want);
+                if run == 0 {
+                    println!(
+                        "{name:10} rows {:5} tma {tma}: max rel err {err:.2e}",
+                        want.len()
+                    );
+                }
+                assert!(
+                    err < 2e-5,
+                    "{name} rows {} tma {tma}: {err:.3e}",
+                    want.len()
+                );
+                outs.push(y);
+            }
+            if tma {
+                match &first_tma {
+                    None => first_tma = Some(outs),
+                    Some(f) => assert!(
+                        f.iter()
+                            .flatten()
+                            .zip(outs.iter().flatten())
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{name}: dense_tma reruns differ"
+                    ),
+                }
+            }
+        }
+    }
+    k.set_dense_tma(true);
 }
 
 #[test]
@@ -230,7 +413,11 @@ fn gemv_matches_dequantized_rows_for_every_type() {
             sb.upload(0, &[0.5f32]).unwrap();
             yb.upload(0, &vec![f32::NAN; n_rows]).unwrap(); // poison: every row must be written
             let dense = matches!(ty, TensorType::Q8_0 | TensorType::F16 | TensorType::F32);
-            if dense {
+            for tma in [false, true] {
+                if !dense {
+                    break;
+                }
+                k.set_dense_tma(tma);
                 // The dense family reads Q8_0 repacked (weights.rs), F16/F32 as stored.
                 let stored = device_layout(ty, &bytes);
                 let db = dev.alloc(stored.len()).unwrap();
@@ -265,9 +452,14 @@ fn gemv_matches_dequantized_rows_for_every_type() {
                     })
                     .collect();
                 let err = rel_err(&y, &want);
-                println!("dense {ty:7} n_in {n_in:5} rows {n_rows:5} group {group:3}: max rel err {err:.2e}");
-                assert!(err < 2e-5, "dense {ty} {n_in}x{n_rows}: rel err {err:.3e}");
+                let on_tma = k.dense_uses_tma(&input, &[m]);
+                println!("dense {ty:7} n_in {n_in:5} rows {n_rows:5} group {group:3} tma {on_tma}: max rel err {err:.2e}");
+                assert!(
+                    err < 2e-5,
+                    "dense {ty} {n_in}x{n_rows} tma {on_tma}: rel err {err:.3e}"
+                );
             }
+            k.set_dense_tma(true);
             if ty == TensorType::Q8_0 {
                 continue; // Q8_0 has only the dense kernel
             }

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The GPU machine's whole check in one call (device tool): correctness first, then speed, then a
+# short table. Everything it runs is built here and carried in .device/ (see scripts/gpu-pack.sh):
+#   device run: bash scripts/gpu-check.sh [steps]     carry: [".device"]
+# steps (default all): mb tests full2 bench prefill. Logs go to $OUT (the device tool fetches them).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+R=$PWD
+D=$R/.device
+OUT=${OUT:-/tmp/ds4-out}
+STEPS=${1:-"mb tests full2 bench prefill"}
+mkdir -p "$OUT" /tmp/ds4b
+tar xJf "$D/bin.tar.xz" -C /tmp/ds4b
+B=/tmp/ds4b/bin
+# The test binaries look for the golden data beside the workspace they were built in (/work/main).
+mkdir -p /work
+[ -e /work/main ] || ln -s "$R" /work/main
+[ -e /work/shared ] || ln -s "$D/shared" /work/shared
+python3 -m pip install -q --no-deps --no-index "$D"/whl/*.whl 2>&1 | grep -v WARNING
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv,noheader
+SUMMARY=$OUT/summary.txt
+: >"$SUMMARY"
+note() { echo "$*" | tee -a "$SUMMARY"; }
+
+has() { [[ " $STEPS " == *" $1 "* ]]; }
+
+if has mb; then
+    timeout 240 "$B/mb" 43 2>&1 | tee "$OUT/mb.log"
+    note "mb rc=${PIPESTATUS[0]}"
+    grep -E "graph of|D2D" "$OUT/mb.log" >>"$SUMMARY"
+fi
+
+if has tests; then
+    for t in gpu experts prefill; do
+        timeout 300 "$B/$t" --test-threads 1 --nocapture >"$OUT/test-$t.log" 2>&1
+        note "test $t rc=$? $(grep -E '^test result' "$OUT/test-$t.log" | tail -1)"
+    done
+    grep -E "cuda vs model_f64|max rel err|FAIL|panicked" "$OUT/test-gpu.log" | head -60
+fi
+
+if has full2; then
+    # CUDA vs CPU on a full-width 2-layer model, 96 tokens one by one; CUDA twice (determinism).
+    timeout 120 "$B/ds4" synth --preset full --layers 2 --seed 3 --out /tmp/full2.gguf >/dev/null 2>&1
+    python3 -c "import numpy as np; np.random.default_rng(5).integers(0,129280,96).astype('<i4').tofile('/tmp/t96.i32')"
+    for be in cpu cuda cuda2; do
+        timeout 300 "$B/ds4" logits -m /tmp/full2.gguf --tokens /tmp/t96.i32 --out /tmp/l_$be.f32 \
+            --backend ${be%2} >"$OUT/full2-$be.log" 2>&1 || note "full2 $be failed: $(tail -2 "$OUT/full2-$be.log")"
+    done
+    note "full2 cuda vs cpu: $(python3 "$D/shared/tools/check_logits.py" /tmp/l_cpu.f32 /tmp/l_cuda.f32 --n-vocab 129280 2>&1 | tail -1)"
+    cmp -s /tmp/l_cuda.f32 /tmp/l_cuda2.f32 && note "full2 cuda reruns: bit-identical" || note "full2 cuda reruns: DIFFER"
+    timeout 300 "$B/ds4" logits -m /tmp/full2.gguf --tokens /tmp/t96.i32 --out /tmp/l_pf.f32 --prefill \
+        --backend cuda >"$OUT/full2-prefill.log" 2>&1
+    note "full2 cuda prefill vs cpu: $(python3 "$D/shared/tools/check_logits.py" /tmp/l_cpu.f32 /tmp/l_pf.f32 --n-vocab 129280 2>&1 | tail -1)"
+    rm -f /tmp/full2.gguf
+fi
+
+bench() { # label, env..., then ds4-bench args after --
+    local label=$1
+    shift
+    local envs=()
+    while [ "$1" != "--" ]; do
+        envs+=("$1")
+        shift
+    done
+    shift
+    env "${envs[@]}" timeout 240 "$B/ds4-bench" --synthetic q2 --layers 43 "$@" >"$OUT/bench-$label.log" 2>&1
+    note "bench $label: $(grep -E '^[0-9]+,|tok/s =|error' "$OUT/bench-$label.log" | sed 's/ds4-bench: //' | tr '\n' ' ')"
+}
+
+if has bench; then
+    DEC=(--ctx-start 4096 --ctx-max 65536 --step-mul 16 -n 64 --synthetic-prefill 64)
+    bench default DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 -- "${DEC[@]}"
+    bench no-pdl DS4_CUDA_PDL=0 DS4_CUDA_DENSE_TMA=1 -- "${DEC[@]}"
+    bench no-tma DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=0 -- "${DEC[@]}"
+    bench baseline DS4_CUDA_PDL=0 DS4_CUDA_DENSE_TMA=0 -- "${DEC[@]}"
+    bench default-again DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 -- "${DEC[@]}"
+    bench profile DS4_CUDA_DENSE_TMA=1 -- --ctx-start 4096 --ctx-max 4096 -n 16 --synthetic-prefill 64 --profile
+    grep -A30 "^profile:" "$OUT/bench-profile.log" | head -40
+fi
+
+if has prefill; then
+    PF=(--ctx-start 8192 --ctx-max 8192 -n 8 --synthetic-prefill 8192)
+    bench prefill DS4_CUDA_PDL=1 -- "${PF[@]}"
+    bench prefill-no-pdl DS4_CUDA_PDL=0 -- "${PF[@]}"
+fi
+
+echo "==== summary"
+cat "$SUMMARY"
