@@ -3,6 +3,7 @@
 # short table. Everything it runs is built here and carried in .device/ (see scripts/gpu-pack.sh):
 #   device run: bash scripts/gpu-check.sh [steps]     carry: [".device"]
 # steps (default all): mb tests full2 bench prefill. Logs go to $OUT (the device tool fetches them).
+# LAYERS=N: synthetic layers for the benches (43; 43 q2 layers need the H200, an H100 holds 36).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 R=$PWD
@@ -63,7 +64,7 @@ bench() { # label, env..., then ds4-bench args after --
         shift
     done
     shift
-    env "${envs[@]}" timeout 240 "$B/ds4-bench" --synthetic q2 --layers 43 "$@" >"$OUT/bench-$label.log" 2>&1
+    env "${envs[@]}" timeout 240 "$B/ds4-bench" --synthetic q2 --layers "${LAYERS:-43}" "$@" >"$OUT/bench-$label.log" 2>&1
     note "bench $label: $(grep -E '^[0-9]+,|tok/s =|error' "$OUT/bench-$label.log" | sed 's/ds4-bench: //' | tr '\n' ' ')"
 }
 

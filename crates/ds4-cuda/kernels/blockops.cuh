@@ -87,10 +87,8 @@ __device__ void hc_split(const float* mix, const float* scale, const float* base
 // score); weights p_sel / max(Σ p_sel, 2^-14) · scale. `p`: n_expert floats of shared memory.
 __device__ void route_select(const float* logits, const float* bias, const int* tid2eid_row, int n_expert,
                              int n_used, float weight_scale, int* sel, float* route_w, float* p) {
-    __shared__ float wbest[32];
-    __shared__ int widx[32];
     __shared__ int chosen[16];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warp = blockDim.x >> 5;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (int e = threadIdx.x; e < n_expert; e += blockDim.x) {
         const float z = logits[e];
         const float sp = z > 20.0f ? z : (z < -20.0f ? expf(z) : log1pf(expf(z)));
@@ -100,41 +98,41 @@ __device__ void route_select(const float* logits, const float* bias, const int* 
     if (tid2eid_row) {
         if ((int)threadIdx.x < n_used) chosen[threadIdx.x] = tid2eid_row[threadIdx.x];
     } else {
-        // Biased top-k, one block-wide argmax per pick; ties go to the lower expert index.
-        for (int k = 0; k < n_used; k++) {
+        // Biased top-k by warp 0: lane l keeps its best not-yet-chosen expert among l, l+32, ...
+        // (bit j of `taken` = expert l + 32j); each pick is a warp argmax, ties to the lower index.
+        if (warp == 0) {
+            uint32_t taken = 0;
             float best = -3.0e38f;
             int bi = 0x7fffffff;
-            for (int e = threadIdx.x; e < n_expert; e += blockDim.x) {
-                bool taken = false;
-                for (int j = 0; j < k; j++) taken |= chosen[j] == e;
-                const float sc = p[e] + (bias ? bias[e] : 0.0f);
-                if (!taken && (sc > best || (sc == best && e < bi))) {
-                    best = sc;
-                    bi = e;
-                }
-            }
-            for (int o = 16; o > 0; o >>= 1) {
-                const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-                const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-                if (ob > best || (ob == best && oi < bi)) {
-                    best = ob;
-                    bi = oi;
-                }
-            }
-            if (lane == 0) {
-                wbest[warp] = best;
-                widx[warp] = bi;
-            }
-            __syncthreads();
-            if (threadIdx.x == 0) {
-                for (int w = 1; w < n_warp; w++)
-                    if (wbest[w] > best || (wbest[w] == best && widx[w] < bi)) {
-                        best = wbest[w];
-                        bi = widx[w];
+            auto rescan = [&]() {
+                best = -3.0e38f;
+                bi = 0x7fffffff;
+                for (int e = lane, j = 0; e < n_expert; e += 32, j++) {
+                    const float sc = p[e] + (bias ? bias[e] : 0.0f);
+                    if (!((taken >> j) & 1u) && (sc > best || (sc == best && e < bi))) {
+                        best = sc;
+                        bi = e;
                     }
-                chosen[k] = bi;
+                }
+            };
+            rescan();
+            for (int k = 0; k < n_used; k++) {
+                float wb = best;
+                int wi = bi;
+                for (int o = 16; o > 0; o >>= 1) {
+                    const float ob = __shfl_xor_sync(0xffffffffu, wb, o);
+                    const int oi = __shfl_xor_sync(0xffffffffu, wi, o);
+                    if (ob > wb || (ob == wb && oi < wi)) {
+                        wb = ob;
+                        wi = oi;
+                    }
+                }
+                if (lane == 0) chosen[k] = wi;
+                if (wi >= 0 && wi < n_expert && (wi & 31) == lane) {
+                    taken |= 1u << (wi >> 5);
+                    rescan();
+                }
             }
-            __syncthreads();
         }
     }
     __syncthreads();
@@ -197,14 +195,43 @@ __device__ void topk_select(const float* scores, int n, int top_k, int* list) {
             if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255], 1);
         }
         __syncthreads();
-        if (threadIdx.x == 0) {
-            int above = 0, d = 255;
-            for (; d > 0; d--) {
-                if (above + hist[d] >= remaining) break;
-                above += hist[d];
+        if (threadIdx.x < 32) {
+            // The digit d: the highest with (keys in digits above d) + hist[d] >= remaining. Lane l
+            // holds digits 255-8l .. 248-8l; a warp scan gives each lane the count above its own.
+            const int lane = threadIdx.x;
+            int c[8], s = 0;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                c[j] = hist[255 - 8 * lane - j];
+                s += c[j];
             }
-            s_prefix = prefix | ((uint32_t)d << shift);
-            s_remaining = remaining - above;
+            int incl = s;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const int y = __shfl_up_sync(0xffffffffu, incl, o);
+                if (lane >= o) incl += y;
+            }
+            int above = incl - s, d = -1, d_above = 0;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                if (d < 0 && above + c[j] >= remaining) {
+                    d = 255 - 8 * lane - j;
+                    d_above = above;
+                }
+                above += c[j];
+            }
+            const uint32_t found = __ballot_sync(0xffffffffu, d >= 0);
+            // No digit reaches `remaining` only if fewer keys match than asked (never: n > top_k);
+            // then digit 0 with everything above it, as a serial scan from 255 down would end.
+            const int win = found ? __ffs(found) - 1 : 31;
+            if (lane == win) {
+                if (d < 0) {
+                    d = 0;
+                    d_above = above - c[7];
+                }
+                s_prefix = prefix | ((uint32_t)d << shift);
+                s_remaining = remaining - d_above;
+            }
         }
         __syncthreads();
         prefix = s_prefix;

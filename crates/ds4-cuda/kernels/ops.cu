@@ -151,17 +151,22 @@ extern "C" __global__ void __launch_bounds__(256) hc_fused(
         }
     }
     grid_barrier(counter);
+    // Every warp adds the block shares of some mixer rows, lane t reading block t's share (one
+    // L2 round trip), in a fixed tree; warp 0 then scales them and runs the split.
+    for (int r = warp; r < n_mix; r += n_warp) {
+        float m = 0.0f;
+        for (int t = lane; t < G; t += 32) m += __ldcg(part_mix + (size_t)t * n_mix + r);
+        m = warp_sum(m);
+        if (lane == 0) mixs[r] = m;
+    }
+    __syncthreads();
     if (warp == 0) {
         double tot = 0.0;
         for (int t = lane; t < G; t += 32) tot += __ldcg(part_ss + t);
         // lanes hold strided partials; fold them in lane order (fixed)
         for (int o = 16; o > 0; o >>= 1) tot += __shfl_down_sync(0xffffffffu, tot, o);
         const float sc = 1.0f / sqrtf((float)(__shfl_sync(0xffffffffu, tot, 0) / (double)n) + rms_eps);
-        for (int r = lane; r < n_mix; r += 32) {
-            float m = 0.0f;
-            for (int t = 0; t < G; t++) m += __ldcg(part_mix + (size_t)t * n_mix + r);
-            mixs[r] = m * sc;
-        }
+        for (int r = lane; r < n_mix; r += 32) mixs[r] *= sc;
         __syncwarp();
         hc_split(mixs, scale, base, w, b == 0 ? hcw : nullptr, n_hc, sinkhorn_iters, hc_eps);
     }

@@ -762,6 +762,12 @@ pub fn check_shape(cfg: &Config) -> Result<(), Error> {
             cfg.n_embd, cfg.q_lora_rank
         ));
     }
+    if cfg.n_expert > 1024 || cfg.n_expert_used > 16 {
+        bad.push(format!(
+            "{} experts, {} per token (at most 1024 and 16)",
+            cfg.n_expert, cfg.n_expert_used
+        ));
+    }
     if !cfg.o_lora_rank.is_multiple_of(8) {
         bad.push(format!("o_lora_rank {} (a multiple of 8)", cfg.o_lora_rank));
     }
