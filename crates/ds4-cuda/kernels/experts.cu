@@ -453,9 +453,25 @@ __device__ __forceinline__ void stage_piece(const ExpArgs& a, int t0, int p, int
 
 template <int TY, int MODE>
 __device__ void experts_body(const ExpArgs& a) {
+    extern __shared__ __align__(16) uint8_t smem[];
+    if constexpr (TY == XTY_IQ2_XXS) {
+        // The tables depend on nothing earlier kernels write: built while the previous kernel
+        // finishes (programmatic dependent launch), before the wait.
+        uint64_t* grid = (uint64_t*)smem;
+        uint64_t* sign = (uint64_t*)(smem + IQ2_GRID_BYTES);
+        for (int i = threadIdx.x; i < 256 * 16; i += XTHREADS) grid[i] = IQ2XXS_GRID[i >> 4];
+        for (int i = threadIdx.x; i < 128 * 16; i += XTHREADS) {
+            const uint32_t s7 = (uint32_t)(i >> 4);
+            const uint32_t s8 = s7 | ((uint32_t)(__popc(s7) & 1) << 7);  // ksigns_iq2xs (spec §5.4)
+            uint64_t m = 0;
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                if ((s8 >> k) & 1u) m |= 1ull << (8 * k);
+            sign[i] = m;
+        }
+    }
     pdl_wait();
     pdl_trigger();
-    extern __shared__ __align__(16) uint8_t smem[];
     if (a.gate && *a.gate == 0) return;
     constexpr int NB = XT<TY>::NBLK;
     constexpr int STAGE = 16 * XT<TY>::STRIDE;
@@ -472,24 +488,10 @@ __device__ void experts_body(const ExpArgs& a) {
     float* scales = (float*)(smem + a.off_scales);
     float* partials = (float*)(smem + a.off_partials);
 
-    // Weight loads first: they take the longest, and the table and digit set-up below hides in them.
+    // Weight loads first: they take the longest, and the digit set-up below hides in them.
 #pragma unroll
     for (int b = 0; b < NBUF; b++) stage_piece<TY, MODE>(a, t0, team + b * XTEAMS, n_pieces, stage + b * STAGE, half);
 
-    if constexpr (TY == XTY_IQ2_XXS) {
-        uint64_t* grid = (uint64_t*)smem;
-        uint64_t* sign = (uint64_t*)(smem + IQ2_GRID_BYTES);
-        for (int i = threadIdx.x; i < 256 * 16; i += XTHREADS) grid[i] = IQ2XXS_GRID[i >> 4];
-        for (int i = threadIdx.x; i < 128 * 16; i += XTHREADS) {
-            const uint32_t s7 = (uint32_t)(i >> 4);
-            const uint32_t s8 = s7 | ((uint32_t)(__popc(s7) & 1) << 7);  // ksigns_iq2xs (spec §5.4)
-            uint64_t m = 0;
-#pragma unroll
-            for (int k = 0; k < 8; k++)
-                if ((s8 >> k) & 1u) m |= 1ull << (8 * k);
-            sign[i] = m;
-        }
-    }
     make_digits(a.x, a.n_x, a.n_in, digits, scales);
     __syncthreads();
 

@@ -66,8 +66,6 @@ extern "C" __global__ void __launch_bounds__(256) hc_fused(
     const float* X_in, float* X_out, const float* y, const float* hcw_prev, const __half* fn, const float* scale,
     const float* base, float* hcw, float* xa, unsigned int* counter, double* part, int n_embd, int n_hc,
     int n_mix, int slice, int sinkhorn_iters, float hc_eps, float rms_eps) {
-    pdl_wait();
-    pdl_trigger();
     extern __shared__ float xs[];  // [n_hc][slice] this block's new streams
     __shared__ double red[32];
     __shared__ float mixs[2 * 8 + 64];
@@ -76,6 +74,26 @@ extern "C" __global__ void __launch_bounds__(256) hc_fused(
     const int c0 = min(n_embd, b * slice), nc = min(n_embd, c0 + slice) - c0;
     const int n = n_hc * n_embd;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warp = blockDim.x >> 5;
+    // This slice's share of each mixer row: warp per row, lanes over 8-column pieces (uint4 of
+    // halves). The weights depend on no earlier kernel, so the loads of a warp's first rows go out
+    // before the wait, while the previous kernel finishes (programmatic dependent launch).
+    const int per_h = slice / 8, n_u = n_hc * per_h;  // pieces per row
+    constexpr int RW = 4, UL = 2;                       // rows per pass, pieces per lane
+    auto load_rows = [&](int r0, uint4 (&wv)[RW][UL]) {
+#pragma unroll
+        for (int k = 0; k < RW; k++)
+#pragma unroll
+            for (int q = 0; q < UL; q++) {
+                const int u = lane + 32 * q, h = u / per_h, i = (u % per_h) * 8;
+                const bool ok = r0 + k < n_mix && u < n_u && i < nc;
+                wv[k][q] = ok ? __ldg((const uint4*)(fn + (size_t)(r0 + k) * n + (size_t)h * n_embd + c0 + i))
+                              : make_uint4(0, 0, 0, 0);
+            }
+    };
+    uint4 wv[RW][UL];
+    load_rows(warp * RW, wv);
+    pdl_wait();
+    pdl_trigger();
     double ss = 0.0;
     for (int i = threadIdx.x; i < nc; i += blockDim.x) {
         const int d = c0 + i;
@@ -97,22 +115,9 @@ extern "C" __global__ void __launch_bounds__(256) hc_fused(
     double* part_ss = part;
     float* part_mix = (float*)(part + G);
     if (threadIdx.x == 0) part_ss[b] = ss;
-    // This slice's share of each mixer row: warp per row, lanes over 8-column pieces (uint4 of
-    // halves), every load of the warp's rows issued before the first use.
     {
-        const int per_h = slice / 8, n_u = n_hc * per_h;  // pieces per row
-        constexpr int RW = 4, UL = 2;                       // rows per pass, pieces per lane
         for (int r0 = warp * RW; r0 < n_mix; r0 += n_warp * RW) {
-            uint4 wv[RW][UL];
-#pragma unroll
-            for (int k = 0; k < RW; k++)
-#pragma unroll
-                for (int q = 0; q < UL; q++) {
-                    const int u = lane + 32 * q, h = u / per_h, i = (u % per_h) * 8;
-                    const bool ok = r0 + k < n_mix && u < n_u && i < nc;
-                    wv[k][q] = ok ? __ldg((const uint4*)(fn + (size_t)(r0 + k) * n + (size_t)h * n_embd + c0 + i))
-                                  : make_uint4(0, 0, 0, 0);
-                }
+            if (r0 != warp * RW) load_rows(r0, wv);  // the first pass's rows are in flight already
             float acc[RW];
 #pragma unroll
             for (int k = 0; k < RW; k++) acc[k] = 0.0f;
