@@ -26,16 +26,29 @@ __device__ void hadamard_fp4_128(float* v) {
 // kvp/scp: the kv and gate projections of xa (W each). ape: F16 [R][W]. State: KV and SC, coff·R
 // rows of W. When (pos+1) mod R == 0 a row is pooled, normed, rotated, quantised (qat = 0: FP8,
 // 1: Hadamard + FP4), f16-rounded and appended to `cache` as row (pos+1)/R − 1.
-// Dynamic shared memory: D floats.
-extern "C" __global__ void compressor_step(const float* kvp, const float* scp, const __half* ape, const float* norm_w,
-                                           float* state_kv, float* state_sc, float* cache, RopeArgs rope,
-                                           const Step* step, int R, int coff, int D, int qat, float eps) {
-    pdl_wait();
-    pdl_trigger();
-    extern __shared__ float row[];
+// `row`: D floats of shared memory.
+struct CompressorArgs {
+    const float* kvp;    // C1 projections of xa (W each)
+    const float* scp;
+    const __half* ape;   // F16 [R][W]
+    const float* norm_w;
+    float* state_kv;     // coff·R rows of W
+    float* state_sc;
+    float* cache;        // compressed rows of D
+    int R, coff, D, qat;
+};
+
+__device__ void compressor_block(const CompressorArgs& c, float* row, RopeArgs rope, int pos, float eps) {
     __shared__ double red[32];
+    const float* kvp = c.kvp;
+    const float* scp = c.scp;
+    const __half* ape = c.ape;
+    const float* norm_w = c.norm_w;
+    float* state_kv = c.state_kv;
+    float* state_sc = c.state_sc;
+    float* cache = c.cache;
+    const int R = c.R, coff = c.coff, D = c.D, qat = c.qat;
     const int W = coff * D;
-    const int pos = step->pos;
     const int p = pos % R;
     const int t = coff == 2 ? R + p : p;
     for (int j = threadIdx.x; j < W; j += blockDim.x) {
@@ -99,19 +112,78 @@ extern "C" __global__ void compressor_step(const float* kvp, const float* scp, c
     for (int j = threadIdx.x; j < D; j += blockDim.x) dst[j] = f16_round(row[j]);
 }
 
-// spec §3.5 A10.2: the indexer query, per 128-wide head: RoPE on the tail at pos, then Hadamard + FP4.
-// Block per head; skipped when the gate is 0.
-extern "C" __global__ void index_q_prep(float* qi, RopeArgs rope, const Step* step, const int* gate) {
-    pdl_wait();
-    pdl_trigger();
-    __shared__ float v[128];
-    if (*gate == 0) return;
-    float* h = qi + (size_t)blockIdx.x * 128;
+// spec §3.5 A10.2: the indexer query of one 128-wide head: RoPE on the tail at pos, then
+// Hadamard + FP4. `v`: 128 floats of shared memory.
+__device__ void index_q_block(float* h, float* v, RopeArgs rope, int pos) {
     for (int i = threadIdx.x; i < 128; i += blockDim.x) v[i] = h[i];
     __syncthreads();
-    rope_tail_block(v, 128, rope, (float)step->pos, false);
+    rope_tail_block(v, 128, rope, (float)pos, false);
     hadamard_fp4_128(v);
     for (int i = threadIdx.x; i < 128; i += blockDim.x) h[i] = v[i];
+}
+
+// spec §3.5 A4 + A6 for one q head: unweighted RMSNorm, then RoPE on its tail.
+__device__ void q_head_block(float* v, int head_dim, RopeArgs rope, int pos, float eps) {
+    __shared__ double red[32];
+    const float s = block_rms_scale(v, head_dim, eps, red);
+    __syncthreads();
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) v[i] = v[i] * s;
+    __syncthreads();
+    rope_tail_block(v, head_dim, rope, (float)pos, false);
+}
+
+// spec §3.5 A5-A8: kv = RMSNorm(kv_raw) ⊙ w, RoPE at pos, FP8 on the non-RoPE dims, f16 round,
+// stored as raw-window row pos mod raw_cap. `v`: head_dim floats of shared memory.
+__device__ void kv_block(const float* kv_raw, const float* norm_w, float* v, RopeArgs rope, int pos, float* ring,
+                         int raw_cap, int head_dim, float eps) {
+    __shared__ double red[32];
+    const float s = block_rms_scale(kv_raw, head_dim, eps, red);
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) v[i] = (kv_raw[i] * s) * norm_w[i];
+    __syncthreads();
+    rope_tail_block(v, head_dim, rope, (float)pos, false);
+    __syncthreads();
+    const int n_fp8 = (head_dim - rope.n_rot) / 64;
+    __shared__ float scales[64];
+    quant_sim_blocks(v, n_fp8, 64, 448.0f, 1e-4f, scales);
+    __syncthreads();
+    float* row = ring + (size_t)(pos % raw_cap) * head_dim;
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) row[i] = f16_round(v[i]);
+}
+
+// Everything between a layer's projections and its attention that reads only those projections,
+// in one launch (the steps are independent, so they run side by side instead of one after the
+// other): blocks [0, n_head) finish a q head (A4, A6), block n_head the kv row (A5-A8), the next
+// n_comp blocks a compressor step each (A9, A10.1), and the last n_idx_head blocks (ratio-4 layers
+// with the indexer gate open) an indexer query head (A10.2). Dynamic shared memory: max(head_dim,
+// the compressors' D) floats.
+struct AttnPrepArgs {
+    float* q;
+    const float* kv_raw;
+    const float* kv_norm_w;
+    float* ring;
+    float* qi;
+    const int* gate;  // indexer gate (qi blocks do nothing when it is 0)
+    const Step* step;
+    CompressorArgs comp[2];
+    RopeArgs rope;
+    int n_head, head_dim, raw_cap, n_comp, n_idx_head;
+    float eps;
+};
+
+extern "C" __global__ void __launch_bounds__(256) attn_prep(AttnPrepArgs a) {
+    pdl_wait();
+    pdl_trigger();
+    extern __shared__ float sv[];
+    const int b = blockIdx.x, pos = a.step->pos;
+    if (b < a.n_head) {
+        q_head_block(a.q + (size_t)b * a.head_dim, a.head_dim, a.rope, pos, a.eps);
+    } else if (b == a.n_head) {
+        kv_block(a.kv_raw, a.kv_norm_w, sv, a.rope, pos, a.ring, a.raw_cap, a.head_dim, a.eps);
+    } else if (b < a.n_head + 1 + a.n_comp) {
+        compressor_block(a.comp[b - a.n_head - 1], sv, a.rope, pos, a.eps);
+    } else if (*a.gate != 0) {
+        index_q_block(a.qi + (size_t)(b - a.n_head - 1 - a.n_comp) * 128, sv, a.rope, pos);
+    }
 }
 
 // score_c = Σ_h max(0, K_c·qi_h)·w_h for every compressed index row c < n_comp (warp per row,

@@ -1,5 +1,5 @@
 // Small fused ops of the decode step: embedding, RMSNorm, hyper-connection pre/post (spec §3.4),
-// Q/KV finishing (§3.5 A4-A8), router (§3.6 F2-F4) and the output collapse (§3.7).
+// router (§3.6 F2-F4) and the output collapse (§3.7).
 // Each kernel reads the token and position from `Step` on the device, so a captured graph replays.
 #include "blockops.cuh"
 
@@ -198,40 +198,6 @@ extern "C" __global__ void hc_post(float* X, const float* y, const float* hcw, i
         for (int r = 0; r < n_hc; r++) s += M[r * n_hc + c] * xin[r];
         X[(size_t)c * n_embd + d] = s;
     }
-}
-
-// spec §3.5 A4 + A6 for q: unweighted RMSNorm of each head, then RoPE on its tail. Block per head.
-extern "C" __global__ void head_norm_rope(float* q, int head_dim, RopeArgs rope, const Step* step, float eps) {
-    pdl_wait();
-    pdl_trigger();
-    __shared__ double red[32];
-    float* v = q + (size_t)blockIdx.x * head_dim;
-    const float s = block_rms_scale(v, head_dim, eps, red);
-    __syncthreads();
-    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) v[i] = v[i] * s;
-    __syncthreads();
-    rope_tail_block(v, head_dim, rope, (float)step->pos, false);
-}
-
-// spec §3.5 A5-A8: kv = RMSNorm(kv_raw) ⊙ w, RoPE at pos, FP8 on the non-RoPE dims, f16 round,
-// then store as raw-window row pos mod raw_cap. Dynamic shared memory: head_dim floats.
-extern "C" __global__ void kv_finish(const float* kv_raw, const float* norm_w, RopeArgs rope, const Step* step,
-                                     float* ring, int raw_cap, int head_dim, float eps) {
-    pdl_wait();
-    pdl_trigger();
-    extern __shared__ float v[];
-    __shared__ double red[32];
-    const float s = block_rms_scale(kv_raw, head_dim, eps, red);
-    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) v[i] = (kv_raw[i] * s) * norm_w[i];
-    __syncthreads();
-    rope_tail_block(v, head_dim, rope, (float)step->pos, false);
-    __syncthreads();
-    const int n_fp8 = (head_dim - rope.n_rot) / 64;
-    __shared__ float scales[64];
-    quant_sim_blocks(v, n_fp8, 64, 448.0f, 1e-4f, scales);
-    __syncthreads();
-    float* row = ring + (size_t)(step->pos % raw_cap) * head_dim;
-    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) row[i] = f16_round(v[i]);
 }
 
 // spec §3.6 F2-F4: p = sqrt(softplus(logit)); selection by hash table or biased top-k (ties to the

@@ -14,7 +14,9 @@ use ds4_model::{AttnKind, Config};
 
 use crate::device::{DevBuf, Device};
 use crate::experts::ExpertKernels;
-use crate::launch::{DPtr, DenseInput, DenseMat, GemvArgs, GemvMode, Kernels, RopeArgs};
+use crate::launch::{
+    AttnPrep, CompressorArgs, DPtr, DenseInput, DenseMat, GemvArgs, GemvMode, Kernels, RopeArgs,
+};
 use crate::weights::{DevAttnExtra, DevCompressor, DevHc, DevLayer, DevTensor, DevWeights};
 use crate::Error;
 
@@ -364,36 +366,28 @@ fn hc_step(
 // ---- spec/model.md §3.5 attention sublayer -------------------------------------------------------
 
 /// §3.5 C2-C9 for one compressor stream of width `dim`, from its projections `kvp`/`scp` (C1).
-#[allow(clippy::too_many_arguments)]
 fn compressor(
-    k: &Kernels,
     c: &DevCompressor,
-    f: &crate::forward::Frontier,
+    f: &Frontier,
     cache: &DevBuf,
     (kvp, scp): (DPtr, DPtr),
-    s: &Scratch,
     kind: AttnKind,
-    rope: RopeArgs,
     dim: usize,
     qat: bool,
-    eps: f32,
-) -> Result<(), Error> {
-    k.compressor_step(
+) -> CompressorArgs {
+    CompressorArgs {
         kvp,
         scp,
-        c.ape.ptr(),
-        c.norm.ptr(),
-        f.kv.ptr(),
-        f.score.ptr(),
-        cache.ptr(),
-        rope,
-        s.step.ptr(),
-        kind.ratio(),
-        kind.coff(),
-        dim,
-        qat,
-        eps,
-    )
+        ape: c.ape.ptr(),
+        norm_w: c.norm.ptr(),
+        state_kv: f.kv.ptr(),
+        state_sc: f.score.ptr(),
+        cache: cache.ptr(),
+        r: kind.ratio() as i32,
+        coff: kind.coff() as i32,
+        d: dim as i32,
+        qat: qat as i32,
+    }
 }
 
 /// §3.5 A1-A14. Reads and appends this layer's KV state; `s.x` is updated in place.
@@ -459,41 +453,20 @@ fn attention_sublayer(
         ..Default::default()
     };
     k.dense(from_qn, &mats)?;
-    k.head_norm_rope(
-        s.q.ptr(),
-        cfg.n_head,
-        cfg.head_dim,
-        rope,
-        s.step.ptr(),
-        cfg.rms_eps,
-    )?; // A4, A6
-    k.kv_finish(
-        s.kv_raw.ptr(),
-        l.attn_kv_a_norm.ptr(),
-        rope,
-        s.step.ptr(),
-        kv.ring.ptr(),
-        raw_cap,
-        cfg.head_dim,
-        cfg.rms_eps,
-    )?; // A5-A8
-    let (comp, list) = match (&l.attn_extra, &kv.comp, &kv.attn_frontier) {
-        (DevAttnExtra::Window, _, _) => (0, 0),
+    // A4-A10.2 side by side in one launch, then the indexer scores and top-k.
+    let (comp, list, compressors, indexer_q) = match (&l.attn_extra, &kv.comp, &kv.attn_frontier) {
+        (DevAttnExtra::Window, _, _) => (0, 0, Vec::new(), None),
         (DevAttnExtra::CompressedN { compressor: c }, Some(cache), Some(f)) => {
-            compressor(
-                k,
+            let attn = compressor(
                 c,
                 f,
                 cache,
                 (s.kvp.ptr(), s.scp.ptr()),
-                s,
                 kind,
-                rope,
                 cfg.head_dim,
                 false,
-                cfg.rms_eps,
-            )?; // A9
-            (cache.ptr(), 0)
+            );
+            (cache.ptr(), 0, vec![attn], None)
         }
         (
             DevAttnExtra::Compressed4 {
@@ -503,57 +476,35 @@ fn attention_sublayer(
             Some(cache),
             Some(f),
         ) => {
-            compressor(
-                k,
-                c,
-                f,
-                cache,
-                (s.kvp.ptr(), s.scp.ptr()),
-                s,
-                kind,
-                rope,
-                cfg.head_dim,
-                false,
-                cfg.rms_eps,
-            )?; // A9
             let (Some(icache), Some(ifr)) = (&kv.index_comp, &kv.index_frontier) else {
                 return Err(Error::Unsupported(format!(
                     "layer {il}: indexer state missing"
                 )));
             };
-            compressor(
-                k,
+            let attn = compressor(
+                c,
+                f,
+                cache,
+                (s.kvp.ptr(), s.scp.ptr()),
+                kind,
+                cfg.head_dim,
+                false,
+            );
+            let idx = compressor(
                 &indexer.compressor,
                 ifr,
                 icache,
                 (s.ikvp.ptr(), s.iscp.ptr()),
-                s,
                 kind,
-                rope,
                 cfg.idx_head_dim,
                 true,
-                cfg.rms_eps,
-            )?; // A10.1
-            k.index_q_prep(s.qi.ptr(), cfg.n_idx_head, rope, s.step.ptr(), gate)?;
-            k.index_scores(
-                icache.ptr(),
-                s.qi.ptr(),
-                s.iw.ptr(),
-                s.step.ptr(),
-                gate,
-                kind.ratio(),
-                cfg.n_idx_head,
-                s.scores.ptr(),
-                kv.comp_cap,
-            )?;
-            k.index_topk(
-                s.scores.ptr(),
-                s.step.ptr(),
-                kind.ratio(),
-                cfg.idx_top_k,
+            );
+            (
+                cache.ptr(),
                 s.list.ptr(),
-            )?;
-            (cache.ptr(), s.list.ptr())
+                vec![attn, idx],
+                Some((s.qi.ptr(), cfg.n_idx_head, gate)),
+            )
         }
         _ => {
             return Err(Error::Unsupported(format!(
@@ -561,6 +512,39 @@ fn attention_sublayer(
             )))
         }
     };
+    k.attn_prep(&AttnPrep {
+        q: s.q.ptr(),
+        kv_raw: s.kv_raw.ptr(),
+        kv_norm_w: l.attn_kv_a_norm.ptr(),
+        ring: (kv.ring.ptr(), raw_cap),
+        compressors: &compressors,
+        indexer_q,
+        step: s.step.ptr(),
+        rope,
+        n_head: cfg.n_head,
+        head_dim: cfg.head_dim,
+        eps: cfg.rms_eps,
+    })?; // A4-A9, A10.1, A10.2 (queries)
+    if let (Some(icache), true) = (&kv.index_comp, indexer_q.is_some()) {
+        k.index_scores(
+            icache.ptr(),
+            s.qi.ptr(),
+            s.iw.ptr(),
+            s.step.ptr(),
+            gate,
+            kind.ratio(),
+            cfg.n_idx_head,
+            s.scores.ptr(),
+            kv.comp_cap,
+        )?;
+        k.index_topk(
+            s.scores.ptr(),
+            s.step.ptr(),
+            kind.ratio(),
+            cfg.idx_top_k,
+            s.list.ptr(),
+        )?;
+    }
     let max_rows = raw_cap
         + match kind {
             AttnKind::Window => 0,

@@ -43,6 +43,65 @@ impl RopeArgs {
     }
 }
 
+/// `CompressorArgs` of kernels/attention.cu: one compressor step (spec §3.5 C1-C9) of stream width
+/// `d`, ratio `r`, `coff` = 2 for ratio 4; `qat` = 1 for the indexer's Hadamard + FP4.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CompressorArgs {
+    pub kvp: DPtr,
+    pub scp: DPtr,
+    pub ape: DPtr,
+    pub norm_w: DPtr,
+    pub state_kv: DPtr,
+    pub state_sc: DPtr,
+    pub cache: DPtr,
+    pub r: i32,
+    pub coff: i32,
+    pub d: i32,
+    pub qat: i32,
+}
+
+/// `AttnPrepArgs` of kernels/attention.cu (see [`Kernels::attn_prep`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct AttnPrepArgs {
+    q: DPtr,
+    kv_raw: DPtr,
+    kv_norm_w: DPtr,
+    ring: DPtr,
+    qi: DPtr,
+    gate: DPtr,
+    step: DPtr,
+    comp: [CompressorArgs; 2],
+    rope: RopeArgs,
+    n_head: i32,
+    head_dim: i32,
+    raw_cap: i32,
+    n_comp: i32,
+    n_idx_head: i32,
+    eps: f32,
+}
+
+/// What [`Kernels::attn_prep`] finishes for one layer.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnPrep<'a> {
+    /// q (n_head × head_dim), normalised per head and rotated in place.
+    pub q: DPtr,
+    /// The kv projection, its norm weight, and the raw ring it is appended to.
+    pub kv_raw: DPtr,
+    pub kv_norm_w: DPtr,
+    pub ring: (DPtr, usize),
+    /// Compressor steps (attention, then the indexer's).
+    pub compressors: &'a [CompressorArgs],
+    /// The indexer queries (`n_idx_head` heads of 128), prepared in place while `gate` is open.
+    pub indexer_q: Option<(DPtr, usize, DPtr)>,
+    pub step: DPtr,
+    pub rope: RopeArgs,
+    pub n_head: usize,
+    pub head_dim: usize,
+    pub eps: f32,
+}
+
 /// `GemvArgs` of kernels/gemv.cu (field order and types must match).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -229,13 +288,10 @@ pub struct Kernels {
     rms_norm: sys::CUfunction,
     hc_post: sys::CUfunction,
     hc_fused: sys::CUfunction,
-    head_norm_rope: sys::CUfunction,
-    kv_finish: sys::CUfunction,
     route: sys::CUfunction,
     head_collapse: sys::CUfunction,
     set_index_gate: sys::CUfunction,
-    compressor_step: sys::CUfunction,
-    index_q_prep: sys::CUfunction,
+    attn_prep: sys::CUfunction,
     index_scores: sys::CUfunction,
     index_topk: sys::CUfunction,
     attention_split: sys::CUfunction,
@@ -305,13 +361,10 @@ impl Kernels {
             rms_norm: f("ops", "rms_norm")?,
             hc_post: f("ops", "hc_post")?,
             hc_fused: f("ops", "hc_fused")?,
-            head_norm_rope: f("ops", "head_norm_rope")?,
-            kv_finish: f("ops", "kv_finish")?,
             route: f("ops", "route")?,
             head_collapse: f("ops", "head_collapse")?,
             set_index_gate: f("ops", "set_index_gate")?,
-            compressor_step: f("attention", "compressor_step")?,
-            index_q_prep: f("attention", "index_q_prep")?,
+            attn_prep: f("attention", "attn_prep")?,
             index_scores: f("attention", "index_scores")?,
             index_topk: f("attention", "index_topk")?,
             attention_split: f("attention", "attention_split")?,
@@ -787,55 +840,6 @@ impl Kernels {
         )
     }
 
-    pub fn head_norm_rope(
-        &self,
-        q: DPtr,
-        n_head: usize,
-        head_dim: usize,
-        rope: RopeArgs,
-        step: DPtr,
-        eps: f32,
-    ) -> Result<(), Error> {
-        let hd = head_dim as i32;
-        let mut p = args![q, hd, rope, step, eps];
-        self.launch(
-            "head_norm_rope",
-            self.head_norm_rope,
-            (n_head as u32, 1, 1),
-            128,
-            0,
-            &mut p,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn kv_finish(
-        &self,
-        kv_raw: DPtr,
-        norm_w: DPtr,
-        rope: RopeArgs,
-        step: DPtr,
-        ring: DPtr,
-        raw_cap: usize,
-        head_dim: usize,
-        eps: f32,
-    ) -> Result<(), Error> {
-        assert!(
-            (head_dim - rope.n_rot as usize).is_multiple_of(64),
-            "invariant: FP8 blocks of 64 (spec §1.5)"
-        );
-        let (rc, hd) = (raw_cap as i32, head_dim as i32);
-        let mut p = args![kv_raw, norm_w, rope, step, ring, rc, hd, eps];
-        self.launch(
-            "kv_finish",
-            self.kv_finish,
-            (1, 1, 1),
-            256,
-            (head_dim * 4) as u32,
-            &mut p,
-        )
-    }
-
     #[allow(clippy::too_many_arguments)]
     pub fn route(
         &self,
@@ -916,57 +920,55 @@ impl Kernels {
 
     // ---- compressor, indexer, attention -------------------------------------------------------
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn compressor_step(
-        &self,
-        kvp: DPtr,
-        scp: DPtr,
-        ape: DPtr,
-        norm_w: DPtr,
-        state_kv: DPtr,
-        state_sc: DPtr,
-        cache: DPtr,
-        rope: RopeArgs,
-        step: DPtr,
-        ratio: usize,
-        coff: usize,
-        dim: usize,
-        qat: bool,
-        eps: f32,
-    ) -> Result<(), Error> {
+    /// spec §3.5 A4-A10.2 in one launch (kernels/attention.cu `attn_prep`): the q heads' norm and
+    /// RoPE, the kv row (norm, RoPE, FP8, ring), the compressor steps and the indexer queries,
+    /// side by side (they read the projections only, and write disjoint buffers).
+    pub fn attn_prep(&self, p: &AttnPrep) -> Result<(), Error> {
         assert!(
-            !qat || dim == 128,
-            "invariant: the indexer QAT Hadamard is 128 wide (spec §1.5)"
+            p.compressors.len() <= 2,
+            "invariant: at most two compressors per layer"
         );
-        let (r, c, d, q) = (ratio as i32, coff as i32, dim as i32, qat as i32);
-        let mut p =
-            args![kvp, scp, ape, norm_w, state_kv, state_sc, cache, rope, step, r, c, d, q, eps];
+        assert!(
+            (p.head_dim - p.rope.n_rot as usize).is_multiple_of(64),
+            "invariant: FP8 blocks of 64 (spec §1.5)"
+        );
+        let mut comp = [CompressorArgs::default(); 2];
+        let mut width = p.head_dim;
+        for (slot, c) in comp.iter_mut().zip(p.compressors) {
+            assert!(
+                c.qat == 0 || c.d == 128,
+                "invariant: the indexer QAT Hadamard is 128 wide (spec §1.5)"
+            );
+            *slot = *c;
+            width = width.max(c.d as usize);
+        }
+        let (qi, n_idx_head, gate) = p.indexer_q.unwrap_or((0, 0, 0));
+        let a = AttnPrepArgs {
+            q: p.q,
+            kv_raw: p.kv_raw,
+            kv_norm_w: p.kv_norm_w,
+            ring: p.ring.0,
+            qi,
+            gate,
+            step: p.step,
+            comp,
+            rope: p.rope,
+            n_head: p.n_head as i32,
+            head_dim: p.head_dim as i32,
+            raw_cap: p.ring.1 as i32,
+            n_comp: p.compressors.len() as i32,
+            n_idx_head: n_idx_head as i32,
+            eps: p.eps,
+        };
+        let blocks = p.n_head + 1 + p.compressors.len() + n_idx_head;
+        let mut params = args![a];
         self.launch(
-            "compressor_step",
-            self.compressor_step,
-            (1, 1, 1),
+            "attn_prep",
+            self.attn_prep,
+            (blocks as u32, 1, 1),
             256,
-            (dim * 4) as u32,
-            &mut p,
-        )
-    }
-
-    pub fn index_q_prep(
-        &self,
-        qi: DPtr,
-        n_idx_head: usize,
-        rope: RopeArgs,
-        step: DPtr,
-        gate: DPtr,
-    ) -> Result<(), Error> {
-        let mut p = args![qi, rope, step, gate];
-        self.launch(
-            "index_q_prep",
-            self.index_q_prep,
-            (n_idx_head as u32, 1, 1),
-            128,
-            0,
-            &mut p,
+            (width * 4) as u32,
+            &mut params,
         )
     }
 
