@@ -3,7 +3,7 @@
 # short table. Everything it runs is built here and carried in .device/ (see scripts/gpu-pack.sh):
 #   device run: bash scripts/gpu-check.sh [steps]     carry: [".device"]
 # steps (default all): mb tests full2 bench prefill. Logs go to $OUT (the device tool fetches them).
-# LAYERS=N: synthetic layers for the benches (43; 43 q2 layers need the H200, an H100 holds 36).
+# LAYERS=N: synthetic layers for the benches (default 43 on an H200, 36 on an H100).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 R=$PWD
@@ -19,9 +19,13 @@ mkdir -p /work
 [ -e /work/shared ] || ln -s "$D/shared" /work/shared
 python3 -m pip install -q --no-deps --no-index "$D"/whl/*.whl 2>&1 | grep -v WARNING
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv,noheader
+# 43 synthetic q2 layers (80.8 GiB) need the H200; an H100 (80 GB) holds 36.
+MEM_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
+[ "${MEM_MIB:-0}" -lt 100000 ] && LAYERS=${LAYERS:-36}
 SUMMARY=$OUT/summary.txt
 : >"$SUMMARY"
 note() { echo "$*" | tee -a "$SUMMARY"; }
+note "gpu: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1), bench layers ${LAYERS:-43}"
 
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 

@@ -186,39 +186,43 @@ extern "C" __global__ void __launch_bounds__(256) attn_prep(AttnPrepArgs a) {
     }
 }
 
-// score_c = Σ_h max(0, K_c·qi_h)·w_h for every compressed index row c < n_comp (warp per row,
-// heads summed in ascending order). Skipped when the gate is 0.
-extern "C" __global__ void index_scores(const float* index_cache, const float* qi, const float* w, const Step* step,
-                                        const int* gate, int ratio, int n_idx_head, float* scores) {
+// spec §3.5 A10.2 selection in one launch: score_c = Σ_h max(0, K_c·qi_h)·w_h for every compressed
+// index row c < n_comp (warp per row, heads summed in ascending order), then the block that
+// finishes last (a counter; which block it is decides nothing) selects the top_k rows, ascending,
+// ties to the lower index (radix select). With the gate closed (n_comp <= top_k) every row is
+// allowed. `counter`: a zeroed u32 that only this kernel touches (the last block resets it).
+extern "C" __global__ void __launch_bounds__(1024)
+    index_select(const float* index_cache, const float* qi, const float* w, const Step* step, const int* gate,
+                 int ratio, int n_idx_head, int top_k, float* scores, int* list, unsigned int* counter) {
     pdl_wait();
     pdl_trigger();
-    if (*gate == 0) return;
+    __shared__ int is_last;
     const int n_comp = (step->pos + 1) / ratio;
-    const int c = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    const int lane = threadIdx.x & 31;
-    if (c >= n_comp) return;
-    const float4 k = *((const float4*)(index_cache + (size_t)c * 128) + lane);
-    float s = 0.0f;
-    for (int h = 0; h < n_idx_head; h++) {
-        const float4 q = *((const float4*)(qi + (size_t)h * 128) + lane);
-        const float d = warp_sum(k.x * q.x + k.y * q.y + k.z * q.z + k.w * q.w);
-        s += fmaxf(d, 0.0f) * w[h];
-    }
-    if (lane == 0) scores[c] = s;
-}
-
-// The allowed compressed rows for this step, ascending: all n_comp rows when n_comp <= top_k, else
-// the top_k highest scores (ties to the lower index; spec §3.5 A10.2). Radix select on the order-
-// preserving bit pattern, then a stable compaction. One block of 1024 threads.
-extern "C" __global__ void index_topk(const float* scores, const Step* step, int ratio, int top_k, int* list) {
-    pdl_wait();
-    pdl_trigger();
-    const int n = (step->pos + 1) / ratio;
-    if (n <= top_k) {
-        for (int i = threadIdx.x; i < n; i += blockDim.x) list[i] = i;
+    if (*gate == 0) {
+        if (blockIdx.x == 0)
+            for (int i = threadIdx.x; i < n_comp; i += blockDim.x) list[i] = i;
         return;
     }
-    topk_select(scores, n, top_k, list);
+    const int c = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (c < n_comp) {
+        const float4 k = *((const float4*)(index_cache + (size_t)c * 128) + lane);
+        float s = 0.0f;
+        for (int h = 0; h < n_idx_head; h++) {
+            const float4 q = *((const float4*)(qi + (size_t)h * 128) + lane);
+            const float d = warp_sum(k.x * q.x + k.y * q.y + k.z * q.z + k.w * q.w);
+            s += fmaxf(d, 0.0f) * w[h];
+        }
+        if (lane == 0) scores[c] = s;
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) is_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    if (threadIdx.x == 0) *counter = 0u;
+    topk_select(scores, n_comp, top_k, list);
 }
 
 // Row j of the rows a token at `pos` attends to: the raw window (oldest first), then the visible

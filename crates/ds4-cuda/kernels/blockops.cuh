@@ -180,6 +180,7 @@ __device__ int block_exclusive_scan(int v, int* tmp, int* total) {
 
 // The top_k highest of n scores (n > top_k), ties to the lower index, ascending, into list: radix
 // select on the order-preserving bit pattern, then a stable compaction. The whole block (<= 1024).
+// Scores are read past L1: other blocks of the same launch may have written them.
 __device__ void topk_select(const float* scores, int n, int top_k, int* list) {
     __shared__ int hist[256];
     __shared__ int tmp[64];
@@ -191,7 +192,7 @@ __device__ void topk_select(const float* scores, int n, int top_k, int* list) {
         for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
         __syncthreads();
         for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            const uint32_t k = order_key(scores[i]);
+            const uint32_t k = order_key(__ldcg(scores + i));
             if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255], 1);
         }
         __syncthreads();
@@ -244,7 +245,7 @@ __device__ void topk_select(const float* scores, int n, int top_k, int* list) {
     const int lo = min(n, (int)threadIdx.x * chunk), hi = min(n, lo + chunk);
     int n_gt = 0, n_eq = 0;
     for (int i = lo; i < hi; i++) {
-        const uint32_t k = order_key(scores[i]);
+        const uint32_t k = order_key(__ldcg(scores + i));
         n_gt += k > prefix;
         n_eq += k == prefix;
     }
@@ -254,7 +255,7 @@ __device__ void topk_select(const float* scores, int n, int top_k, int* list) {
     const int out_before = block_exclusive_scan(n_gt + eq_take, tmp, &total);
     int o = out_before, eq_seen = 0;
     for (int i = lo; i < hi; i++) {
-        const uint32_t k = order_key(scores[i]);
+        const uint32_t k = order_key(__ldcg(scores + i));
         if (k > prefix) {
             list[o++] = i;
         } else if (k == prefix) {

@@ -1016,7 +1016,7 @@ extern "C" __global__ void __launch_bounds__(128)
     scores[(size_t)blockIdx.y * cap + c] = s;
 }
 
-// The decode index_topk for token t0 + blockIdx.y (only when it has more than top_k rows): the
+// The decode top-k (index_select) for token t0 + blockIdx.y (only with more than top_k rows): the
 // top_k highest scores, ties to the lower row, ascending, into list[t][top_k]. 1024 threads.
 extern "C" __global__ void pf_index_topk(const float* scores, int pos0, int t0, int ratio, int top_k, int* list,
                                          int cap) {

@@ -170,6 +170,8 @@ pub struct Scratch {
     pub iw: DevBuf,
     pub scores: DevBuf,
     pub list: DevBuf,
+    /// Zero between launches: `index_select`'s count of finished blocks.
+    pub index_counter: DevBuf,
     pub index_gate: DevBuf,
     pub o: DevBuf,
     /// attention_split's per-slice partial outputs, (max, sum) pairs and head-group counters.
@@ -218,6 +220,7 @@ impl Scratch {
             iw: f(cfg.n_idx_head)?,
             scores: f(comp_cap)?,
             list: f(comp_cap.max(cfg.idx_top_k))?,
+            index_counter: f(1)?,
             index_gate: f(1)?,
             o: f(cfg.q_dim())?,
             att_part_o: f(cfg.n_head * Kernels::ATT_SPLIT * cfg.head_dim)?,
@@ -526,24 +529,16 @@ fn attention_sublayer(
         eps: cfg.rms_eps,
     })?; // A4-A9, A10.1, A10.2 (queries)
     if let (Some(icache), true) = (&kv.index_comp, indexer_q.is_some()) {
-        k.index_scores(
-            icache.ptr(),
-            s.qi.ptr(),
-            s.iw.ptr(),
+        k.index_select(
+            (icache.ptr(), s.qi.ptr(), s.iw.ptr()),
             s.step.ptr(),
             gate,
-            kind.ratio(),
-            cfg.n_idx_head,
+            (kind.ratio(), cfg.n_idx_head, cfg.idx_top_k),
             s.scores.ptr(),
-            kv.comp_cap,
-        )?;
-        k.index_topk(
-            s.scores.ptr(),
-            s.step.ptr(),
-            kind.ratio(),
-            cfg.idx_top_k,
             s.list.ptr(),
-        )?;
+            s.index_counter.ptr(),
+            kv.comp_cap,
+        )?; // A10.2 scores and top-k
     }
     let max_rows = raw_cap
         + match kind {

@@ -292,8 +292,7 @@ pub struct Kernels {
     head_collapse: sys::CUfunction,
     set_index_gate: sys::CUfunction,
     attn_prep: sys::CUfunction,
-    index_scores: sys::CUfunction,
-    index_topk: sys::CUfunction,
+    index_select: sys::CUfunction,
     attention_split: sys::CUfunction,
     fill_random: sys::CUfunction,
     fix_scales: sys::CUfunction,
@@ -365,8 +364,7 @@ impl Kernels {
             head_collapse: f("ops", "head_collapse")?,
             set_index_gate: f("ops", "set_index_gate")?,
             attn_prep: f("attention", "attn_prep")?,
-            index_scores: f("attention", "index_scores")?,
-            index_topk: f("attention", "index_topk")?,
+            index_select: f("attention", "index_select")?,
             attention_split: f("attention", "attention_split")?,
             fill_random: f("gemv", "fill_random")?,
             fix_scales: f("gemv", "fix_scales")?,
@@ -972,44 +970,32 @@ impl Kernels {
         )
     }
 
-    /// Scores every compressed index row; `cap_rows` is the cache capacity (grid size: the
-    /// kernel reads how many rows exist from the step).
+    /// The indexer's selection (spec §3.5 A10.2, kernels/attention.cu `index_select`): scores of
+    /// every compressed index row, then the top-k rows into `list` (all rows while the gate is
+    /// closed). `cap_rows`: the cache capacity (grid size; the kernel reads how many rows exist
+    /// from the step). `counter`: a zeroed u32 only this kernel touches.
     #[allow(clippy::too_many_arguments)]
-    pub fn index_scores(
+    pub fn index_select(
         &self,
-        cache: DPtr,
-        qi: DPtr,
-        w: DPtr,
+        (cache, qi, w): (DPtr, DPtr, DPtr),
         step: DPtr,
         gate: DPtr,
-        ratio: usize,
-        n_idx_head: usize,
+        (ratio, n_idx_head, top_k): (usize, usize, usize),
         scores: DPtr,
+        list: DPtr,
+        counter: DPtr,
         cap_rows: usize,
     ) -> Result<(), Error> {
-        let (r, h) = (ratio as i32, n_idx_head as i32);
-        let mut p = args![cache, qi, w, step, gate, r, h, scores];
+        let (r, h, k) = (ratio as i32, n_idx_head as i32, top_k as i32);
+        let mut p = args![cache, qi, w, step, gate, r, h, k, scores, list, counter];
         self.launch(
-            "index_scores",
-            self.index_scores,
-            ((cap_rows as u32).div_ceil(8).max(1), 1, 1),
-            256,
+            "index_select",
+            self.index_select,
+            ((cap_rows as u32).div_ceil(32).max(1), 1, 1),
+            1024,
             0,
             &mut p,
         )
-    }
-
-    pub fn index_topk(
-        &self,
-        scores: DPtr,
-        step: DPtr,
-        ratio: usize,
-        top_k: usize,
-        list: DPtr,
-    ) -> Result<(), Error> {
-        let (r, k) = (ratio as i32, top_k as i32);
-        let mut p = args![scores, step, r, k, list];
-        self.launch("index_topk", self.index_topk, (1, 1, 1), 1024, 0, &mut p)
     }
 
     /// Heads per block of [`Kernels::attention_split`] (`ATT_HG` in kernels/attention.cu).
