@@ -2,14 +2,14 @@
 # The GPU machine's whole check in one call (device tool): correctness first, then speed, then a
 # short table. Everything it runs is built here and carried in .device/ (see scripts/gpu-pack.sh):
 #   device run: bash scripts/gpu-check.sh [steps]     carry: [".device"]
-# steps (default all): mb tests full2 bench prefill. Logs go to $OUT (the device tool fetches them).
+# steps (default all, in this order): tests bench prefill full2 mb. Logs go to $OUT (the device tool fetches them).
 # LAYERS=N: synthetic layers for the benches (default 43 on an H200, 36 on an H100).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 R=$PWD
 D=$R/.device
 OUT=${OUT:-/tmp/ds4-out}
-STEPS=${1:-"mb tests full2 bench prefill"}
+STEPS=${1:-"tests bench prefill full2 mb"}
 mkdir -p "$OUT" /tmp/ds4b
 tar xJf "$D/bin.tar.xz" -C /tmp/ds4b
 B=/tmp/ds4b/bin
@@ -29,18 +29,45 @@ note "gpu: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | he
 
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 
-if has mb; then
-    timeout 240 "$B/mb" 43 2>&1 | tee "$OUT/mb.log"
-    note "mb rc=${PIPESTATUS[0]}"
-    grep -E "graph of|D2D" "$OUT/mb.log" >>"$SUMMARY"
-fi
-
 if has tests; then
     for t in gpu experts prefill; do
         timeout 300 "$B/$t" --test-threads 1 --nocapture >"$OUT/test-$t.log" 2>&1
         note "test $t rc=$? $(grep -E '^test result' "$OUT/test-$t.log" | tail -1)"
     done
     grep -E "cuda vs model_f64|max rel err|FAIL|panicked" "$OUT/test-gpu.log" | head -60
+fi
+
+bench() { # label, env..., then ds4-bench args after -- (label base-*: the baseline binary)
+    local label=$1
+    shift
+    local bin=$B/ds4-bench
+    [[ $label == base* ]] && bin=$B/ds4-bench-base
+    [ -x "$bin" ] || return 0
+    local envs=()
+    while [ "$1" != "--" ]; do
+        envs+=("$1")
+        shift
+    done
+    shift
+    env "${envs[@]}" timeout 240 "$bin" --synthetic q2 --layers "${LAYERS:-43}" "$@" >"$OUT/bench-$label.log" 2>&1
+    note "bench $label: $(grep -E '^[0-9]+,|tok/s =|error' "$OUT/bench-$label.log" | sed 's/ds4-bench: //' | tr '\n' ' ')"
+}
+
+if has bench; then
+    DEC=(--ctx-start 4096 --ctx-max 65536 --step-mul 16 -n 64 --synthetic-prefill 64)
+    bench base X=1 -- "${DEC[@]}"
+    bench default DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 -- "${DEC[@]}"
+    bench no-pdl DS4_CUDA_PDL=0 DS4_CUDA_DENSE_TMA=1 -- "${DEC[@]}"
+    bench no-tma DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=0 -- "${DEC[@]}"
+    bench no-pdl-no-tma DS4_CUDA_PDL=0 DS4_CUDA_DENSE_TMA=0 -- "${DEC[@]}"
+    bench profile DS4_CUDA_DENSE_TMA=1 -- --ctx-start 4096 --ctx-max 4096 -n 16 --synthetic-prefill 64 --profile
+    grep -A30 "^profile:" "$OUT/bench-profile.log" | head -40
+fi
+
+if has prefill; then
+    PF=(--ctx-start 8192 --ctx-max 8192 -n 8 --synthetic-prefill 8192)
+    bench base-prefill X=1 -- "${PF[@]}"
+    bench prefill DS4_CUDA_PDL=1 -- "${PF[@]}"
 fi
 
 if has full2; then
@@ -59,34 +86,10 @@ if has full2; then
     rm -f /tmp/full2.gguf
 fi
 
-bench() { # label, env..., then ds4-bench args after --
-    local label=$1
-    shift
-    local envs=()
-    while [ "$1" != "--" ]; do
-        envs+=("$1")
-        shift
-    done
-    shift
-    env "${envs[@]}" timeout 240 "$B/ds4-bench" --synthetic q2 --layers "${LAYERS:-43}" "$@" >"$OUT/bench-$label.log" 2>&1
-    note "bench $label: $(grep -E '^[0-9]+,|tok/s =|error' "$OUT/bench-$label.log" | sed 's/ds4-bench: //' | tr '\n' ' ')"
-}
-
-if has bench; then
-    DEC=(--ctx-start 4096 --ctx-max 65536 --step-mul 16 -n 64 --synthetic-prefill 64)
-    bench default DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 -- "${DEC[@]}"
-    bench no-pdl DS4_CUDA_PDL=0 DS4_CUDA_DENSE_TMA=1 -- "${DEC[@]}"
-    bench no-tma DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=0 -- "${DEC[@]}"
-    bench baseline DS4_CUDA_PDL=0 DS4_CUDA_DENSE_TMA=0 -- "${DEC[@]}"
-    bench default-again DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 -- "${DEC[@]}"
-    bench profile DS4_CUDA_DENSE_TMA=1 -- --ctx-start 4096 --ctx-max 4096 -n 16 --synthetic-prefill 64 --profile
-    grep -A30 "^profile:" "$OUT/bench-profile.log" | head -40
-fi
-
-if has prefill; then
-    PF=(--ctx-start 8192 --ctx-max 8192 -n 8 --synthetic-prefill 8192)
-    bench prefill DS4_CUDA_PDL=1 -- "${PF[@]}"
-    bench prefill-no-pdl DS4_CUDA_PDL=0 -- "${PF[@]}"
+if has mb; then
+    timeout 240 "$B/mb" "${MB_LAYERS:-8}" 2>&1 | tee "$OUT/mb.log"
+    note "mb rc=${PIPESTATUS[0]}"
+    grep -E "graph of|D2D" "$OUT/mb.log" >>"$SUMMARY"
 fi
 
 echo "==== summary"

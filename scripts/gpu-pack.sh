@@ -3,6 +3,8 @@
 # (git-ignored; the device tool carries it: carry [".device"], 64 MiB at most): the CLI binaries,
 # the ds4-cuda GPU test binaries, the dense-kernel microbenchmark, the golden tiny-s777 data the
 # tests read, the shared tools and the gguf wheel synth_gguf.py needs (the GPU machine is offline).
+# BASE_REV=<commit>: also build that revision's ds4-bench (in a worktree) as ds4-bench-base, so the
+# GPU run times the baseline on the same machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DS4_REQUIRE_NVCC=1
@@ -11,6 +13,13 @@ cargo test --profile ci -p ds4-cuda --no-run 2>&1 | tee /tmp/ds4-testbins.txt | 
 rm -rf .device
 mkdir -p .device/bin .device/shared/golden/tiny-s777 .device/shared/tools .device/whl
 for b in ds4 ds4-bench; do strip -o .device/bin/$b target/ci/$b; done
+if [ -n "${BASE_REV:-}" ]; then
+    wt=/tmp/ds4-base-tree
+    [ -d $wt ] || git worktree add -f $wt "$BASE_REV" >/dev/null
+    (cd $wt && git checkout -q --detach "$BASE_REV" &&
+        CARGO_TARGET_DIR=/tmp/ds4-base-target cargo build --profile ci -p ds4-cli --bin ds4-bench)
+    strip -o .device/bin/ds4-bench-base /tmp/ds4-base-target/ci/ds4-bench
+fi
 for t in gpu experts prefill; do
     f=$(grep -oE "target/ci/deps/$t-[0-9a-f]+" /tmp/ds4-testbins.txt | tail -1)
     strip -o .device/bin/$t "$f"
