@@ -57,6 +57,7 @@ if has bench; then
     DEC=(--ctx-start 4096 --ctx-max 65536 --step-mul 16 -n 64 --synthetic-prefill 64)
     bench base X=1 -- "${DEC[@]}"
     bench default DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 -- "${DEC[@]}"
+    bench no-prefetch DS4_CUDA_PREFETCH=0 -- "${DEC[@]}"
     bench no-pdl DS4_CUDA_PDL=0 DS4_CUDA_DENSE_TMA=1 -- "${DEC[@]}"
     bench no-tma DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=0 -- "${DEC[@]}"
     bench no-pdl-no-tma DS4_CUDA_PDL=0 DS4_CUDA_DENSE_TMA=0 -- "${DEC[@]}"

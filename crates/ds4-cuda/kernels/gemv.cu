@@ -322,6 +322,7 @@ GEMV_KERNELS(iq2_xxs, TY_IQ2_XXS)
 // q_a, kv, the compressor and indexer projections of one layer): fewer, fuller launches.
 
 constexpr int DENSE_MAX_MATS = 8;
+constexpr int DENSE_MAX_PF = 8;
 
 struct DenseMat {
     const uint8_t* w;    // quants (Q8_0) / halves (F16) / floats (F32), row-major
@@ -351,6 +352,10 @@ struct DenseArgs {
     float eps;
     float clamp;
     int n_blocks;  // row blocks of all matrices; the grid loops over them (persistent blocks)
+    // dense_tma only: byte ranges its blocks prefetch into L2 once their own tiles are requested
+    // (the next dense launch's weights, read after a stretch of kernels that leave HBM idle).
+    const uint8_t* pf[DENSE_MAX_PF];
+    unsigned long long pf_bytes[DENSE_MAX_PF];
 };
 
 template <int TY> struct DenseElems;  // elements per lane per 16-byte load
@@ -1095,6 +1100,21 @@ extern "C" __global__ void __launch_bounds__(TMA_THREADS, 2) dense_tma(DenseArgs
                 if (sbytes) tma_load(st + TMA_TILE + p * (TMA_TILE / 32), sc + (size_t)r0 * (n_in / 32), sbytes, &full[s], policy);
             }
             i++;
+        }
+        // L2 prefetch: 16 KiB pieces of the ranges, piece j by block j mod grid.
+        int r = 0;
+        unsigned long long base = 0;  // pieces of ranges before r
+        for (unsigned long long j = blockIdx.x;; j += gridDim.x) {
+            while (r < DENSE_MAX_PF && j >= base + (a.pf_bytes[r] + TMA_TILE - 1) / TMA_TILE) {
+                base += (a.pf_bytes[r] + TMA_TILE - 1) / TMA_TILE;
+                r++;
+            }
+            if (r == DENSE_MAX_PF) break;
+            const unsigned long long off = (j - base) * TMA_TILE;
+            const unsigned long long n = min((unsigned long long)TMA_TILE, a.pf_bytes[r] - off) & ~15ull;
+            if (n)
+                asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a.pf[r] + off), "r"((uint32_t)n)
+                             : "memory");
         }
         return;
     }

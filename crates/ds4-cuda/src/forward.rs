@@ -16,6 +16,7 @@ use crate::device::{DevBuf, Device};
 use crate::experts::ExpertKernels;
 use crate::launch::{
     AttnPrep, CompressorArgs, DPtr, DenseInput, DenseMat, GemvArgs, GemvMode, Kernels, RopeArgs,
+    DENSE_MAX_PF,
 };
 use crate::weights::{DevAttnExtra, DevCompressor, DevHc, DevLayer, DevTensor, DevWeights};
 use crate::Error;
@@ -253,6 +254,7 @@ struct Mv<'a> {
     gate: DPtr,
     rows_per_group: usize,
     alpha: f32,
+    prefetch: [(DPtr, usize); DENSE_MAX_PF],
 }
 
 impl<'a> Mv<'a> {
@@ -266,6 +268,7 @@ impl<'a> Mv<'a> {
             gate: 0,
             rows_per_group: 0,
             alpha: 1.0,
+            prefetch: [(0, 0); DENSE_MAX_PF],
         }
     }
     fn run(self, k: &Kernels) -> Result<(), Error> {
@@ -279,6 +282,7 @@ impl<'a> Mv<'a> {
                 x: self.x,
                 n_in: self.w.n_in(),
                 xscale: self.xscale,
+                prefetch: self.prefetch,
                 ..Default::default()
             };
             return k.dense(input, &[m]);
@@ -332,6 +336,46 @@ fn dense_swiglu(gate: &DevTensor, up: &DevTensor, y: DPtr) -> Result<DenseMat, E
     m.s2 = up.q8_scales_ptr();
     m.swiglu = 1;
     Ok(m)
+}
+
+/// The most bytes one dense launch prefetches into L2 for the next one (well inside the 50 MB L2,
+/// which the kernels in between use too).
+const PREFETCH_CAP: usize = 24 << 20;
+
+/// A dense launch's L2 prefetch list: the tensors' bytes in order, cut at [`PREFETCH_CAP`]. Given
+/// to the last dense launch before a stretch of small kernels (attention, HC step, routing), so
+/// the next dense launch's weights arrive while HBM would otherwise be idle.
+fn prefetch_list(tensors: &[&DevTensor]) -> [(DPtr, usize); DENSE_MAX_PF] {
+    let mut out = [(0, 0); DENSE_MAX_PF];
+    let mut left = PREFETCH_CAP;
+    for (slot, t) in out.iter_mut().zip(tensors) {
+        let n = t.bytes().min(left);
+        if n == 0 {
+            break;
+        }
+        *slot = (t.ptr(), n);
+        left -= n;
+    }
+    out
+}
+
+/// The weights of a layer's first dense launch (the projections of its attention input).
+fn xa_weights(l: &DevLayer) -> Vec<&DevTensor> {
+    let mut v = vec![&l.attn_q_a, &l.attn_kv];
+    match &l.attn_extra {
+        DevAttnExtra::Window => {}
+        DevAttnExtra::CompressedN { compressor: c } => v.extend([&c.kv, &c.gate]),
+        DevAttnExtra::Compressed4 {
+            compressor: c,
+            indexer,
+        } => v.extend([
+            &c.kv,
+            &c.gate,
+            &indexer.compressor.kv,
+            &indexer.compressor.gate,
+        ]),
+    }
+    v
 }
 
 // ---- spec/model.md §3.3 embedding, §3.4 hyper-connections ----------------------------------------
@@ -453,6 +497,7 @@ fn attention_sublayer(
         x: s.qa.ptr(),
         n_in: cfg.q_lora_rank,
         norm: Some((l.attn_q_a_norm.ptr(), cfg.rms_eps)),
+        prefetch: prefetch_list(&[&l.attn_output_a]), // read after the attention kernels
         ..Default::default()
     };
     k.dense(from_qn, &mats)?;
@@ -567,13 +612,23 @@ fn attention_sublayer(
     let mut mv = Mv::new(&l.attn_output_a, s.o.ptr(), s.low.ptr()); // A13: 8 groups of 8 heads
     mv.rows_per_group = cfg.o_lora_rank;
     mv.run(k)?;
-    Mv::new(&l.attn_output_b, s.low.ptr(), s.attn_out.ptr()).run(k) // A14: HC post in the next hc_step
+    let mut mv = Mv::new(&l.attn_output_b, s.low.ptr(), s.attn_out.ptr());
+    mv.prefetch = prefetch_list(&[&l.ffn_gate_inp, &l.ffn_gate_shexp, &l.ffn_up_shexp]); // after the HC step
+    mv.run(k) // A14: HC post in the next hc_step
 }
 
 // ---- spec/model.md §3.6 FFN sublayer -------------------------------------------------------------
 
 /// §3.6 F1-F8; `s.x` is updated in place.
-fn ffn_sublayer(k: &Kernels, cfg: &Config, l: &DevLayer, s: &Scratch) -> Result<(), Error> {
+/// `next`: the weights of the dense launch after this sublayer's HC step (the next layer's
+/// attention projections, or the output head), prefetched by its last dense launch.
+fn ffn_sublayer(
+    k: &Kernels,
+    cfg: &Config,
+    l: &DevLayer,
+    s: &Scratch,
+    next: &[&DevTensor],
+) -> Result<(), Error> {
     let xf = s.xn.ptr(); // F1: RMSNorm(hc_step's output) ⊙ ffn_norm, written by the first launch
                          // F2 router logits and F6 the shared expert's SwiGLU, both from xf, in one launch.
     let from_xf = DenseInput {
@@ -582,6 +637,7 @@ fn ffn_sublayer(k: &Kernels, cfg: &Config, l: &DevLayer, s: &Scratch) -> Result<
         norm: Some((l.ffn_norm.ptr(), cfg.rms_eps)),
         clamp: cfg.swiglu_clamp,
         x_out: xf,
+        prefetch: prefetch_list(&[&l.ffn_down_shexp]), // read after the routed experts
         ..Default::default()
     };
     k.dense(
@@ -643,6 +699,7 @@ fn ffn_sublayer(k: &Kernels, cfg: &Config, l: &DevLayer, s: &Scratch) -> Result<
     s.experts.down(d.ty, &a)?; // F5: Σ_k in selection order
     let mut mv = Mv::new(&l.ffn_down_shexp, s.shmid.ptr(), s.ffn_out.ptr());
     mv.add = s.moe.ptr(); // F7: moe + sh
+    mv.prefetch = prefetch_list(next);
     mv.run(k) // F8: HC post in the next hc_step
 }
 
@@ -706,7 +763,11 @@ pub fn decode_step(
             s.attn_out.ptr(),
         )?; // A14 + F1
         cur = 1 - cur;
-        ffn_sublayer(k, cfg, l, s)?;
+        let next = match w.layers.get(il + 1) {
+            Some(nl) => xa_weights(nl),
+            None => vec![&w.output],
+        };
+        ffn_sublayer(k, cfg, l, s, &next)?;
         pending = s.ffn_out.ptr();
     }
     if pending != 0 {

@@ -141,6 +141,9 @@ pub enum GemvMode {
 /// Most matrices one [`Kernels::dense`] launch serves (`DENSE_MAX_MATS` in kernels/gemv.cu).
 pub const DENSE_MAX_MATS: usize = 8;
 
+/// Most byte ranges a dense launch prefetches into L2 (`DENSE_MAX_PF` in kernels/gemv.cu).
+pub const DENSE_MAX_PF: usize = 8;
+
 /// `DenseMat` of kernels/gemv.cu: one matrix of a dense launch (Q8_0 repacked, F16 or F32).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -175,6 +178,8 @@ struct DenseArgs {
     eps: f32,
     clamp: f32,
     n_blocks: i32,
+    pf: [DPtr; DENSE_MAX_PF],
+    pf_bytes: [u64; DENSE_MAX_PF],
 }
 
 /// What a dense launch reads: the shared input and how it is prepared.
@@ -191,6 +196,10 @@ pub struct DenseInput {
     pub clamp: f32,
     /// Optional: the prepared (normalised) input is also written here, for later consumers.
     pub x_out: DPtr,
+    /// Byte ranges to prefetch into L2 once the launch's own weights are requested (`dense_tma`
+    /// only; unused slots `(0, 0)`): the next dense launch's weights, when kernels that leave HBM
+    /// idle run in between.
+    pub prefetch: [(DPtr, usize); DENSE_MAX_PF],
 }
 
 /// `dense_tma`'s block: eight consumer warps and one producer warp (`TMA_THREADS`).
@@ -276,6 +285,9 @@ pub struct Kernels {
     /// Use `dense_tma` where the shapes allow (default; `DS4_CUDA_DENSE_TMA=0` or
     /// [`Kernels::set_dense_tma`] turns it off).
     dense_tma_on: std::sync::atomic::AtomicBool,
+    /// Honour [`DenseInput::prefetch`] (default; `DS4_CUDA_PREFETCH=0` or
+    /// [`Kernels::set_prefetch`] turns it off).
+    prefetch_on: std::sync::atomic::AtomicBool,
     /// `dense_mma_k1` .. `dense_mma_k8` (K split over 1, 2, 4, 8 warps)
     dense_mma: [sys::CUfunction; 4],
     /// Tensor-core dense kernels (`DS4_CUDA_DENSE_MMA=1` or [`Kernels::set_dense_mma`]). Off by
@@ -344,6 +356,9 @@ impl Kernels {
             dense_tma: f("gemv", "dense_tma")?,
             dense_tma_on: std::sync::atomic::AtomicBool::new(
                 std::env::var("DS4_CUDA_DENSE_TMA").map_or(true, |v| v != "0"),
+            ),
+            prefetch_on: std::sync::atomic::AtomicBool::new(
+                std::env::var("DS4_CUDA_PREFETCH").map_or(true, |v| v != "0"),
             ),
             dense_mma: [
                 f("gemv", "dense_mma_k1")?,
@@ -547,6 +562,12 @@ impl Kernels {
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Turns the L2 prefetch of [`DenseInput::prefetch`] on or off.
+    pub fn set_prefetch(&self, on: bool) {
+        self.prefetch_on
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Whether [`Kernels::dense`] runs these matrices on the bulk-copy kernel `dense_tma`.
     pub fn dense_uses_tma(&self, input: &DenseInput, mats: &[DenseMat]) -> bool {
         self.tma_plan(input, mats).is_some()
@@ -611,6 +632,12 @@ impl Kernels {
             a.eps = eps;
         }
         if let Some(tiles) = self.tma_plan(&input, mats) {
+            if self.prefetch_on.load(std::sync::atomic::Ordering::Relaxed) {
+                for (i, &(p, n)) in input.prefetch.iter().enumerate() {
+                    a.pf[i] = p;
+                    a.pf_bytes[i] = if p == 0 { 0 } else { n as u64 };
+                }
+            }
             for (i, m) in mats.iter().enumerate() {
                 a.m[i] = *m;
                 a.m[i].block0 = tiles[i] as i32;
