@@ -56,11 +56,11 @@ bench() { # label, env..., then ds4-bench args after -- (label base-*: the basel
 if has bench; then
     DEC=(--ctx-start 4096 --ctx-max 65536 --step-mul 16 -n 64 --synthetic-prefill 64)
     bench base X=1 -- "${DEC[@]}"
-    bench default DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 -- "${DEC[@]}"
-    bench no-prefetch DS4_CUDA_PREFETCH=0 -- "${DEC[@]}"
+    bench fast DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 -- "${DEC[@]}"
+    bench no-prefetch DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 DS4_CUDA_PREFETCH=0 -- "${DEC[@]}"
     bench no-pdl DS4_CUDA_PDL=0 DS4_CUDA_DENSE_TMA=1 -- "${DEC[@]}"
     bench no-tma DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=0 -- "${DEC[@]}"
-    bench no-pdl-no-tma DS4_CUDA_PDL=0 DS4_CUDA_DENSE_TMA=0 -- "${DEC[@]}"
+    bench default DS4_CUDA_PDL=0 DS4_CUDA_DENSE_TMA=0 -- "${DEC[@]}"
     bench profile DS4_CUDA_DENSE_TMA=1 -- --ctx-start 4096 --ctx-max 4096 -n 16 --synthetic-prefill 64 --profile
     grep -A30 "^profile:" "$OUT/bench-profile.log" | head -40
 fi
@@ -68,7 +68,7 @@ fi
 if has prefill; then
     PF=(--ctx-start 8192 --ctx-max 8192 -n 8 --synthetic-prefill 8192)
     bench base-prefill X=1 -- "${PF[@]}"
-    bench prefill DS4_CUDA_PDL=1 -- "${PF[@]}"
+    bench prefill DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 -- "${PF[@]}"
 fi
 
 if has full2; then

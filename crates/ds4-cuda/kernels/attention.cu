@@ -170,6 +170,10 @@ struct AttnPrepArgs {
     float eps;
 };
 
+// The host mirrors (launch.rs) check the same sizes and offsets.
+static_assert(sizeof(CompressorArgs) == 72 && sizeof(AttnPrepArgs) == 256 && offsetof(AttnPrepArgs, rope) == 200,
+              "AttnPrepArgs layout");
+
 extern "C" __global__ void __launch_bounds__(256) attn_prep(AttnPrepArgs a) {
     pdl_wait();
     pdl_trigger();

@@ -357,6 +357,8 @@ struct DenseArgs {
     const uint8_t* pf[DENSE_MAX_PF];
     unsigned long long pf_bytes[DENSE_MAX_PF];
 };
+// The host mirrors (launch.rs) check the same sizes and offsets.
+static_assert(sizeof(DenseMat) == 80 && sizeof(DenseArgs) == 824 && offsetof(DenseArgs, pf) == 696, "DenseArgs layout");
 
 template <int TY> struct DenseElems;  // elements per lane per 16-byte load
 template <> struct DenseElems<TY_Q8_0> { enum { E = 16, BYTES = 1 }; };

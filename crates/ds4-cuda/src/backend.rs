@@ -93,6 +93,15 @@ impl CudaBackend {
         self.use_graph = on;
     }
 
+    /// Decode with programmatic dependent launches and the bulk-copy dense kernel (`true`), or
+    /// with plain launches and the CUDA-core dense kernels (`false`); the defaults come from
+    /// `DS4_CUDA_PDL` / `DS4_CUDA_DENSE_TMA`. The next step captures a new graph.
+    pub fn set_fast_decode(&mut self, on: bool) {
+        self.dev.set_pdl(on && self.dev.supports_pdl());
+        self.kern.set_dense_tma(on);
+        self.graph = None;
+    }
+
     /// `<gpu> (sm_XY, N MiB)`.
     pub fn device_description(&self) -> &str {
         &self.dev.description

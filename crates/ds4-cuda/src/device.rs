@@ -88,9 +88,11 @@ pub struct Device {
     pub description: String,
     /// Streaming multiprocessors (persistent kernels size their grids by it).
     pub sm_count: usize,
-    /// Decode kernels go out as programmatic dependent launches ([`launch_kernel`]); on by
-    /// default, `DS4_CUDA_PDL=0` turns it off, and profiling turns it off while it runs.
+    /// Decode kernels go out as programmatic dependent launches ([`launch_kernel`]): off by
+    /// default until measured on a GPU (`DS4_CUDA_PDL=1` or [`Device::set_pdl`] turns it on);
+    /// profiling turns it off while it runs.
     pdl: std::sync::atomic::AtomicBool,
+    supports_pdl: bool,
 }
 
 // SAFETY: the module handles are only used through `&self` on the thread that binds the context
@@ -133,8 +135,9 @@ impl Device {
             description: format!("{name} (sm_{major}{minor}, {mem} MiB)"),
             sm_count,
             pdl: std::sync::atomic::AtomicBool::new(
-                major >= 9 && std::env::var("DS4_CUDA_PDL").map_or(true, |v| v != "0"),
+                major >= 9 && std::env::var("DS4_CUDA_PDL").is_ok_and(|v| v == "1"),
             ),
+            supports_pdl: major >= 9,
         };
         for (name, image) in crate::kernels::MODULES {
             let image = image.ok_or(Error::NoKernels)?;
@@ -167,6 +170,11 @@ impl Device {
     /// keeps what it was captured with). Returns the previous setting.
     pub fn set_pdl(&self, on: bool) -> bool {
         self.pdl.swap(on, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the device can take programmatic dependent launches (compute capability 9.0+).
+    pub fn supports_pdl(&self) -> bool {
+        self.supports_pdl
     }
 
     /// The kernel `name` of module `module`.

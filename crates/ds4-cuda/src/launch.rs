@@ -282,8 +282,8 @@ pub struct Kernels {
     dense: [sys::CUfunction; 3],
     /// `dense_tma`: the bulk-copy dense kernel (see [`Kernels::dense`]).
     dense_tma: sys::CUfunction,
-    /// Use `dense_tma` where the shapes allow (default; `DS4_CUDA_DENSE_TMA=0` or
-    /// [`Kernels::set_dense_tma`] turns it off).
+    /// Use `dense_tma` where the shapes allow: off by default until measured on a GPU
+    /// (`DS4_CUDA_DENSE_TMA=1` or [`Kernels::set_dense_tma`] turns it on).
     dense_tma_on: std::sync::atomic::AtomicBool,
     /// Honour [`DenseInput::prefetch`] (default; `DS4_CUDA_PREFETCH=0` or
     /// [`Kernels::set_prefetch`] turns it off).
@@ -355,7 +355,7 @@ impl Kernels {
             ],
             dense_tma: f("gemv", "dense_tma")?,
             dense_tma_on: std::sync::atomic::AtomicBool::new(
-                std::env::var("DS4_CUDA_DENSE_TMA").map_or(true, |v| v != "0"),
+                std::env::var("DS4_CUDA_DENSE_TMA").is_ok_and(|v| v == "1"),
             ),
             prefetch_on: std::sync::atomic::AtomicBool::new(
                 std::env::var("DS4_CUDA_PREFETCH").map_or(true, |v| v != "0"),
@@ -555,8 +555,8 @@ impl Kernels {
         self.launch(name, f, grid, 256, 0, &mut p)
     }
 
-    /// Chooses the bulk-copy dense kernel where it applies (true, the default) or the CUDA-core
-    /// ones (false).
+    /// Chooses the bulk-copy dense kernel where it applies (true) or the CUDA-core ones (false,
+    /// the default).
     pub fn set_dense_tma(&self, on: bool) {
         self.dense_tma_on
             .store(on, std::sync::atomic::Ordering::Relaxed);
@@ -1157,6 +1157,19 @@ mod tests {
             alpha: 1.0,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn argument_structs_match_the_kernels_layout() {
+        // kernels/gemv.cu and kernels/attention.cu static_assert the same numbers.
+        use std::mem::{offset_of, size_of};
+        assert_eq!(size_of::<DenseMat>(), 80);
+        assert_eq!(size_of::<DenseArgs>(), 824);
+        assert_eq!(offset_of!(DenseArgs, pf), 696);
+        assert_eq!(size_of::<CompressorArgs>(), 72);
+        assert_eq!(size_of::<AttnPrepArgs>(), 256);
+        assert_eq!(offset_of!(AttnPrepArgs, rope), 200);
+        assert_eq!(size_of::<RopeArgs>(), 32);
     }
 
     #[test]

@@ -213,7 +213,7 @@ fn dense_multi_matrix_launch_matches_host() {
         }
     }
     k.set_dense_mma(false);
-    k.set_dense_tma(true);
+    k.set_dense_tma(false);
 }
 
 /// (type, rows, SwiGLU pair, grouped input) of one matrix in a launch.
@@ -385,7 +385,7 @@ fn dense_tma_matches_host_on_the_real_decode_launches() {
             }
         }
     }
-    k.set_dense_tma(true);
+    k.set_dense_tma(false);
 }
 
 #[test]
@@ -459,7 +459,7 @@ fn gemv_matches_dequantized_rows_for_every_type() {
                     "dense {ty} {n_in}x{n_rows} tma {on_tma}: rel err {err:.3e}"
                 );
             }
-            k.set_dense_tma(true);
+            k.set_dense_tma(false);
             if ty == TensorType::Q8_0 {
                 continue; // Q8_0 has only the dense kernel
             }
@@ -631,41 +631,46 @@ fn tiny_golden_decode_passes_the_float_gates() {
     let Some(model) = tiny_model() else { return };
     let golden = ds4_testdata::Golden::load("tiny-s777").expect("golden tiny-s777");
     let n_vocab = golden.n_vocab;
-    let mut be = CudaBackend::new(model, 1024).expect("cuda backend");
-    let steps = golden.tokens.len();
-    let mut logits = vec![0f32; steps * n_vocab];
-    let t0 = std::time::Instant::now();
-    for (i, &t) in golden.tokens.iter().enumerate() {
-        be.eval(
-            &[t],
-            Logits::Last(&mut logits[i * n_vocab..(i + 1) * n_vocab]),
-        )
-        .expect("eval");
-    }
-    let dt = t0.elapsed().as_secs_f64();
-    let report = ds4_testdata::float_gate(
-        &golden.logits_model_f64,
-        &logits,
-        n_vocab,
-        &golden.thresholds,
-    );
-    println!(
-        "cuda vs model_f64: {report} ({:.1} tok/s incl. logits readback)",
-        steps as f64 / dt
-    );
-    let first: Vec<f64> = (0..8)
-        .map(|i| {
-            ds4_testdata::rel_l2(
-                &golden.logits_model_f64[i * n_vocab..(i + 1) * n_vocab],
-                &logits[i * n_vocab..(i + 1) * n_vocab],
+    // The default decode path, then the fast one (programmatic dependent launches, bulk-copy
+    // dense kernel): both must pass the gates.
+    for fast in [false, true] {
+        let mut be = CudaBackend::new(model.clone(), 1024).expect("cuda backend");
+        be.set_fast_decode(fast);
+        let steps = golden.tokens.len();
+        let mut logits = vec![0f32; steps * n_vocab];
+        let t0 = std::time::Instant::now();
+        for (i, &t) in golden.tokens.iter().enumerate() {
+            be.eval(
+                &[t],
+                Logits::Last(&mut logits[i * n_vocab..(i + 1) * n_vocab]),
             )
-        })
-        .collect();
-    println!(
-        "relL2 of steps 0..8: {:?}",
-        first.iter().map(|v| format!("{v:.2e}")).collect::<Vec<_>>()
-    );
-    assert!(report.passed(), "{report}");
+            .expect("eval");
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        let report = ds4_testdata::float_gate(
+            &golden.logits_model_f64,
+            &logits,
+            n_vocab,
+            &golden.thresholds,
+        );
+        println!(
+            "cuda (fast decode {fast}) vs model_f64: {report} ({:.1} tok/s incl. logits readback)",
+            steps as f64 / dt
+        );
+        let first: Vec<f64> = (0..8)
+            .map(|i| {
+                ds4_testdata::rel_l2(
+                    &golden.logits_model_f64[i * n_vocab..(i + 1) * n_vocab],
+                    &logits[i * n_vocab..(i + 1) * n_vocab],
+                )
+            })
+            .collect();
+        println!(
+            "relL2 of steps 0..8: {:?}",
+            first.iter().map(|v| format!("{v:.2e}")).collect::<Vec<_>>()
+        );
+        assert!(report.passed(), "fast decode {fast}: {report}");
+    }
 }
 
 #[test]
@@ -681,34 +686,37 @@ fn decode_repeats_bit_for_bit_and_graph_matches_eager_and_snapshots_restore() {
         be.eval(toks, Logits::All(&mut out)).expect("eval");
         out
     };
-    let mut be = CudaBackend::new(model.clone(), 256).expect("cuda backend");
-    let a = run(&mut be, &tokens);
-    be.reset();
-    let b = run(&mut be, &tokens);
-    assert!(a == b, "two graph runs of the same tokens differ");
-    be.set_graph(false);
-    be.reset();
-    let c = run(&mut be, &tokens);
-    assert!(a == c, "eager launches and the captured graph differ");
-    be.set_graph(true);
-    be.reset();
-    run(&mut be, &tokens[..70]);
-    let snap = be.snapshot().expect("snapshot");
-    let d = run(&mut be, &tokens[70..]);
-    be.restore(&snap).expect("restore");
-    let e = run(&mut be, &tokens[70..]);
-    assert!(
-        d == e,
-        "decode after restore differs from decode after the snapshot"
-    );
-    assert!(
-        d == a[70 * n_vocab..],
-        "restored session differs from the uninterrupted one"
-    );
-    println!(
-        "determinism, graph/eager, snapshot/restore: identical over {} steps",
+    for fast in [false, true] {
+        let mut be = CudaBackend::new(model.clone(), 256).expect("cuda backend");
+        be.set_fast_decode(fast);
+        let a = run(&mut be, &tokens);
+        be.reset();
+        let b = run(&mut be, &tokens);
+        assert!(a == b, "two graph runs of the same tokens differ");
+        be.set_graph(false);
+        be.reset();
+        let c = run(&mut be, &tokens);
+        assert!(a == c, "eager launches and the captured graph differ");
+        be.set_graph(true);
+        be.reset();
+        run(&mut be, &tokens[..70]);
+        let snap = be.snapshot().expect("snapshot");
+        let d = run(&mut be, &tokens[70..]);
+        be.restore(&snap).expect("restore");
+        let e = run(&mut be, &tokens[70..]);
+        assert!(
+            d == e,
+            "decode after restore differs from decode after the snapshot"
+        );
+        assert!(
+            d == a[70 * n_vocab..],
+            "restored session differs from the uninterrupted one"
+        );
+        println!(
+        "determinism, graph/eager, snapshot/restore (fast decode {fast}): identical over {} steps",
         tokens.len()
     );
+    }
 }
 
 #[test]
