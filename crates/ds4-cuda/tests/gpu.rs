@@ -41,6 +41,13 @@ fn dot64(w: &[f32], x: &[f32]) -> f64 {
     w.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum()
 }
 
+/// The dense kernels' RMSNorm prologue (spec §3.2 P1, eps 1e-6) on the host.
+fn rms_normed(x: &[f32], w: &[f32]) -> Vec<f32> {
+    let ss: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
+    let sc = 1.0f32 / ((ss / x.len() as f64) as f32 + 1e-6).sqrt();
+    x.iter().zip(w).map(|(&v, &w)| (v * sc) * w).collect()
+}
+
 /// max |got − want| / max |want|
 fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
@@ -101,10 +108,8 @@ fn dense_multi_matrix_launch_matches_host() {
             let x = random_vec(n_in, &mut rng);
             let norm_w = random_vec(n_in, &mut rng);
             // The input the matrices see.
-            let xin: Vec<f32> = if with_norm {
-                let ss: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
-                let sc = 1.0f32 / ((ss / n_in as f64) as f32 + 1e-6).sqrt();
-                x.iter().zip(&norm_w).map(|(&v, &w)| (v * sc) * w).collect()
+            let xin = if with_norm {
+                rms_normed(&x, &norm_w)
             } else {
                 x.clone()
             };
@@ -263,10 +268,8 @@ fn dense_tma_matches_host_on_the_real_decode_launches() {
     for (name, n_in, groups, norm, specs) in launches {
         let x = random_vec(n_in * groups, &mut rng);
         let norm_w = random_vec(n_in, &mut rng);
-        let xin: Vec<f32> = if norm {
-            let ss: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
-            let sc = 1.0f32 / ((ss / n_in as f64) as f32 + 1e-6).sqrt();
-            x.iter().zip(&norm_w).map(|(&v, &w)| (v * sc) * w).collect()
+        let xin = if norm {
+            rms_normed(&x, &norm_w)
         } else {
             x.clone()
         };
