@@ -185,7 +185,8 @@ pub struct Scratch {
     pub sel: DevBuf,
     pub route_w: DevBuf,
     pub mid: DevBuf,
-    pub moe: DevBuf,
+    /// The shared expert's output; the routed down projection adds it (F7).
+    pub sh_out: DevBuf,
     pub shmid: DevBuf,
     pub ffn_out: DevBuf,
     pub head_in: DevBuf,
@@ -233,7 +234,7 @@ impl Scratch {
             sel: f(cfg.n_expert_used)?,
             route_w: f(cfg.n_expert_used)?,
             mid: f(cfg.n_expert_used * cfg.n_ff_exp)?,
-            moe: f(cfg.n_embd)?,
+            sh_out: f(cfg.n_embd)?,
             shmid: f(cfg.n_ff_exp)?,
             ffn_out: f(cfg.n_embd)?,
             head_in: f(cfg.n_embd)?,
@@ -637,7 +638,6 @@ fn ffn_sublayer(
         norm: Some((l.ffn_norm.ptr(), cfg.rms_eps)),
         clamp: cfg.swiglu_clamp,
         x_out: xf,
-        prefetch: prefetch_list(&[&l.ffn_down_shexp]), // read after the routed experts
         ..Default::default()
     };
     k.dense(
@@ -647,6 +647,12 @@ fn ffn_sublayer(
             dense_swiglu(&l.ffn_gate_shexp, &l.ffn_up_shexp, s.shmid.ptr())?,
         ],
     )?;
+    // F6 the shared expert's down projection right away (it needs nothing from the routed
+    // experts): two dense launches back to back, and the last one before the routing and the
+    // routed experts (which leave HBM bandwidth spare) prefetches the next dense launch's weights.
+    let mut mv = Mv::new(&l.ffn_down_shexp, s.shmid.ptr(), s.sh_out.ptr());
+    mv.prefetch = prefetch_list(next);
+    mv.run(k)?;
     k.route(
         s.router.ptr(),
         l.exp_probs_b.as_ref().map_or(0, |t| t.ptr()),
@@ -686,7 +692,8 @@ fn ffn_sublayer(
     let a = GemvArgs {
         w: d.ptr(),
         x: s.mid.ptr(),
-        y: s.moe.ptr(),
+        y: s.ffn_out.ptr(),
+        add: s.sh_out.ptr(), // F7: moe + sh (the add is commutative: the same bits either order)
         sel: s.sel.ptr(),
         row_bytes: d.row_bytes(),
         expert_bytes: d.expert_bytes(),
@@ -696,11 +703,7 @@ fn ffn_sublayer(
         alpha: 1.0,
         ..Default::default()
     };
-    s.experts.down(d.ty, &a)?; // F5: Σ_k in selection order
-    let mut mv = Mv::new(&l.ffn_down_shexp, s.shmid.ptr(), s.ffn_out.ptr());
-    mv.add = s.moe.ptr(); // F7: moe + sh
-    mv.prefetch = prefetch_list(next);
-    mv.run(k) // F8: HC post in the next hc_step
+    s.experts.down(d.ty, &a) // F5: Σ_k in selection order, + sh; F8: HC post in the next hc_step
 }
 
 // ---- spec/model.md §3.7 output head, §3.1 the whole step -----------------------------------------
