@@ -915,7 +915,6 @@ extern "C" __global__ void fill_q8_scales(__half* dst, unsigned long long n, flo
 #define TMA_CWARPS 8
 #define TMA_THREADS (32 * (TMA_CWARPS + 1))
 
-
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 __device__ __forceinline__ void mbar_init(uint64_t* b, uint32_t count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(b)), "r"(count) : "memory");

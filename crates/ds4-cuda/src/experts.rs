@@ -325,7 +325,7 @@ impl ExpertKernels {
         // SAFETY: `params` points at an ExpArgs laid out as the kernel's C struct; its device
         // pointers come from the caller's GemvArgs (live buffers, checked non-null and aligned in
         // `plan`); the shared-memory size was checked against the limit set in `new`.
-        // The kernels begin with pdl_wait() (kernels/experts.cu).
+        // The kernels call pdl_wait() before they read anything an earlier kernel wrote.
         unsafe {
             crate::device::launch_kernel(
                 f,

@@ -206,8 +206,10 @@ pub struct DenseInput {
 const TMA_THREADS: u32 = 288;
 /// Weight bytes per `dense_tma` tile (`TMA_TILE`).
 const TMA_TILE: usize = 16384;
-/// `dense_tma`'s dynamic shared memory: `TMA_STAGES` stages of a tile plus its Q8_0 scales.
-const TMA_SMEM: u32 = (6 * (TMA_TILE + TMA_TILE / 16)) as u32;
+/// `dense_tma`'s shared-memory ring (`TMA_STAGES`).
+const TMA_STAGES: usize = 6;
+/// `dense_tma`'s dynamic shared memory: the stages, each a tile plus its Q8_0 scales.
+const TMA_SMEM: u32 = (TMA_STAGES * (TMA_TILE + TMA_TILE / 16)) as u32;
 
 /// Rows per `dense_tma` tile of one matrix (per half for a SwiGLU pair), as `tma_geom` in
 /// kernels/gemv.cu computes them; `None` for a matrix the kernel does not take: rows of a
@@ -432,8 +434,9 @@ impl Kernels {
         // SAFETY: every caller passes `params` pointing at live values whose types match the
         // kernel's C signature (see each wrapper), device pointers of live buffers sized by the
         // wrapper's checks, and a grid computed from the same sizes.
-        // Every kernel of the decode modules begins with pdl_wait() (kernels/common.cuh), so a
-        // programmatic dependent launch is safe for all of them; not while profiling (the event
+        // Every kernel of the decode modules calls pdl_wait() (kernels/common.cuh) before it
+        // touches memory an earlier kernel writes, so a programmatic dependent launch is safe for
+        // all of them; not while profiling (the event
         // records between launches would be timed around overlapping kernels: profile_start
         // turns it off).
         let pdl = self.dev.pdl();

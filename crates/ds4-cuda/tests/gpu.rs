@@ -293,7 +293,7 @@ fn dense_tma_matches_host_on_the_real_decode_launches() {
             let wl = device_layout(ty, &w);
             let wb = dev.alloc(wl.len()).unwrap();
             wb.upload(0, &wl).unwrap();
-            let ub = dev.alloc(w.len()).unwrap();
+            let ub = dev.alloc(if swiglu { w.len() } else { 0 }).unwrap();
             if swiglu {
                 ub.upload(0, &device_layout(ty, &u)).unwrap();
             }
