@@ -1166,6 +1166,267 @@ __device__ void attention_body(const float* q, const float* ring, int raw_cap, c
 extern "C" __global__ void __launch_bounds__(256) pf_attention(PF_ATTN_ARGS) { attention_body<16>(PF_ATTN_PASS); }
 extern "C" __global__ void __launch_bounds__(256) pf_attention32(PF_ATTN_ARGS) { attention_body<32>(PF_ATTN_PASS); }
 
+// ---- attention on the tensor cores -----------------------------------------------------------
+//
+// Same rows, sink and inverse RoPE as attention_body, as a flash-style loop over row tiles: every
+// row is a key and the value (one KV head for all query heads), so per token S = Q·Kᵀ and O = P·K
+// are two small GEMMs with the heads as M. K rows are f16 values (f16-rounded when cached) and go
+// to shared memory exactly; Q and P are split into hi + lo f16 halves (two mma each), so products
+// keep ~22 bits as in the GEMMs. Softmax is online per tile (running max from the sink, running
+// sum from exp(sink − max) = 1), each sum in a fixed shuffle tree: results repeat bit for bit.
+//
+// Block: HPB = 16·MT heads of token blockIdx.y, 8 warps; row tiles of TR = 64/MT rows, so both
+// products split into exactly 8 warp pieces: S as (head tile, 8-row slice), O as (head tile, dim
+// range of head_dim·MT/8). head_dim: a multiple of 128, at most 512 (launcher checks). Shared
+// memory (attn_mma_smem in prefill.rs computes the same): Q hi, Q lo [HPB][hd+8] f16, the K tile
+// [TR][hd+8] f16 (the +8 halves keep fragment loads and ldmatrix conflict-free), scores
+// [HPB][TR+4] f32, P hi, P lo [HPB][TR+8] f16; the output is staged in the Q region at the end.
+
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t* r, const __half* p) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+__device__ __forceinline__ uint32_t pf_pack_h2(float a, float b) {
+    return (uint32_t)__half_as_ushort(__float2half_rn(a)) | ((uint32_t)__half_as_ushort(__float2half_rn(b)) << 16);
+}
+
+// hi = f16(v), lo = f16(v − hi) for two values, packed as mma operands.
+__device__ __forceinline__ void pf_split2(float a, float b, uint32_t& hi, uint32_t& lo) {
+    const float ah = __half2float(__float2half_rn(a)), bh = __half2float(__float2half_rn(b));
+    hi = pf_pack_h2(ah, bh);
+    lo = pf_pack_h2(a - ah, b - bh);
+}
+
+__device__ __forceinline__ uint32_t pf_lds32(const __half* p) { return *(const uint32_t*)p; }
+
+template <int MT>
+__device__ void attention_mma_body(const float* q, const float* ring, int raw_cap, const float* kvc, int pos0,
+                                   const float* comp, const int* list, const float* sinks, int n_head, int n_swa,
+                                   int ratio, int top_k, int head_dim, float kq_scale, RopeArgs rope, float* out) {
+    constexpr int HPB = 16 * MT, TR = 64 / MT, TPH = 256 / HPB, NT = 8 * MT;  // NT: O n-tiles per warp, max
+    extern __shared__ __align__(16) unsigned char pf_smem[];
+    __shared__ const float* rp[TR];
+    __shared__ float alpha_s[HPB];
+    __shared__ float linv_s[HPB];
+    const int hds = head_dim + 8;
+    __half* qh = (__half*)pf_smem;
+    __half* ql = qh + HPB * hds;
+    __half* kt = ql + HPB * hds;
+    float* ss = (float*)(kt + TR * hds);
+    __half* ph = (__half*)(ss + HPB * (TR + 4));
+    __half* pl = ph + HPB * (TR + 8);
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+    const int t = blockIdx.y, h0 = blockIdx.x * HPB;
+    const int pos = pos0 + t;
+    const int n_raw = min(pos + 1, n_swa);
+    int n_comp = 0;
+    bool use_list = false;
+    if (ratio > 0) {
+        n_comp = (pos + 1) / ratio;
+        if (ratio == 4 && n_comp > top_k) {
+            n_comp = top_k;
+            use_list = true;
+        }
+    }
+    const int n_rows = n_raw + n_comp;
+    const int* lt = list + (size_t)t * top_k;
+    auto row_ptr = [&](int j) -> const float* {
+        if (j < n_raw) {
+            const int p = pos - n_raw + 1 + j;
+            return p >= pos0 ? kvc + (size_t)(p - pos0) * head_dim : ring + (size_t)(p % raw_cap) * head_dim;
+        }
+        return comp + (size_t)(use_list ? lt[j - n_raw] : j - n_raw) * head_dim;
+    };
+
+    // Queries, split; the first tile's row addresses.
+    const int c4 = head_dim / 4;
+    const float* qt = q + ((size_t)t * n_head + h0) * head_dim;
+    for (int i = tid; i < HPB * c4; i += 256) {
+        const int h = i / c4, c = i - h * c4;
+        const float4 v = __ldg((const float4*)qt + i);
+        uint32_t h01, l01, h23, l23;
+        pf_split2(v.x, v.y, h01, l01);
+        pf_split2(v.z, v.w, h23, l23);
+        *(uint2*)(qh + h * hds + 4 * c) = make_uint2(h01, h23);
+        *(uint2*)(ql + h * hds + 4 * c) = make_uint2(l01, l23);
+    }
+    if (tid < TR) rp[tid] = tid < n_rows ? row_ptr(tid) : nullptr;
+
+    // Per-head running max and sum, held (identically) by the head's TPH stats threads.
+    const int sh = tid / TPH, ssub = tid - sh * TPH;
+    float m_run = sinks[h0 + sh], l_run = 1.0f;
+    // O accumulators: head tile omt, dims od0 + 8j.
+    const int omt = warp % MT, odw = head_dim * MT / 8, od0 = (warp / MT) * odw, ont = odw / 8;
+    float o[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+
+    const int n_tiles = (n_rows + TR - 1) / TR;
+    for (int tile = 0; tile < n_tiles; tile++) {
+        const int r0 = tile * TR;
+        __syncthreads();  // rp ready; the previous tile's K, P and alpha no longer read
+        // K tile: f32 rows (f16 values) to f16, eight 16-byte loads in flight per thread.
+        for (int base = 0; base < TR * c4; base += 256 * 8) {
+            float4 v[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                const int i = base + u * 256 + tid;
+                const int r = i / c4, c = i - r * c4;
+                const float* src = i < TR * c4 ? rp[r] : nullptr;
+                v[u] = src ? __ldg((const float4*)src + c) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                const int i = base + u * 256 + tid;
+                if (i < TR * c4) {
+                    const int r = i / c4, c = i - r * c4;
+                    *(uint2*)(kt + r * hds + 4 * c) = make_uint2(pf_pack_h2(v[u].x, v[u].y), pf_pack_h2(v[u].z, v[u].w));
+                }
+            }
+        }
+        __syncthreads();
+        {  // S = Q·Kᵀ for head tile smt, rows 8·snt..: two accumulator chains (even / odd k steps)
+            const int smt = warp % MT, snt = warp / MT;
+            const __half* qa = qh + (smt * 16 + g) * hds + 2 * t4;
+            const __half* qb = ql + (smt * 16 + g) * hds + 2 * t4;
+            const __half* kb = kt + (snt * 8 + g) * hds + 2 * t4;
+            float c0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, c1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (int k = 0; k < head_dim; k += 32) {
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int kk = k + 16 * e;
+                    uint32_t ah[4], al[4];
+                    ah[0] = pf_lds32(qa + kk);
+                    ah[1] = pf_lds32(qa + 8 * hds + kk);
+                    ah[2] = pf_lds32(qa + kk + 8);
+                    ah[3] = pf_lds32(qa + 8 * hds + kk + 8);
+                    al[0] = pf_lds32(qb + kk);
+                    al[1] = pf_lds32(qb + 8 * hds + kk);
+                    al[2] = pf_lds32(qb + kk + 8);
+                    al[3] = pf_lds32(qb + 8 * hds + kk + 8);
+                    const uint32_t b0 = pf_lds32(kb + kk), b1 = pf_lds32(kb + kk + 8);
+                    float* c = e ? c1 : c0;
+                    mma16816(c, ah, b0, b1);
+                    mma16816(c, al, b0, b1);
+                }
+            }
+            const int row = snt * 8 + 2 * t4;
+            const bool v0 = r0 + row < n_rows, v1 = r0 + row + 1 < n_rows;
+            float* s0 = ss + (smt * 16 + g) * (TR + 4) + row;
+            float* s1 = s0 + 8 * (TR + 4);
+            s0[0] = v0 ? (c0[0] + c1[0]) * kq_scale : -3.0e38f;
+            s0[1] = v1 ? (c0[1] + c1[1]) * kq_scale : -3.0e38f;
+            s1[0] = v0 ? (c0[2] + c1[2]) * kq_scale : -3.0e38f;
+            s1[1] = v1 ? (c0[3] + c1[3]) * kq_scale : -3.0e38f;
+        }
+        __syncthreads();
+        {  // online softmax: TPH threads per head, four scores each
+            const float4 s4 = *(const float4*)(ss + sh * (TR + 4) + 4 * ssub);
+            float mx = fmaxf(fmaxf(s4.x, s4.y), fmaxf(s4.z, s4.w));
+#pragma unroll
+            for (int off = TPH / 2; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+            const float m_new = fmaxf(m_run, mx);
+            const float a = expf(m_run - m_new);
+            const float p0 = expf(s4.x - m_new), p1 = expf(s4.y - m_new), p2 = expf(s4.z - m_new),
+                        p3 = expf(s4.w - m_new);
+            float ps = (p0 + p1) + (p2 + p3);
+#pragma unroll
+            for (int off = TPH / 2; off > 0; off >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, off);
+            l_run = l_run * a + ps;
+            m_run = m_new;
+            if (ssub == 0) alpha_s[sh] = a;
+            uint32_t h01, l01, h23, l23;
+            pf_split2(p0, p1, h01, l01);
+            pf_split2(p2, p3, h23, l23);
+            *(uint2*)(ph + sh * (TR + 8) + 4 * ssub) = make_uint2(h01, h23);
+            *(uint2*)(pl + sh * (TR + 8) + 4 * ssub) = make_uint2(l01, l23);
+        }
+        __syncthreads();
+        {  // O = O·alpha + P·K over this tile's rows; the next tile's row addresses meanwhile
+            if (tid < TR) {
+                const int j = r0 + TR + tid;
+                rp[tid] = j < n_rows ? row_ptr(j) : nullptr;
+            }
+            const float a0 = alpha_s[omt * 16 + g], a1 = alpha_s[omt * 16 + g + 8];
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                o[j][0] *= a0;
+                o[j][1] *= a0;
+                o[j][2] *= a1;
+                o[j][3] *= a1;
+            }
+            const __half* pa = ph + (omt * 16 + g) * (TR + 8) + 2 * t4;
+            const __half* pb = pl + (omt * 16 + g) * (TR + 8) + 2 * t4;
+            const __half* vb = kt + ((lane & 7) + ((lane >> 3) & 1) * 8) * hds + od0 + (lane >> 4) * 8;
+#pragma unroll
+            for (int ks = 0; ks < TR / 16; ks++) {
+                uint32_t ah[4], al[4];
+                ah[0] = pf_lds32(pa + 16 * ks);
+                ah[1] = pf_lds32(pa + 8 * (TR + 8) + 16 * ks);
+                ah[2] = pf_lds32(pa + 16 * ks + 8);
+                ah[3] = pf_lds32(pa + 8 * (TR + 8) + 16 * ks + 8);
+                al[0] = pf_lds32(pb + 16 * ks);
+                al[1] = pf_lds32(pb + 8 * (TR + 8) + 16 * ks);
+                al[2] = pf_lds32(pb + 16 * ks + 8);
+                al[3] = pf_lds32(pb + 8 * (TR + 8) + 16 * ks + 8);
+#pragma unroll
+                for (int jj = 0; jj < NT / 2; jj++) {
+                    if (2 * jj < ont) {
+                        uint32_t b[4];
+                        ldsm_x4_trans(b, vb + 16 * ks * hds + 16 * jj);
+                        mma16816(o[2 * jj], ah, b[0], b[1]);
+                        mma16816(o[2 * jj], al, b[0], b[1]);
+                        mma16816(o[2 * jj + 1], ah, b[2], b[3]);
+                        mma16816(o[2 * jj + 1], al, b[2], b[3]);
+                    }
+                }
+            }
+        }
+    }
+    if (ssub == 0) linv_s[sh] = 1.0f / l_run;
+    __syncthreads();  // every product done: the Q region takes the output
+    float* of = (float*)pf_smem;
+    {
+        const float i0 = linv_s[omt * 16 + g], i1 = linv_s[omt * 16 + g + 8];
+        float* o0 = of + (omt * 16 + g) * head_dim + od0 + 2 * t4;
+        float* o1 = o0 + 8 * head_dim;
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+            if (j < ont) {
+                *(float2*)(o0 + 8 * j) = make_float2(o[j][0] * i0, o[j][1] * i0);
+                *(float2*)(o1 + 8 * j) = make_float2(o[j][2] * i1, o[j][3] * i1);
+            }
+        }
+    }
+    __syncthreads();
+    // Inverse RoPE on every head's tail: thread per (head, pair).
+    const int n_pair = rope.n_rot / 2, rbase = head_dim - rope.n_rot;
+    for (int i = tid; i < HPB * n_pair; i += 256) {
+        const int h = i / n_pair, kk = i % n_pair;
+        float s, c;
+        sincosf(rope_theta(rope, (float)pos, kk), &s, &c);
+        s = -s;
+        float* v = of + h * head_dim + rbase;
+        const float x0 = v[2 * kk], x1 = v[2 * kk + 1];
+        v[2 * kk] = x0 * c - x1 * s;
+        v[2 * kk + 1] = x0 * s + x1 * c;
+    }
+    __syncthreads();
+    float4* ot = (float4*)(out + ((size_t)t * n_head + h0) * head_dim);
+    for (int i = tid; i < HPB * c4; i += 256) ot[i] = ((const float4*)of)[i];
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2) pf_attention_mma16(PF_ATTN_ARGS) {
+    attention_mma_body<1>(PF_ATTN_PASS);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) pf_attention_mma32(PF_ATTN_ARGS) {
+    attention_mma_body<2>(PF_ATTN_PASS);
+}
+
 // ---- router and experts (spec §3.6 F2-F7) --------------------------------------------------------
 
 // The decode route for token blockIdx.x: logits [T][n_expert] → sel, route_w [T][n_used].

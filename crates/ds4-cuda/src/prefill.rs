@@ -52,10 +52,83 @@ pub fn supported(cfg: &Config, ctx: usize) -> bool {
         .max()
         .unwrap_or(0);
     let rows = cfg.n_swa.min(ctx) + max_comp;
-    ATTN_HPB * (cfg.head_dim + rows + 3) * 4 <= 227 * 1024
-        && cfg.n_idx_head <= 64
+    let simt_fits = ATTN_HPB * (cfg.head_dim + rows + 3) * 4 <= 227 * 1024
         && cfg.head_dim <= 512
-        && cfg.n_head.is_multiple_of(ATTN_HPB)
+        && cfg.n_head.is_multiple_of(ATTN_HPB);
+    // The tensor-core attention walks the rows in tiles, so no context is too long for it.
+    let mma_fits = attn_mma_enabled() && attn_mma_heads(cfg.n_head, cfg.head_dim).is_some();
+    (simt_fits || mma_fits) && cfg.n_idx_head <= 64
+}
+
+/// `DS4_PREFILL_ATTN_MMA=1`: prefill attention on the tensor cores (`pf_attention_mma*`) where the
+/// shape allows it. Off by default until it has run on a GPU.
+pub fn attn_mma_enabled() -> bool {
+    std::env::var("DS4_PREFILL_ATTN_MMA").is_ok_and(|v| v == "1")
+}
+
+/// Heads per block of the tensor-core attention for this shape (32 where the heads split into
+/// 32s, else 16), or `None` where it does not apply: the kernel takes `head_dim` in multiples of
+/// 128 up to 512 (dims split over 8 warps in whole 16-wide ldmatrix steps).
+pub fn attn_mma_heads(n_head: usize, head_dim: usize) -> Option<usize> {
+    if n_head == 0 || head_dim == 0 || !head_dim.is_multiple_of(128) || head_dim > 512 {
+        return None;
+    }
+    if n_head.is_multiple_of(32) {
+        Some(32)
+    } else if n_head.is_multiple_of(16) {
+        Some(16)
+    } else {
+        None
+    }
+}
+
+/// Dynamic shared memory of `attention_mma_body` (kernels/prefill.cu) for `hpb` heads per block:
+/// Q hi + lo and the K tile as f16 rows of `head_dim + 8`, the tile's f32 scores (`TR + 4` per
+/// head), P hi + lo (`TR + 8` per head); `TR` = 1024 / `hpb` rows per tile.
+pub fn attn_mma_smem(hpb: usize, head_dim: usize) -> usize {
+    let tr = 1024 / hpb;
+    let row = (head_dim + 8) * 2;
+    2 * hpb * row + tr * row + hpb * (tr + 4) * 4 + 2 * hpb * (tr + 8) * 2
+}
+
+/// One chunk's attention (spec §3.5 A11-A12) as the prefill kernels read it: queries `q`
+/// `[t][n_head][head_dim]` (normalised, RoPE'd), the raw ring of `raw_cap` rows (positions before
+/// `pos0`), the chunk's own finished rows `kvc` `[t][head_dim]`, the compressed cache `comp` and,
+/// for ratio 4 once more than `top_k` rows exist, each token's selection `list` `[t][top_k]`.
+/// Output `out` `[t][n_head][head_dim]` after the inverse RoPE.
+#[derive(Clone, Copy, Debug)]
+pub struct PfAttention {
+    pub q: DPtr,
+    pub ring: DPtr,
+    pub raw_cap: usize,
+    pub kvc: DPtr,
+    pub pos0: usize,
+    pub t: usize,
+    pub comp: DPtr,
+    pub list: DPtr,
+    pub sinks: DPtr,
+    pub n_head: usize,
+    pub n_swa: usize,
+    /// 0 (window only), 4 or the CompressedN ratio.
+    pub ratio: usize,
+    pub top_k: usize,
+    pub head_dim: usize,
+    pub kq_scale: f32,
+    pub rope: RopeArgs,
+    pub out: DPtr,
+}
+
+impl PfAttention {
+    /// The most rows any token of the chunk attends over.
+    fn max_rows(&self) -> usize {
+        let end = self.pos0 + self.t;
+        let comp = match self.ratio {
+            0 => 0,
+            4 => self.top_k.min(end / 4),
+            r => end / r,
+        };
+        self.n_swa.min(end) + comp
+    }
 }
 
 /// The rows a ratio-`r` compressor emits for tokens at `pos0..pos0 + t` (spec §3.5 C3: a row at
@@ -272,6 +345,8 @@ pub struct PrefillKernels {
     gemm3: [sys::CUfunction; 5],
     /// `DS4_PREFILL_HPB=32`: 32 heads per attention block where they fit (16 otherwise).
     pub attn32: bool,
+    /// [`attn_mma_enabled`]: attention on the tensor cores where [`attn_mma_heads`] allows.
+    pub attn_mma: bool,
     /// Whether dense and expert GEMMs of the chunk use the pipelined variant
     /// (`DS4_PREFILL_GEMM=2` selects the plain one).
     pub pipelined: bool,
@@ -295,6 +370,8 @@ pub struct PrefillKernels {
     index_topk: sys::CUfunction,
     attention: sys::CUfunction,
     attention32: sys::CUfunction,
+    /// `pf_attention_mma16`, `pf_attention_mma32`.
+    attention_mma: [sys::CUfunction; 2],
     route: sys::CUfunction,
     moe_sort: sys::CUfunction,
     swiglu: sys::CUfunction,
@@ -342,6 +419,7 @@ impl PrefillKernels {
             ],
             pipelined: std::env::var("DS4_PREFILL_GEMM").map_or(true, |v| v != "2"),
             attn32: std::env::var("DS4_PREFILL_HPB").is_ok_and(|v| v == "32"),
+            attn_mma: attn_mma_enabled(),
             gemm_f16: f("pf_gemm_f16")?,
             gemm_f32: f("pf_gemm_f32")?,
             gemm_iq2_xxs: f("pf_gemm_iq2_xxs")?,
@@ -362,6 +440,7 @@ impl PrefillKernels {
             index_topk: f("pf_index_topk")?,
             attention: f("pf_attention")?,
             attention32: f("pf_attention32")?,
+            attention_mma: [f("pf_attention_mma16")?, f("pf_attention_mma32")?],
             route: f("pf_route")?,
             moe_sort: f("pf_moe_sort")?,
             swiglu: f("pf_swiglu")?,
@@ -373,6 +452,71 @@ impl PrefillKernels {
             ),
         };
         Ok(k)
+    }
+
+    /// One chunk's attention: the tensor-core kernel where [`Self::attn_mma`] is on and the shape
+    /// allows it, else the SIMT kernel (every row's score of a token in shared memory).
+    pub fn attention(&self, a: &PfAttention) -> Result<(), Error> {
+        let max_rows = a.max_rows();
+        let (name, f, hpb, smem) = match attn_mma_heads(a.n_head, a.head_dim)
+            .filter(|_| self.attn_mma)
+        {
+            Some(hpb) => {
+                let f = self.attention_mma[usize::from(hpb == 32)];
+                ("pf_attention_mma", f, hpb, attn_mma_smem(hpb, a.head_dim))
+            }
+            None => {
+                if !(a.head_dim.is_multiple_of(4)
+                    && a.head_dim <= 512
+                    && a.n_head.is_multiple_of(ATTN_HPB))
+                {
+                    return Err(Error::Unsupported(format!(
+                        "prefill attention: {} heads of {} (needs heads in 16s, head_dim ≤ 512 in 4s)",
+                        a.n_head, a.head_dim
+                    )));
+                }
+                let smem_of = |hpb: usize| hpb * (a.head_dim + max_rows.next_multiple_of(4)) * 4;
+                let hpb = if self.attn32 && a.n_head.is_multiple_of(32) && smem_of(32) <= 227 * 1024
+                {
+                    32
+                } else {
+                    ATTN_HPB
+                };
+                if smem_of(hpb) > 227 * 1024 {
+                    return Err(Error::Unsupported(format!(
+                        "prefill attention over {max_rows} rows needs the tensor-core kernel \
+                         (DS4_PREFILL_ATTN_MMA=1)"
+                    )));
+                }
+                let f = if hpb == 32 {
+                    self.attention32
+                } else {
+                    self.attention
+                };
+                ("pf_attention", f, hpb, smem_of(hpb))
+            }
+        };
+        let (rc, p0, nh, swa, ri, tk, hd) = (
+            a.raw_cap as i32,
+            a.pos0 as i32,
+            a.n_head as i32,
+            a.n_swa as i32,
+            a.ratio as i32,
+            a.top_k as i32,
+            a.head_dim as i32,
+        );
+        let mut p = args![
+            a.q, a.ring, rc, a.kvc, p0, a.comp, a.list, a.sinks, nh, swa, ri, tk, hd, a.kq_scale,
+            a.rope, a.out
+        ];
+        self.launch(
+            name,
+            f,
+            ((a.n_head / hpb) as u32, a.t as u32, 1),
+            256,
+            smem as u32,
+            &mut p,
+        )
     }
 
     pub fn device(&self) -> &Arc<Device> {
@@ -1212,61 +1356,25 @@ impl Prefill {
             }
         }
         // A11, A12
-        assert!(
-            hd.is_multiple_of(4) && hd <= 512 && cfg.n_head.is_multiple_of(ATTN_HPB),
-            "invariant: attention reads rows as float4 per lane, {ATTN_HPB} heads per block"
-        );
-        let max_comp = match kind {
-            AttnKind::Window => 0,
-            AttnKind::Compressed4 => top_k.min((pos0 + t) / 4),
-            AttnKind::CompressedN(r) => (pos0 + t) / r as usize,
-        };
-        let max_rows = cfg.n_swa.min(pos0 + t) + max_comp;
-        let smem_of = |hpb: usize| hpb * (hd + max_rows.next_multiple_of(4)) * 4;
-        let hpb = if self.k.attn32 && cfg.n_head.is_multiple_of(32) && smem_of(32) <= 227 * 1024 {
-            32
-        } else {
-            ATTN_HPB
-        };
-        let smem = smem_of(hpb) as u32;
-        let attn_f = if hpb == 32 {
-            self.k.attention32
-        } else {
-            self.k.attention
-        };
-        let (rc, swa, ri, tk, kq) = (
-            raw_cap as i32,
-            cfg.n_swa as i32,
-            kind.ratio() as i32,
-            top_k as i32,
-            cfg.kq_scale(),
-        );
-        let mut p = args![
-            b.q.ptr(),
-            kv.ring.ptr(),
-            rc,
-            b.kvc.ptr(),
-            p0,
+        self.k.attention(&PfAttention {
+            q: b.q.ptr(),
+            ring: kv.ring.ptr(),
+            raw_cap,
+            kvc: b.kvc.ptr(),
+            pos0,
+            t,
             comp,
-            b.list.ptr(),
-            l.attn_sinks.ptr(),
-            nh,
-            swa,
-            ri,
-            tk,
-            hdi,
-            kq,
+            list: b.list.ptr(),
+            sinks: l.attn_sinks.ptr(),
+            n_head: cfg.n_head,
+            n_swa: cfg.n_swa,
+            ratio: kind.ratio(),
+            top_k,
+            head_dim: hd,
+            kq_scale: cfg.kq_scale(),
             rope,
-            b.o.ptr()
-        ];
-        self.k.launch(
-            "pf_attention",
-            attn_f,
-            ((cfg.n_head / hpb) as u32, t as u32, 1),
-            256,
-            smem,
-            &mut p,
-        )?;
+            out: b.o.ptr(),
+        })?;
         let (nt, rci) = (t as i32, raw_cap as i32);
         let mut p = args![b.kvc.ptr(), kv.ring.ptr(), p0, nt, rci, hdi];
         self.k.launch(
@@ -1477,6 +1585,27 @@ impl Prefill {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tensor_core_attention_shapes_and_shared_memory() {
+        assert_eq!(attn_mma_heads(64, 512), Some(32));
+        assert_eq!(attn_mma_heads(16, 512), Some(16));
+        assert_eq!(attn_mma_heads(48, 128), Some(16));
+        assert_eq!(attn_mma_heads(8, 512), None);
+        assert_eq!(attn_mma_heads(64, 192), None);
+        assert_eq!(attn_mma_heads(64, 1024), None);
+        assert_eq!(attn_mma_heads(0, 512), None);
+        // The same sizes microbench/attn_mma_model.py lays out byte by byte.
+        assert_eq!(attn_mma_smem(32, 512), 109_568);
+        assert_eq!(attn_mma_smem(16, 512), 108_800);
+        // Two blocks per SM (the kernel's __launch_bounds__(256, 2)): 228 KiB per SM, 1 KiB
+        // reserved per block, at most 640 B of static shared memory.
+        for hpb in [16, 32] {
+            for hd in [128, 256, 384, 512] {
+                assert!(2 * (attn_mma_smem(hpb, hd) + 640 + 1024) <= 228 * 1024);
+            }
+        }
+    }
 
     #[test]
     fn emissions_are_the_positions_that_complete_a_window() {

@@ -7,7 +7,8 @@
 
 use std::sync::Arc;
 
-use ds4_cuda::prefill::{q8_operand, Gemm, PrefillKernels, SplitBuf, WeightOp};
+use ds4_cuda::launch::RopeArgs;
+use ds4_cuda::prefill::{q8_operand, Gemm, PfAttention, PrefillKernels, SplitBuf, WeightOp};
 use ds4_cuda::weights::{q8_scales_offset, repack_q8_0};
 use ds4_cuda::{CudaBackend, DevBuf, Device};
 use ds4_gguf::TensorType;
@@ -473,4 +474,226 @@ fn chunking_does_not_change_the_results() {
         one == split
     );
     assert!(rel < 1e-5, "chunking changes the logits: relL2 {rel:.3e}");
+}
+
+/// f16-exact random values (cached rows are f16-rounded, which the tensor-core attention relies on).
+fn random_f16_exact(n: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    (0..n)
+        .map(|_| half::f16::from_f32(rng.gen_range(-1.0f32..1.0)).to_f32())
+        .collect()
+}
+
+/// One attention case on the device: the rows, queries and selections, and a float64 reference
+/// of the attention without RoPE (spec §3.5 A11-A12: sink in the denominator, value = key).
+struct AttnCase {
+    n_head: usize,
+    head_dim: usize,
+    n_swa: usize,
+    pos0: usize,
+    t: usize,
+    ratio: usize,
+    top_k: usize,
+    q: Vec<f32>,
+    ring: Vec<f32>,
+    kvc: Vec<f32>,
+    comp: Vec<f32>,
+    list: Vec<i32>,
+    sinks: Vec<f32>,
+    kq_scale: f32,
+}
+
+impl AttnCase {
+    fn new(
+        (n_head, head_dim): (usize, usize),
+        (n_swa, pos0, t): (usize, usize, usize),
+        (ratio, top_k): (usize, usize),
+        seed: u64,
+    ) -> AttnCase {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let n_comp_max = (pos0 + t).checked_div(ratio).map_or(1, |n| n + 1);
+        // Queries large enough that the softmax is far from uniform.
+        let q: Vec<f32> = random_vec(t * n_head * head_dim, 3.0, &mut rng);
+        let top_k = top_k.max(1);
+        let mut list = vec![0i32; t * top_k];
+        for (i, sel) in list.chunks_mut(top_k).enumerate() {
+            let visible = (pos0 + i + 1).checked_div(ratio).unwrap_or(0);
+            if visible > top_k {
+                // A random selection of distinct visible rows, in random order.
+                let mut all: Vec<i32> = (0..visible as i32).collect();
+                for j in 0..top_k {
+                    let k = rng.gen_range(j..all.len());
+                    all.swap(j, k);
+                    sel[j] = all[j];
+                }
+            }
+        }
+        AttnCase {
+            n_head,
+            head_dim,
+            n_swa,
+            pos0,
+            t,
+            ratio,
+            top_k,
+            q,
+            ring: random_f16_exact(n_swa * head_dim, &mut rng),
+            kvc: random_f16_exact(t * head_dim, &mut rng),
+            comp: random_f16_exact(n_comp_max * head_dim, &mut rng),
+            list,
+            sinks: random_vec(n_head, 2.0, &mut rng),
+            kq_scale: 1.0 / (head_dim as f32).sqrt(),
+        }
+    }
+
+    /// The rows token `i` of the chunk attends over, oldest raw row first, then compressed.
+    fn rows(&self, i: usize) -> Vec<&[f32]> {
+        let hd = self.head_dim;
+        let pos = self.pos0 + i;
+        let n_raw = (pos + 1).min(self.n_swa);
+        let mut rows = Vec::new();
+        for j in 0..n_raw {
+            let p = pos + 1 - n_raw + j;
+            rows.push(if p >= self.pos0 {
+                &self.kvc[(p - self.pos0) * hd..][..hd]
+            } else {
+                &self.ring[(p % self.n_swa) * hd..][..hd]
+            });
+        }
+        if let Some(visible) = (pos + 1).checked_div(self.ratio) {
+            if self.ratio == 4 && visible > self.top_k {
+                for &c in &self.list[i * self.top_k..][..self.top_k] {
+                    rows.push(&self.comp[c as usize * hd..][..hd]);
+                }
+            } else {
+                for c in 0..visible {
+                    rows.push(&self.comp[c * hd..][..hd]);
+                }
+            }
+        }
+        rows
+    }
+
+    fn reference(&self) -> Vec<f64> {
+        let (nh, hd) = (self.n_head, self.head_dim);
+        let mut out = vec![0f64; self.t * nh * hd];
+        for i in 0..self.t {
+            let rows = self.rows(i);
+            for h in 0..nh {
+                let qv = &self.q[(i * nh + h) * hd..][..hd];
+                let s: Vec<f64> = rows
+                    .iter()
+                    .map(|r| dot64(qv, r) * self.kq_scale as f64)
+                    .collect();
+                let sink = self.sinks[h] as f64;
+                let mx = s.iter().copied().fold(sink, f64::max);
+                let den = (sink - mx).exp() + s.iter().map(|v| (v - mx).exp()).sum::<f64>();
+                let o = &mut out[(i * nh + h) * hd..][..hd];
+                for (r, v) in rows.iter().zip(&s) {
+                    let p = (v - mx).exp() / den;
+                    for (od, &kd) in o.iter_mut().zip(r.iter()) {
+                        *od += p * kd as f64;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs the chunk's attention on the device (`mma`: the tensor-core kernel) with `n_rot`
+    /// RoPE dims (0: none).
+    fn run(&self, dev: &Arc<Device>, k: &mut PrefillKernels, mma: bool, n_rot: usize) -> Vec<f32> {
+        let out = dev
+            .alloc(self.t * self.n_head * self.head_dim * 4)
+            .expect("alloc");
+        let (q, ring, kvc, comp) = (
+            upload(dev, &self.q),
+            upload(dev, &self.ring),
+            upload(dev, &self.kvc),
+            upload(dev, &self.comp),
+        );
+        let (list, sinks) = (upload(dev, &self.list), upload(dev, &self.sinks));
+        k.attn_mma = mma;
+        k.attention(&PfAttention {
+            q: q.ptr(),
+            ring: ring.ptr(),
+            raw_cap: self.n_swa,
+            kvc: kvc.ptr(),
+            pos0: self.pos0,
+            t: self.t,
+            comp: comp.ptr(),
+            list: list.ptr(),
+            sinks: sinks.ptr(),
+            n_head: self.n_head,
+            n_swa: self.n_swa,
+            ratio: self.ratio,
+            top_k: self.top_k,
+            head_dim: self.head_dim,
+            kq_scale: self.kq_scale,
+            rope: RopeArgs {
+                base: 10000.0,
+                freq_scale: 1.0,
+                yarn: 0,
+                orig_ctx: 0,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                n_rot: n_rot as i32,
+                pad: 0,
+            },
+            out: out.ptr(),
+        })
+        .expect("attention launch");
+        dev.synchronize().expect("sync");
+        let mut got = vec![0f32; self.t * self.n_head * self.head_dim];
+        out.download(0, &mut got).expect("download");
+        got
+    }
+}
+
+#[test]
+fn tensor_core_attention_matches_f64_and_the_simt_kernel() {
+    let Some((dev, mut k)) = device() else { return };
+    // (heads, head_dim), (window, pos0, tokens), (ratio, top_k): 32- and 16-head blocks, one and
+    // many row tiles with a partial last one, window-only, ratio 4 with and without selections
+    // (positions where the list starts inside the chunk), ratio 128, a long context.
+    let cases = [
+        ((64, 512), (128, 300, 70), (4, 16)),
+        ((64, 512), (128, 0, 40), (0, 0)),
+        ((16, 512), (128, 200, 50), (4, 64)),
+        ((16, 128), (40, 90, 33), (128, 0)),
+        ((32, 256), (128, 2500, 24), (4, 512)),
+        ((64, 512), (128, 9000, 8), (128, 0)),
+        ((48, 128), (64, 70, 20), (4, 16)),
+    ];
+    for (i, &(shape, span, sel)) in cases.iter().enumerate() {
+        let c = AttnCase::new(shape, span, sel, 100 + i as u64);
+        let want = c.reference();
+        let mma = c.run(&dev, &mut k, true, 0);
+        let simt = c.run(&dev, &mut k, false, 0);
+        let (rel_m, max_m) = errs(&mma, &want);
+        let (rel_s, max_s) = errs(&simt, &want);
+        println!(
+            "case {i} {shape:?} {span:?} {sel:?}: mma relL2 {rel_m:.2e} max {max_m:.2e}; simt {rel_s:.2e} {max_s:.2e}"
+        );
+        assert!(
+            rel_m < 1e-5 && max_m < 1e-4,
+            "case {i}: tensor-core attention off the f64 reference: {rel_m:.3e} {max_m:.3e}"
+        );
+        assert!(rel_s < 1e-5 && max_s < 1e-4, "case {i}: simt {rel_s:.3e}");
+        // With RoPE: both kernels apply the same inverse rotation to the same attention output.
+        let (a, b) = (
+            c.run(&dev, &mut k, true, 64),
+            c.run(&dev, &mut k, false, 64),
+        );
+        let (rel_r, max_r) = errs(&a, &b.iter().map(|&v| v as f64).collect::<Vec<_>>());
+        assert!(
+            rel_r < 1e-5 && max_r < 1e-4,
+            "case {i}: with RoPE, mma vs simt {rel_r:.3e}"
+        );
+        // Bit-identical reruns (fixed summation order).
+        assert!(
+            a == c.run(&dev, &mut k, true, 64),
+            "case {i}: rerun differs"
+        );
+    }
+    k.attn_mma = ds4_cuda::prefill::attn_mma_enabled();
 }
