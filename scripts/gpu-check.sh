@@ -83,8 +83,10 @@ if has prefill; then
     bench base-prefill X=1 -- "${PF[@]}"
     bench prefill DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 -- "${PF[@]}"
     bench prefill-mma DS4_PREFILL_ATTN_MMA=1 -- "${PF[@]}"
+    bench prefill-ldsm DS4_PREFILL_GEMM=4 -- "${PF[@]}"
+    bench prefill-both DS4_PREFILL_ATTN_MMA=1 DS4_PREFILL_GEMM=4 -- "${PF[@]}"
     bench prefill-mma-32k DS4_PREFILL_ATTN_MMA=1 -- --ctx-start 32768 --ctx-max 32768 -n 8 --synthetic-prefill 8192
-    DS4_PREFILL_PROFILE=1 DS4_PREFILL_ATTN_MMA=1 timeout 150 "$B/ds4-bench" --synthetic q2 --layers "${LAYERS:-43}" \
+    DS4_PREFILL_PROFILE=1 DS4_PREFILL_ATTN_MMA=1 DS4_PREFILL_GEMM=4 timeout 150 "$B/ds4-bench" --synthetic q2 --layers "${LAYERS:-43}" \
         "${PF[@]}" >"$OUT/bench-prefill-profile.log" 2>&1
     grep -iE "pf_|total" "$OUT/bench-prefill-profile.log" | head -30
 fi

@@ -489,8 +489,19 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 
 #define G3_STAGE (2 * G_BM * G_SA)  // halves per A stage (hi then lo)
 
-// Dynamic shared memory: see G3_SMEM_BYTES.
-template <int TY>
+// ldmatrix .x4 (no transpose): lanes 8i..8i+7 give the row addresses of 8×8 matrix i; register i
+// holds this lane's two halves of it (row lane/4, columns 2·(lane%4)), the mma fragment layout.
+__device__ __forceinline__ void ldsm_x4(uint32_t* r, const __half* p) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+// Dynamic shared memory: see G3_SMEM_BYTES. LDSM: the mma fragments come from shared memory by
+// ldmatrix (one instruction per 16×16 A tile or per two 8-column B tiles, instead of four and two
+// 32-bit loads per lane): the same values, so the same results bit for bit.
+template <int TY, bool LDSM>
 __device__ void gemm_body3(const PfGemmArgs& a) {
     extern __shared__ __align__(16) unsigned char g3_smem[];
     __half* s_a = (__half*)g3_smem;                   // [2 stages][hi, lo][G_BM][G_SA]
@@ -599,15 +610,22 @@ __device__ void gemm_body3(const PfGemmArgs& a) {
             uint32_t ah[SPAN][4], al[SPAN][4];
 #pragma unroll
             for (int q = 0; q < SPAN; q++) {
-                const int kc = (span * SPAN + q) * 16 + 2 * t4;
-                ah[q][0] = *(const uint32_t*)(sah + r0 * G_SA + kc);
-                ah[q][1] = *(const uint32_t*)(sah + (r0 + 8) * G_SA + kc);
-                ah[q][2] = *(const uint32_t*)(sah + r0 * G_SA + kc + 8);
-                ah[q][3] = *(const uint32_t*)(sah + (r0 + 8) * G_SA + kc + 8);
-                al[q][0] = *(const uint32_t*)(sal + r0 * G_SA + kc);
-                al[q][1] = *(const uint32_t*)(sal + (r0 + 8) * G_SA + kc);
-                al[q][2] = *(const uint32_t*)(sal + r0 * G_SA + kc + 8);
-                al[q][3] = *(const uint32_t*)(sal + (r0 + 8) * G_SA + kc + 8);
+                if constexpr (LDSM) {
+                    // rows wm·16 + lane%16, columns +8 for lanes 16..31: matrices a0..a3 in order
+                    const int off = (wm * 16 + (lane & 15)) * G_SA + (span * SPAN + q) * 16 + (lane >> 4) * 8;
+                    ldsm_x4(ah[q], sah + off);
+                    ldsm_x4(al[q], sal + off);
+                } else {
+                    const int kc = (span * SPAN + q) * 16 + 2 * t4;
+                    ah[q][0] = *(const uint32_t*)(sah + r0 * G_SA + kc);
+                    ah[q][1] = *(const uint32_t*)(sah + (r0 + 8) * G_SA + kc);
+                    ah[q][2] = *(const uint32_t*)(sah + r0 * G_SA + kc + 8);
+                    ah[q][3] = *(const uint32_t*)(sah + (r0 + 8) * G_SA + kc + 8);
+                    al[q][0] = *(const uint32_t*)(sal + r0 * G_SA + kc);
+                    al[q][1] = *(const uint32_t*)(sal + (r0 + 8) * G_SA + kc);
+                    al[q][2] = *(const uint32_t*)(sal + r0 * G_SA + kc + 8);
+                    al[q][3] = *(const uint32_t*)(sal + (r0 + 8) * G_SA + kc + 8);
+                }
             }
             const int ks = span * SPAN;
             float xs0 = 0.0f, xs1 = 0.0f;
@@ -618,15 +636,32 @@ __device__ void gemm_body3(const PfGemmArgs& a) {
                     xs1 += sxs[(r0 + 8) * G_KS + ks + q];
                 }
             }
+            // B fragments of column tiles nt (even) and nt + 1: b0, b1 of each per k step
+            static_assert(SPAN <= 2, "B fragments of at most two k steps held");
+            uint32_t bf[2][4];
 #pragma unroll
             for (int nt = 0; nt < 8; nt++) {
+                if (LDSM && nt % 2 == 0) {
+#pragma unroll
+                    for (int q = 0; q < SPAN; q++) {
+                        // lanes 0-7: columns 0-7 at k; 8-15: columns 0-7 at k+8; 16-31: columns 8-15
+                        const int row = wnb + nt * 8 + (lane & 7) + ((lane >> 4) << 3);
+                        ldsm_x4(bf[q], s_b + row * G_SA + (span * SPAN + q) * 16 + ((lane >> 3) & 1) * 8);
+                    }
+                }
                 const int nb = wnb + nt * 8 + g;
                 float tmp[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
                 for (int q = 0; q < SPAN; q++) {
-                    const int kc = (span * SPAN + q) * 16 + 2 * t4;
-                    const uint32_t b0 = *(const uint32_t*)(s_b + nb * G_SA + kc);
-                    const uint32_t b1 = *(const uint32_t*)(s_b + nb * G_SA + kc + 8);
+                    uint32_t b0, b1;
+                    if constexpr (LDSM) {
+                        b0 = bf[q][2 * (nt & 1)];
+                        b1 = bf[q][2 * (nt & 1) + 1];
+                    } else {
+                        const int kc = (span * SPAN + q) * 16 + 2 * t4;
+                        b0 = *(const uint32_t*)(s_b + nb * G_SA + kc);
+                        b1 = *(const uint32_t*)(s_b + nb * G_SA + kc + 8);
+                    }
                     mma16816(tmp, ah[q], b0, b1);
                     mma16816(tmp, al[q], b0, b1);
                 }
@@ -672,8 +707,13 @@ __device__ void gemm_body3(const PfGemmArgs& a) {
     }
 }
 
-#define PF_GEMM3(SUFFIX, TY) \
-    extern "C" __global__ void __launch_bounds__(256, 2) pf_gemm3_##SUFFIX(PfGemmArgs a) { gemm_body3<TY>(a); }
+#define PF_GEMM3(SUFFIX, TY)                                                                          \
+    extern "C" __global__ void __launch_bounds__(256, 2) pf_gemm3_##SUFFIX(PfGemmArgs a) {            \
+        gemm_body3<TY, false>(a);                                                                     \
+    }                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(256, 2) pf_gemm4_##SUFFIX(PfGemmArgs a) {            \
+        gemm_body3<TY, true>(a);                                                                      \
+    }
 PF_GEMM3(q8r, PT_Q8R)
 PF_GEMM3(f16, PT_F16)
 PF_GEMM3(iq2_xxs, PT_IQ2_XXS)

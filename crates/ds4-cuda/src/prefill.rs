@@ -343,6 +343,11 @@ pub struct PrefillKernels {
     /// The pipelined variants (cp.async A stages, B prefetched into registers), same order as
     /// [`GEMM_TYPES`].
     gemm3: [sys::CUfunction; 5],
+    /// The same with ldmatrix fragment loads (`pf_gemm4_*`), same order.
+    gemm4: [sys::CUfunction; 5],
+    /// `DS4_PREFILL_GEMM=4`: the pipelined GEMM takes its mma fragments by ldmatrix (bit-identical
+    /// results, fewer shared-memory instructions). Off by default until it has run on a GPU.
+    pub ldsm: bool,
     /// `DS4_PREFILL_HPB=32`: 32 heads per attention block where they fit (16 otherwise).
     pub attn32: bool,
     /// [`attn_mma_enabled`]: attention on the tensor cores where [`attn_mma_heads`] allows.
@@ -417,7 +422,15 @@ impl PrefillKernels {
                 f("pf_gemm3_q2_k")?,
                 f("pf_gemm3_q4_k")?,
             ],
+            gemm4: [
+                f("pf_gemm4_q8r")?,
+                f("pf_gemm4_f16")?,
+                f("pf_gemm4_iq2_xxs")?,
+                f("pf_gemm4_q2_k")?,
+                f("pf_gemm4_q4_k")?,
+            ],
             pipelined: std::env::var("DS4_PREFILL_GEMM").map_or(true, |v| v != "2"),
+            ldsm: std::env::var("DS4_PREFILL_GEMM").is_ok_and(|v| v == "4"),
             attn32: std::env::var("DS4_PREFILL_HPB").is_ok_and(|v| v == "32"),
             attn_mma: attn_mma_enabled(),
             gemm_f16: f("pf_gemm_f16")?,
@@ -708,7 +721,12 @@ impl PrefillKernels {
                 .iter()
                 .position(|t| *t == ty)
                 .ok_or_else(|| Error::MissingKernel(format!("pipelined gemm {ty:?}")))?;
-            (self.gemm3[i], GEMM3_SMEM as u32)
+            let f = if self.ldsm {
+                self.gemm4[i]
+            } else {
+                self.gemm3[i]
+            };
+            (f, GEMM3_SMEM as u32)
         } else {
             (f, 0)
         };

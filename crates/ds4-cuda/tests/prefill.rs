@@ -89,7 +89,7 @@ fn weight_on_device(
 
 #[test]
 fn gemm_matches_f64_reference_for_every_type_and_shape() {
-    let Some((dev, k)) = device() else { return };
+    let Some((dev, mut k)) = device() else { return };
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let all = [
         TensorType::Q8_0,
@@ -146,16 +146,19 @@ fn gemm_matches_f64_reference_for_every_type_and_shape() {
                         );
                     }
                 }
-                // The plain and the pipelined kernel (F32 has only the simple path).
-                let variants: &[bool] = if ty == TensorType::F32 {
-                    &[false]
+                // The plain and the pipelined kernel, the latter with 32-bit and with ldmatrix
+                // fragment loads (F32 has only the simple path).
+                let variants: &[(bool, bool)] = if ty == TensorType::F32 {
+                    &[(false, false)]
                 } else {
-                    &[false, true]
+                    &[(false, false), (true, false), (true, true)]
                 };
-                for &pipelined in variants {
+                let mut pipelined_out: Option<Vec<f32>> = None;
+                for &(pipelined, ldsm) in variants {
                     let yb = upload(&dev, &vec![f32::NAN; t * n_out]);
                     let mut g = Gemm::new(op, n_in, n_out, sb.view(), yb.ptr(), t);
                     g.pipelined = pipelined;
+                    k.ldsm = ldsm;
                     if ty == TensorType::F32 {
                         g.x = xb.ptr();
                         g.rowscale = rb.ptr();
@@ -174,9 +177,23 @@ fn gemm_matches_f64_reference_for_every_type_and_shape() {
                         .iter()
                         .flat_map(|&r| y[r * n_out..(r + 1) * n_out].iter().copied())
                         .collect();
+                    if pipelined {
+                        // ldmatrix loads the same fragment values: the same bits.
+                        match &pipelined_out {
+                            None => pipelined_out = Some(y.clone()),
+                            Some(p) => assert!(
+                                *p == y,
+                                "{ty} {n_in}x{n_out} T={t}: ldmatrix GEMM differs from the 32-bit-load GEMM"
+                            ),
+                        }
+                    }
                     let (rel, mx) = errs(&got, &want);
                     worst = worst.max(rel);
-                    let name = if pipelined { "pipelined" } else { "plain" };
+                    let name = match (pipelined, ldsm) {
+                        (false, _) => "plain",
+                        (true, false) => "pipelined",
+                        (true, true) => "ldmatrix",
+                    };
                     println!(
                         "gemm {ty:7} {n_in:5}x{n_out:5} T={t:4} {name:9}: relL2 {rel:.2e}, max {mx:.2e}"
                     );
