@@ -3,6 +3,9 @@
 # short table. Everything it runs is built here and carried in .device/ (see scripts/gpu-pack.sh):
 #   device run: bash scripts/gpu-check.sh [steps]     carry: [".device"]
 # steps (default all, in this order): tests bench prefill full2 mb. Logs go to $OUT (the device tool fetches them).
+# One device call may run 600 s: all steps together may not fit, so split them, e.g.
+#   bash scripts/gpu-check.sh "tests full2"   then   bash scripts/gpu-check.sh "bench prefill mb"
+# (each step's wall time is in the summary).
 # LAYERS=N: synthetic layers for the benches (default 43 on an H200, 36 on an H100).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +30,10 @@ SUMMARY=$OUT/summary.txt
 note() { echo "$*" | tee -a "$SUMMARY"; }
 note "gpu: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1), bench layers ${LAYERS:-43}"
 
-has() { [[ " $STEPS " == *" $1 "* ]]; }
+has() {
+    [[ " $STEPS " == *" $1 "* ]] || return 1
+    note "== step $1 at ${SECONDS}s"
+}
 
 if has tests; then
     # "label binary seconds [filter...]"; the dense kernel tests first and on their own (a hang
@@ -116,5 +122,6 @@ if has mb; then
     grep -E "graph of|D2D" "$OUT/mb.log" >>"$SUMMARY"
 fi
 
+note "== done at ${SECONDS}s"
 echo "==== summary"
 cat "$SUMMARY"
