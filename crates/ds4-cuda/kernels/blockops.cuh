@@ -4,6 +4,22 @@
 #pragma once
 #include "common.cuh"
 
+// The tail of an HC step from the per-block shares of hc_fused (`part`: G doubles of the flat sum
+// of squares, then G·n_mix floats of the mixer rows), in a fixed order whichever kernel runs it
+// (hc_fused after its grid barrier, hc_finish, or a dense_tma prologue), so every block of each
+// gets the same bits. Step 1, every warp: warp w adds the shares of mixer rows w, w + n_warp, ...
+// (lane t reads block t's share: one L2 round trip) into mixs.
+__device__ __forceinline__ void hc_mix_sums(const double* part, int G, int n_mix, float* mixs, int warp, int n_warp) {
+    const float* part_mix = (const float*)(part + G);
+    const int lane = threadIdx.x & 31;
+    for (int r = warp; r < n_mix; r += n_warp) {
+        float m = 0.0f;
+        for (int t = lane; t < G; t += 32) m += __ldcg(part_mix + (size_t)t * n_mix + r);
+        m = warp_sum(m);
+        if (lane == 0) mixs[r] = m;
+    }
+}
+
 // spec §3.4 steps 3-5 by warp 0: pre, post and the Sinkhorn-normalised combine matrix from the
 // mixer output into w (shared: pre[n_hc], post[n_hc], M[n_hc²]), copied to hcw when it is set.
 __device__ void hc_split(const float* mix, const float* scale, const float* base, float* w, float* hcw, int n_hc,
@@ -265,3 +281,20 @@ __device__ void topk_select(const float* scores, int n, int top_k, int* list) {
     }
 }
 
+
+// Step 2 of the HC tail, by warp 0 once hc_mix_sums is visible: the flat RMS scale (n = n_hc·n_embd
+// values) applied to the mixer output, then the split into w (pre, post, combine); hcw, when set,
+// gets a copy for the next HC step's post.
+__device__ __forceinline__ void hc_mix_split(const double* part, int G, int n, float rms_eps, float* mixs, int n_mix,
+                                             const float* scale, const float* base, float* w, float* hcw, int n_hc,
+                                             int sinkhorn_iters, float hc_eps) {
+    const int lane = threadIdx.x & 31;
+    double tot = 0.0;
+    for (int t = lane; t < G; t += 32) tot += __ldcg(part + t);
+    // lanes hold strided partials; fold them in lane order (fixed)
+    for (int o = 16; o > 0; o >>= 1) tot += __shfl_down_sync(0xffffffffu, tot, o);
+    const float sc = 1.0f / sqrtf((float)(__shfl_sync(0xffffffffu, tot, 0) / (double)n) + rms_eps);
+    for (int r = lane; r < n_mix; r += 32) mixs[r] *= sc;
+    __syncwarp();
+    hc_split(mixs, scale, base, w, hcw, n_hc, sinkhorn_iters, hc_eps);
+}

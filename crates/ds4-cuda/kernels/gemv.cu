@@ -4,6 +4,7 @@
 // Work split: a row is cut into "items" of 8-32 weights whose bytes are contiguous, so the lanes of
 // a warp read consecutive memory and every weight byte is read once. `wpr` warps share a row (1 for
 // tall matrices, up to 8 for the few-row HC mixers); partial sums meet in a fixed tree.
+#include "blockops.cuh"
 #include "blocks.cuh"
 #include "common.cuh"
 
@@ -356,9 +357,24 @@ struct DenseArgs {
     // (the next dense launch's weights, read after a stretch of kernels that leave HBM idle).
     const uint8_t* pf[DENSE_MAX_PF];
     unsigned long long pf_bytes[DENSE_MAX_PF];
+    // dense_tma only, `hc.on`: the input is the HC combine u = Σ_h pre_h·X_h of a folded HC step
+    // (hc_fused with fold): the prologue adds the step's block shares, runs the split (block 0 writes
+    // hcw) and combines the streams itself, instead of reading x.
+    struct {
+        const float* X;       // hc_fused's X_out: the new streams [n_hc][n_in]
+        const double* part;   // its block shares
+        const float* scale;
+        const float* base;
+        float* hcw;
+        int on, G, n_hc, n_mix, iters;
+        float hc_eps, rms_eps;
+        int pad;
+    } hc;
 };
 // The host mirrors (launch.rs) check the same sizes and offsets.
-static_assert(sizeof(DenseMat) == 80 && sizeof(DenseArgs) == 824 && offsetof(DenseArgs, pf) == 696, "DenseArgs layout");
+static_assert(sizeof(DenseMat) == 80 && sizeof(DenseArgs) == 896 && offsetof(DenseArgs, pf) == 696 &&
+                  offsetof(DenseArgs, hc) == 824,
+              "DenseArgs layout");
 
 template <int TY> struct DenseElems;  // elements per lane per 16-byte load
 template <> struct DenseElems<TY_Q8_0> { enum { E = 16, BYTES = 1 }; };
@@ -970,12 +986,40 @@ __device__ __forceinline__ int tma_matrix(const DenseArgs& a, int t) {
     return mi;
 }
 
+// The launch's input element i: x[i], or with a folded HC step the combine Σ_h pre_h·X_h[i] (in h
+// order, as hc_fused forms it).
+struct TmaInput {
+    const float* x;
+    const float* X;   // non-null: fold
+    const float* pre; // shared: the split's pre weights
+    int n_hc, n;
+    __device__ __forceinline__ float at(int i) const {
+        if (!X) return x[i];
+        float u = 0.0f;
+        for (int h = 0; h < n_hc; h++) u += pre[h] * X[(size_t)h * n + i];
+        return u;
+    }
+    __device__ __forceinline__ float4 at4(int i) const {
+        if (!X) return *(const float4*)(x + i);
+        float4 u = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int h = 0; h < n_hc; h++) {
+            const float4 v = *(const float4*)(X + (size_t)h * n + i);
+            const float p = pre[h];
+            u = make_float4(u.x + p * v.x, u.y + p * v.y, u.z + p * v.z, u.w + p * v.w);
+        }
+        return u;
+    }
+};
+
 // f64 sum of squares by the consumer threads, in the same order as block_rms_scale over 256 threads.
-__device__ __forceinline__ float consumers_rms_scale(const float* x, int n, float eps, double* red) {
+__device__ __forceinline__ float consumers_rms_scale(const TmaInput& x, int n, float eps, double* red) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     double ss = 0.0;
 #pragma unroll 8
-    for (int i = tid; i < n; i += 32 * TMA_CWARPS) ss += (double)x[i] * (double)x[i];
+    for (int i = tid; i < n; i += 32 * TMA_CWARPS) {
+        const double v = (double)x.at(i);
+        ss += v * v;
+    }
     ss = warp_sum_d(ss);
     if (lane == 0) red[warp] = ss;
     consumers_sync();
@@ -988,7 +1032,7 @@ __device__ __forceinline__ float consumers_rms_scale(const float* x, int n, floa
 // Slot j of a warp's input registers: elements [c·512 + 16·lane, +16) (Q8_0) or [c·256 + 8·lane,
 // +8) (F16) of chunk c = (warp + 8j) mod cpr, prepared (normalised) like the dense kernels' input.
 template <int TY, int NS>
-__device__ __forceinline__ void tma_load_x(const DenseArgs& a, const float* x, float sc, int cpr, float (&xr)[32]) {
+__device__ __forceinline__ void tma_load_x(const DenseArgs& a, const TmaInput& x, float sc, int cpr, float (&xr)[32]) {
     constexpr int E = TY == TY_Q8_0 ? 16 : 8, CH = 32 * E;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
@@ -997,7 +1041,7 @@ __device__ __forceinline__ void tma_load_x(const DenseArgs& a, const float* x, f
         const int i0 = c * CH + lane * E;
 #pragma unroll
         for (int e = 0; e < E; e += 4) {
-            float4 v = *(const float4*)(x + i0 + e);
+            float4 v = x.at4(i0 + e);
             if (a.norm) {
                 const float4 w = *(const float4*)(a.norm_w + i0 + e);
                 v = make_float4((v.x * sc) * w.x, (v.y * sc) * w.y, (v.z * sc) * w.z, (v.w * sc) * w.w);
@@ -1070,7 +1114,8 @@ extern "C" __global__ void __launch_bounds__(TMA_THREADS, 2) dense_tma(DenseArgs
             mbar_init(&full[s], 1);
             mbar_init(&empty[s], TMA_CWARPS);
         }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        // the barriers' init visible to the bulk-copy (async) proxy, as NVIDIA's TMA examples do
+        asm volatile("fence.mbarrier_init.release.cluster;\n fence.proxy.async.shared::cta;" ::: "memory");
     }
     __syncthreads();
 
@@ -1102,7 +1147,13 @@ extern "C" __global__ void __launch_bounds__(TMA_THREADS, 2) dense_tma(DenseArgs
             }
             i++;
         }
-        // L2 prefetch: 16 KiB pieces of the ranges, piece j by block j mod grid.
+        // L2 prefetch: 16 KiB pieces of the ranges, piece j by block j mod grid. Not before the
+        // previous kernel has finished (a block with few tiles gets here at once, and its prefetch
+        // would compete with that kernel's stream instead of filling the idle stretch after this
+        // launch), nor before this block's own last tile has landed.
+        if (a.pf_bytes[0] == 0) return;
+        if (!waited) pdl_wait();
+        if (i > 0) mbar_wait(&full[(i - 1) % TMA_STAGES], ((i - 1) / TMA_STAGES) & 1);
         int r = 0;
         unsigned long long base = 0;  // pieces of ranges before r
         for (unsigned long long j = blockIdx.x;; j += gridDim.x) {
@@ -1123,10 +1174,24 @@ extern "C" __global__ void __launch_bounds__(TMA_THREADS, 2) dense_tma(DenseArgs
     // consumers
     pdl_wait();
     pdl_trigger();
-    const float sc = a.norm ? consumers_rms_scale(a.x, n_in, a.eps, red) : 1.0f;
+    __shared__ float hc_mix[2 * 8 + 64], hc_w[2 * 8 + 64];
+    TmaInput in{a.x, nullptr, hc_w, 0, n_in};
+    if (a.hc.on) {  // the folded HC step's tail (hc_fused's, same order): pre weights to hc_w
+        hc_mix_sums(a.hc.part, a.hc.G, a.hc.n_mix, hc_mix, warp, TMA_CWARPS);
+        consumers_sync();
+        if (warp == 0)
+            hc_mix_split(a.hc.part, a.hc.G, a.hc.n_hc * n_in, a.hc.rms_eps, hc_mix, a.hc.n_mix, a.hc.scale, a.hc.base,
+                         hc_w, blockIdx.x == 0 ? a.hc.hcw : nullptr, a.hc.n_hc, a.hc.iters, a.hc.hc_eps);
+        consumers_sync();
+        in.X = a.hc.X;
+        in.n_hc = a.hc.n_hc;
+    }
+    const float sc = a.norm ? consumers_rms_scale(in, n_in, a.eps, red) : 1.0f;
     if (a.x_out && blockIdx.x == 0)
-        for (int k = threadIdx.x; k < n_in; k += 32 * TMA_CWARPS)
-            a.x_out[k] = a.norm ? (a.x[k] * sc) * a.norm_w[k] : a.x[k];
+        for (int k = threadIdx.x; k < n_in; k += 32 * TMA_CWARPS) {
+            const float v = in.at(k);
+            a.x_out[k] = a.norm ? (v * sc) * a.norm_w[k] : v;
+        }
     float xr[32];
     int staged = -1;
     int i = 0;
@@ -1138,7 +1203,8 @@ extern "C" __global__ void __launch_bounds__(TMA_THREADS, 2) dense_tma(DenseArgs
         const int group = m.rows_per_group > 0 ? r0 / m.rows_per_group : 0;
         const int key = m.ty * 65536 + group;
         const int ns = g.cpr > 8 ? g.cpr / 8 : 1;
-        const float* x = a.x + (size_t)group * n_in;
+        TmaInput x = in;
+        x.x = a.x + (size_t)group * n_in;  // grouped matrices never come with a folded HC step
         if (key != staged) {
             staged = key;
             if (m.ty == TY_Q8_0) {

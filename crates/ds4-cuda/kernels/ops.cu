@@ -60,12 +60,14 @@ __device__ __forceinline__ void grid_barrier(unsigned* counter) {
 // mixer row fn·X. After a grid barrier every block adds the shares in block order (so all blocks
 // hold the same mixer output), redoes the split and Sinkhorn, and writes its slice of
 // u = Σ_h pre_h·X_h to xa. The sublayer's RMSNorm of u is applied by the consumer (the dense
-// launch's norm prologue). `part` holds gridDim.x doubles then gridDim.x·n_mix floats.
+// launch's norm prologue). `part` holds gridDim.x doubles then gridDim.x·n_mix floats. With `fold`
+// set the launch ends after the shares (no grid barrier): the consuming dense_tma launch runs the
+// tail in its prologue while its weights stream in (or hc_finish runs it).
 // Dynamic shared memory: n_hc·slice floats.
 extern "C" __global__ void __launch_bounds__(256) hc_fused(
     const float* X_in, float* X_out, const float* y, const float* hcw_prev, const __half* fn, const float* scale,
     const float* base, float* hcw, float* xa, unsigned int* counter, double* part, int n_embd, int n_hc,
-    int n_mix, int slice, int sinkhorn_iters, float hc_eps, float rms_eps) {
+    int n_mix, int slice, int sinkhorn_iters, float hc_eps, float rms_eps, int fold) {
     extern __shared__ float xs[];  // [n_hc][slice] this block's new streams
     __shared__ double red[32];
     __shared__ float mixs[2 * 8 + 64];
@@ -155,30 +157,44 @@ extern "C" __global__ void __launch_bounds__(256) hc_fused(
             }
         }
     }
+    // fold: the consumer (a dense_tma launch, or hc_finish) runs the tail from the shares.
+    if (fold) return;
     grid_barrier(counter);
-    // Every warp adds the block shares of some mixer rows, lane t reading block t's share (one
-    // L2 round trip), in a fixed tree; warp 0 then scales them and runs the split.
-    for (int r = warp; r < n_mix; r += n_warp) {
-        float m = 0.0f;
-        for (int t = lane; t < G; t += 32) m += __ldcg(part_mix + (size_t)t * n_mix + r);
-        m = warp_sum(m);
-        if (lane == 0) mixs[r] = m;
-    }
+    hc_mix_sums(part, G, n_mix, mixs, warp, n_warp);
     __syncthreads();
-    if (warp == 0) {
-        double tot = 0.0;
-        for (int t = lane; t < G; t += 32) tot += __ldcg(part_ss + t);
-        // lanes hold strided partials; fold them in lane order (fixed)
-        for (int o = 16; o > 0; o >>= 1) tot += __shfl_down_sync(0xffffffffu, tot, o);
-        const float sc = 1.0f / sqrtf((float)(__shfl_sync(0xffffffffu, tot, 0) / (double)n) + rms_eps);
-        for (int r = lane; r < n_mix; r += 32) mixs[r] *= sc;
-        __syncwarp();
-        hc_split(mixs, scale, base, w, b == 0 ? hcw : nullptr, n_hc, sinkhorn_iters, hc_eps);
-    }
+    if (warp == 0)
+        hc_mix_split(part, G, n, rms_eps, mixs, n_mix, scale, base, w, b == 0 ? hcw : nullptr, n_hc, sinkhorn_iters,
+                     hc_eps);
     __syncthreads();
     for (int i = threadIdx.x; i < nc; i += blockDim.x) {
         float u = 0.0f;
         for (int h = 0; h < n_hc; h++) u += w[h] * xs[h * slice + i];
+        xa[c0 + i] = u;
+    }
+}
+
+// The tail of a folded HC step (hc_fused with fold set) on its own, for a consumer that cannot take
+// it in its prologue: the same sums and split as hc_fused, then block b's column slice of
+// u = Σ_h pre_h·X_h (X: hc_fused's X_out) to xa. Same bits as the unfolded step.
+extern "C" __global__ void __launch_bounds__(256) hc_finish(const float* X, const double* part, const float* scale,
+                                                          const float* base, float* hcw, float* xa, int n_embd,
+                                                          int n_hc, int n_mix, int G, int slice, int sinkhorn_iters,
+                                                          float hc_eps, float rms_eps) {
+    __shared__ float mixs[2 * 8 + 64];
+    __shared__ float w[2 * 8 + 64];
+    pdl_wait();
+    pdl_trigger();
+    const int warp = threadIdx.x >> 5, n_warp = blockDim.x >> 5, b = blockIdx.x;
+    hc_mix_sums(part, G, n_mix, mixs, warp, n_warp);
+    __syncthreads();
+    if (warp == 0)
+        hc_mix_split(part, G, n_hc * n_embd, rms_eps, mixs, n_mix, scale, base, w, b == 0 ? hcw : nullptr, n_hc,
+                     sinkhorn_iters, hc_eps);
+    __syncthreads();
+    const int c0 = min(n_embd, b * slice), nc = min(n_embd, c0 + slice) - c0;
+    for (int i = threadIdx.x; i < nc; i += blockDim.x) {
+        float u = 0.0f;
+        for (int h = 0; h < n_hc; h++) u += w[h] * X[(size_t)h * n_embd + c0 + i];
         xa[c0 + i] = u;
     }
 }

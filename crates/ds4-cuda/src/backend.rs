@@ -102,6 +102,14 @@ impl CudaBackend {
         self.graph = None;
     }
 
+    /// Folds each HC step's tail into the consuming dense launch (`true`) or keeps it in the HC
+    /// kernel behind a grid barrier (`false`; default from `DS4_CUDA_HC_FOLD`). Same results.
+    /// The next step captures a new graph.
+    pub fn set_hc_fold(&mut self, on: bool) {
+        self.kern.set_hc_fold(on);
+        self.graph = None;
+    }
+
     /// `<gpu> (sm_XY, N MiB)`.
     pub fn device_description(&self) -> &str {
         &self.dev.description

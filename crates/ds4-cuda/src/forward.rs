@@ -15,8 +15,8 @@ use ds4_model::{AttnKind, Config};
 use crate::device::{DevBuf, Device};
 use crate::experts::ExpertKernels;
 use crate::launch::{
-    AttnPrep, CompressorArgs, DPtr, DenseInput, DenseMat, GemvArgs, GemvMode, Kernels, RopeArgs,
-    DENSE_MAX_PF,
+    AttnPrep, CompressorArgs, DPtr, DenseInput, DenseMat, GemvArgs, GemvMode, HcFold, Kernels,
+    RopeArgs, DENSE_MAX_PF,
 };
 use crate::weights::{DevAttnExtra, DevCompressor, DevHc, DevLayer, DevTensor, DevWeights};
 use crate::Error;
@@ -343,18 +343,30 @@ fn dense_swiglu(gate: &DevTensor, up: &DevTensor, y: DPtr) -> Result<DenseMat, E
 /// which the kernels in between use too).
 const PREFETCH_CAP: usize = 24 << 20;
 
-/// A dense launch's L2 prefetch list: the tensors' bytes in order, cut at [`PREFETCH_CAP`]. Given
-/// to the last dense launch before a stretch of small kernels (attention, HC step, routing), so
-/// the next dense launch's weights arrive while HBM would otherwise be idle.
+/// A dense launch's L2 prefetch list: the tensors' bytes in order, cut at [`PREFETCH_CAP`] (or
+/// when the slots run out). Given to the last dense launch before a stretch of small kernels
+/// (attention, HC step, routing), so the next dense launch's weights arrive while HBM would
+/// otherwise be idle. A repacked Q8_0 tensor keeps its scales at the end: they go first, so a cut
+/// never leaves every tile's scales to come from HBM.
 fn prefetch_list(tensors: &[&DevTensor]) -> [(DPtr, usize); DENSE_MAX_PF] {
+    let mut ranges = Vec::new();
+    for t in tensors {
+        if t.ty == TensorType::Q8_0 {
+            let n: usize = t.dims.iter().product::<u64>() as usize;
+            ranges.push((t.q8_scales_ptr(), n / 16));
+            ranges.push((t.ptr(), n));
+        } else {
+            ranges.push((t.ptr(), t.bytes()));
+        }
+    }
     let mut out = [(0, 0); DENSE_MAX_PF];
     let mut left = PREFETCH_CAP;
-    for (slot, t) in out.iter_mut().zip(tensors) {
-        let n = t.bytes().min(left);
+    for (slot, (p, bytes)) in out.iter_mut().zip(ranges) {
+        let n = bytes.min(left);
         if n == 0 {
             break;
         }
-        *slot = (t.ptr(), n);
+        *slot = (p, n);
         left -= n;
     }
     out
@@ -383,7 +395,9 @@ fn xa_weights(l: &DevLayer) -> Vec<&DevTensor> {
 
 /// §3.4: the pending HC post of the previous sublayer (output `y`, 0 for none) applied to the
 /// streams in `x_in`, written to `x_out`, then steps 1-6: pre/post/combine to `s.hcw` and the
-/// sublayer input before its RMSNorm to `s.xa` (the consumer normalises). One launch.
+/// sublayer input before its RMSNorm to `s.xa` (the consumer normalises). One launch. With
+/// [`Kernels::hc_fold`] the launch stops after its block shares and the returned [`HcFold`] goes
+/// to the consuming dense launch, which finishes the step.
 fn hc_step(
     k: &Kernels,
     cfg: &Config,
@@ -391,7 +405,7 @@ fn hc_step(
     s: &Scratch,
     (x_in, x_out): (DPtr, DPtr),
     y: DPtr,
-) -> Result<(), Error> {
+) -> Result<Option<HcFold>, Error> {
     if hc.fn_.ty != TensorType::F16 {
         return Err(Error::Unsupported(format!(
             "HC mixer is {}, the CUDA backend reads F16",
@@ -408,7 +422,21 @@ fn hc_step(
         s.xa.ptr(),
         (s.hc_counter.ptr(), s.hc_part.ptr()),
         cfg,
-    )
+        k.hc_fold(),
+    )?;
+    Ok(k.hc_fold().then_some(HcFold {
+        streams: x_out,
+        part: s.hc_part.ptr(),
+        scale: hc.scale.ptr(),
+        base: hc.base.ptr(),
+        hcw: s.hcw.ptr(),
+        xa: s.xa.ptr(),
+        n_hc: cfg.n_hc,
+        n_mix: cfg.hc_mix(),
+        sinkhorn_iters: cfg.sinkhorn_iters,
+        hc_eps: cfg.hc_eps,
+        rms_eps: cfg.rms_eps,
+    }))
 }
 
 // ---- spec/model.md §3.5 attention sublayer -------------------------------------------------------
@@ -439,6 +467,7 @@ fn compressor(
 }
 
 /// §3.5 A1-A14. Reads and appends this layer's KV state; `s.x` is updated in place.
+#[allow(clippy::too_many_arguments)]
 fn attention_sublayer(
     k: &Kernels,
     cfg: &Config,
@@ -447,6 +476,7 @@ fn attention_sublayer(
     kv: &LayerKv,
     raw_cap: usize,
     s: &Scratch,
+    hc: Option<HcFold>,
 ) -> Result<(), Error> {
     let kind = cfg.attn_kinds[il];
     let rope = RopeArgs::new(&cfg.rope(il), cfg.n_rot);
@@ -483,6 +513,7 @@ fn attention_sublayer(
         x: s.xa.ptr(),
         n_in: cfg.n_embd,
         norm: Some((l.attn_norm.ptr(), cfg.rms_eps)),
+        hc,
         ..Default::default()
     };
     k.dense(from_xa, &mats)?;
@@ -629,6 +660,7 @@ fn ffn_sublayer(
     l: &DevLayer,
     s: &Scratch,
     next: &[&DevTensor],
+    hc: Option<HcFold>,
 ) -> Result<(), Error> {
     let xf = s.xn.ptr(); // F1: RMSNorm(hc_step's output) ⊙ ffn_norm, written by the first launch
                          // F2 router logits and F6 the shared expert's SwiGLU, both from xf, in one launch.
@@ -638,6 +670,7 @@ fn ffn_sublayer(
         norm: Some((l.ffn_norm.ptr(), cfg.rms_eps)),
         clamp: cfg.swiglu_clamp,
         x_out: xf,
+        hc,
         ..Default::default()
     };
     k.dense(
@@ -754,10 +787,10 @@ pub fn decode_step(
     let bufs = [s.x.ptr(), s.x2.ptr()];
     let (mut cur, mut pending) = (0usize, 0 as DPtr);
     for (il, (l, lkv)) in w.layers.iter().zip(&kv.layers).enumerate() {
-        hc_step(k, cfg, &l.hc_attn, s, (bufs[cur], bufs[1 - cur]), pending)?; // A1
+        let hc = hc_step(k, cfg, &l.hc_attn, s, (bufs[cur], bufs[1 - cur]), pending)?; // A1
         cur = 1 - cur;
-        attention_sublayer(k, cfg, il, l, lkv, kv.raw_cap, s)?;
-        hc_step(
+        attention_sublayer(k, cfg, il, l, lkv, kv.raw_cap, s, hc)?;
+        let hc = hc_step(
             k,
             cfg,
             &l.hc_ffn,
@@ -770,7 +803,7 @@ pub fn decode_step(
             Some(nl) => xa_weights(nl),
             None => vec![&w.output],
         };
-        ffn_sublayer(k, cfg, l, s, &next)?;
+        ffn_sublayer(k, cfg, l, s, &next, hc)?;
         pending = s.ffn_out.ptr();
     }
     if pending != 0 {

@@ -180,6 +180,50 @@ struct DenseArgs {
     n_blocks: i32,
     pf: [DPtr; DENSE_MAX_PF],
     pf_bytes: [u64; DENSE_MAX_PF],
+    hc: DenseHcArgs,
+}
+
+/// `DenseArgs::hc` of kernels/gemv.cu: a folded HC step's tail, run in `dense_tma`'s prologue.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct DenseHcArgs {
+    x: DPtr,
+    part: DPtr,
+    scale: DPtr,
+    base: DPtr,
+    hcw: DPtr,
+    on: i32,
+    g: i32,
+    n_hc: i32,
+    n_mix: i32,
+    iters: i32,
+    hc_eps: f32,
+    rms_eps: f32,
+    pad: i32,
+}
+
+/// A folded HC step (spec §3.4 steps 3-6 left to the consumer): `hc_fused` with `fold` wrote the
+/// new streams and its block shares; the dense launch that reads the sublayer input finishes the
+/// step (mixer sums, split, combine) in its prologue, while its weights already stream in. Where
+/// that launch does not run on `dense_tma`, [`Kernels::dense`] runs `hc_finish` first (same bits).
+#[derive(Clone, Copy, Debug)]
+pub struct HcFold {
+    /// The new streams `[n_hc][n_embd]` (hc_fused's `x_out`).
+    pub streams: DPtr,
+    /// hc_fused's block shares.
+    pub part: DPtr,
+    /// The HC weights' scale and base (spec §3.4 step 3).
+    pub scale: DPtr,
+    pub base: DPtr,
+    /// Where pre/post/combine go for the next step's post.
+    pub hcw: DPtr,
+    /// The combine's destination when `hc_finish` runs instead (the dense input then reads it).
+    pub xa: DPtr,
+    pub n_hc: usize,
+    pub n_mix: usize,
+    pub sinkhorn_iters: usize,
+    pub hc_eps: f32,
+    pub rms_eps: f32,
 }
 
 /// What a dense launch reads: the shared input and how it is prepared.
@@ -200,6 +244,9 @@ pub struct DenseInput {
     /// only; unused slots `(0, 0)`): the next dense launch's weights, when kernels that leave HBM
     /// idle run in between.
     pub prefetch: [(DPtr, usize); DENSE_MAX_PF],
+    /// The input is the combine of a folded HC step (then `x` is unused by `dense_tma`, and
+    /// `hc_finish` writes it elsewhere first).
+    pub hc: Option<HcFold>,
 }
 
 /// `dense_tma`'s block: eight consumer warps and one producer warp (`TMA_THREADS`).
@@ -302,6 +349,10 @@ pub struct Kernels {
     rms_norm: sys::CUfunction,
     hc_post: sys::CUfunction,
     hc_fused: sys::CUfunction,
+    hc_finish: sys::CUfunction,
+    /// Fold each HC step's tail into the consuming dense launch ([`HcFold`]); off by default
+    /// until measured on a GPU (`DS4_CUDA_HC_FOLD=1` or [`Kernels::set_hc_fold`]).
+    hc_fold_on: std::sync::atomic::AtomicBool,
     route: sys::CUfunction,
     head_collapse: sys::CUfunction,
     set_index_gate: sys::CUfunction,
@@ -377,6 +428,10 @@ impl Kernels {
             rms_norm: f("ops", "rms_norm")?,
             hc_post: f("ops", "hc_post")?,
             hc_fused: f("ops", "hc_fused")?,
+            hc_finish: f("ops", "hc_finish")?,
+            hc_fold_on: std::sync::atomic::AtomicBool::new(
+                std::env::var("DS4_CUDA_HC_FOLD").is_ok_and(|v| v == "1"),
+            ),
             route: f("ops", "route")?,
             head_collapse: f("ops", "head_collapse")?,
             set_index_gate: f("ops", "set_index_gate")?,
@@ -565,6 +620,18 @@ impl Kernels {
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Folds each HC step's tail into the next dense launch (true) or runs it in `hc_fused`
+    /// behind its grid barrier (false, the default). Same results either way.
+    pub fn set_hc_fold(&self, on: bool) {
+        self.hc_fold_on
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether HC steps are folded into their consumers ([`Kernels::set_hc_fold`]).
+    pub fn hc_fold(&self) -> bool {
+        self.hc_fold_on.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Turns the L2 prefetch of [`DenseInput::prefetch`] on or off.
     pub fn set_prefetch(&self, on: bool) {
         self.prefetch_on
@@ -580,7 +647,9 @@ impl Kernels {
     fn tma_plan(&self, input: &DenseInput, mats: &[DenseMat]) -> Option<Vec<usize>> {
         let aligned =
             input.x.is_multiple_of(16) && input.norm.is_none_or(|(w, _)| w.is_multiple_of(16));
-        if !self.dense_tma_on.load(std::sync::atomic::Ordering::Relaxed) || !aligned {
+        // The kernel takes one RMS scale for the whole launch (from group 0's input).
+        let one_norm = input.norm.is_none() || mats.iter().all(|m| m.rows_per_group == 0);
+        if !self.dense_tma_on.load(std::sync::atomic::Ordering::Relaxed) || !aligned || !one_norm {
             return None;
         }
         tma_tiles(input.n_in, mats)
@@ -634,7 +703,34 @@ impl Kernels {
             a.norm = 1;
             a.eps = eps;
         }
-        if let Some(tiles) = self.tma_plan(&input, mats) {
+        let plan = self.tma_plan(&input, mats);
+        if let Some(h) = input.hc {
+            assert!(
+                mats.iter().all(|m| m.rows_per_group == 0) && h.n_hc <= 8 && h.n_mix <= 80,
+                "invariant: a folded HC step feeds one ungrouped input of at most 8 streams"
+            );
+            if plan.is_some() {
+                a.hc = DenseHcArgs {
+                    x: h.streams,
+                    part: h.part,
+                    scale: h.scale,
+                    base: h.base,
+                    hcw: h.hcw,
+                    on: 1,
+                    g: Self::HC_BLOCKS as i32,
+                    n_hc: h.n_hc as i32,
+                    n_mix: h.n_mix as i32,
+                    iters: h.sinkhorn_iters as i32,
+                    hc_eps: h.hc_eps,
+                    rms_eps: h.rms_eps,
+                    pad: 0,
+                };
+            } else {
+                self.hc_finish(&h, n_in)?;
+                a.x = h.xa;
+            }
+        }
+        if let Some(tiles) = plan {
             if self.prefetch_on.load(std::sync::atomic::Ordering::Relaxed) {
                 for (i, &(p, n)) in input.prefetch.iter().enumerate() {
                     a.pf[i] = p;
@@ -815,6 +911,7 @@ impl Kernels {
         xa: DPtr,
         (counter, part): (DPtr, DPtr),
         cfg: &ds4_model::Config,
+        fold: bool,
     ) -> Result<(), Error> {
         assert!(
             cfg.n_hc <= 8 && cfg.hc_mix() <= 80,
@@ -833,10 +930,10 @@ impl Kernels {
             slice as i32,
             cfg.sinkhorn_iters as i32,
         );
-        let (he, re) = (cfg.hc_eps, cfg.rms_eps);
+        let (he, re, fold) = (cfg.hc_eps, cfg.rms_eps, fold as i32);
         let mut p = args![
             x_in, x_out, y, hcw_prev, fn_, scale, base, hcw, xa, counter, part, n_embd, n_hc,
-            n_mix, sl, iters, he, re
+            n_mix, sl, iters, he, re, fold
         ];
         self.launch(
             "hc_fused",
@@ -844,6 +941,31 @@ impl Kernels {
             (Self::HC_BLOCKS as u32, 1, 1),
             256,
             (cfg.n_hc * slice * 4) as u32,
+            &mut p,
+        )
+    }
+
+    /// The tail of a folded HC step on its own (see [`HcFold`]): the combine to `h.xa`.
+    fn hc_finish(&self, h: &HcFold, n_embd: usize) -> Result<(), Error> {
+        let slice = n_embd.div_ceil(Self::HC_BLOCKS).next_multiple_of(8);
+        let (ne, nh, nm, g, sl, it) = (
+            n_embd as i32,
+            h.n_hc as i32,
+            h.n_mix as i32,
+            Self::HC_BLOCKS as i32,
+            slice as i32,
+            h.sinkhorn_iters as i32,
+        );
+        let mut p = args![
+            h.streams, h.part, h.scale, h.base, h.hcw, h.xa, ne, nh, nm, g, sl, it, h.hc_eps,
+            h.rms_eps
+        ];
+        self.launch(
+            "hc_finish",
+            self.hc_finish,
+            (Self::HC_BLOCKS as u32, 1, 1),
+            256,
+            0,
             &mut p,
         )
     }
@@ -1167,8 +1289,10 @@ mod tests {
         // kernels/gemv.cu and kernels/attention.cu static_assert the same numbers.
         use std::mem::{offset_of, size_of};
         assert_eq!(size_of::<DenseMat>(), 80);
-        assert_eq!(size_of::<DenseArgs>(), 824);
+        assert_eq!(size_of::<DenseArgs>(), 896);
         assert_eq!(offset_of!(DenseArgs, pf), 696);
+        assert_eq!(offset_of!(DenseArgs, hc), 824);
+        assert_eq!(size_of::<DenseHcArgs>(), 72);
         assert_eq!(size_of::<CompressorArgs>(), 72);
         assert_eq!(size_of::<AttnPrepArgs>(), 256);
         assert_eq!(offset_of!(AttnPrepArgs, rope), 200);

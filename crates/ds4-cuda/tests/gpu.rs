@@ -677,6 +677,38 @@ fn tiny_golden_decode_passes_the_float_gates() {
 }
 
 #[test]
+fn folded_hc_steps_give_the_same_bits() {
+    if device().is_none() {
+        return;
+    }
+    let Some(model) = tiny_model() else { return };
+    let n_vocab = model.config.n_vocab;
+    let tokens: Vec<u32> = (0..40u32).map(|i| (i * 53 + 7) % n_vocab as u32).collect();
+    // Token by token (the decode graph), with the HC tail in hc_fused, then folded: into the
+    // dense_tma prologue (fast decode) or into hc_finish (CUDA-core dense kernels).
+    for fast in [false, true] {
+        let mut runs = Vec::new();
+        for fold in [false, true] {
+            let mut be = CudaBackend::new(model.clone(), 256).expect("cuda backend");
+            be.set_fast_decode(fast);
+            be.set_hc_fold(fold);
+            let mut out = vec![0f32; tokens.len() * n_vocab];
+            for (i, &t) in tokens.iter().enumerate() {
+                be.eval(&[t], Logits::Last(&mut out[i * n_vocab..(i + 1) * n_vocab]))
+                    .expect("eval");
+            }
+            runs.push(out);
+        }
+        let rel = ds4_testdata::rel_l2(&runs[0], &runs[1]);
+        println!("HC fold (fast decode {fast}): relL2 vs unfolded {rel:.2e}");
+        assert!(
+            runs[0] == runs[1],
+            "fast decode {fast}: folded HC steps change the logits (relL2 {rel:.3e})"
+        );
+    }
+}
+
+#[test]
 fn decode_repeats_bit_for_bit_and_graph_matches_eager_and_snapshots_restore() {
     if device().is_none() {
         return;
