@@ -125,7 +125,13 @@ __device__ void index_q_block(float* h, float* v, RopeArgs rope, int pos) {
 // spec §3.5 A4 + A6 for one q head: unweighted RMSNorm, then RoPE on its tail.
 __device__ void q_head_block(float* v, int head_dim, RopeArgs rope, int pos, float eps) {
     __shared__ double red[32];
-    const float s = block_rms_scale(v, head_dim, eps, red);
+    // The sum of squares in the order of a 128-thread block (the prefill's pf_head_norm_rope and
+    // the decode kernel before attn_prep), so both paths normalise to the same bits.
+    double ss = 0.0;
+    if (threadIdx.x < 128)
+        for (int i = threadIdx.x; i < head_dim; i += 128) ss += (double)v[i] * (double)v[i];
+    ss = block_sum_d(ss, red);
+    const float s = 1.0f / sqrtf((float)(ss / (double)head_dim) + eps);
     __syncthreads();
     for (int i = threadIdx.x; i < head_dim; i += blockDim.x) v[i] = v[i] * s;
     __syncthreads();
