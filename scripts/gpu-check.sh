@@ -47,7 +47,7 @@ if has tests; then
         note "test $label rc=$? $(grep -E '^test result' "$OUT/test-$label.log" | tail -1)"
     done
     # The batched-prefill golden gate and chunking test again with the tensor-core attention.
-    DS4_PREFILL_ATTN_MMA=1 timeout 180 "$B/prefill" golden chunking --test-threads 1 --nocapture \
+    DS4_PREFILL_ATTN_MMA=1 DS4_PREFILL_INDEX_MMA=1 timeout 180 "$B/prefill" golden chunking --test-threads 1 --nocapture \
         >"$OUT/test-prefill-mma.log" 2>&1
     note "test prefill-mma rc=$? $(grep -E '^test result' "$OUT/test-prefill-mma.log" | tail -1)"
     grep -hE "cuda .*vs model_f64|max rel err|FAIL|panicked" "$OUT"/test-gpu*.log | head -60
@@ -89,11 +89,12 @@ if has prefill; then
     PF=(--ctx-start 8192 --ctx-max 8192 -n 8 --synthetic-prefill 8192)
     bench base-prefill X=1 -- "${PF[@]}"
     bench prefill DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 -- "${PF[@]}"
-    bench prefill-mma DS4_PREFILL_ATTN_MMA=1 -- "${PF[@]}"
+    bench prefill-mma DS4_PREFILL_ATTN_MMA=1 DS4_PREFILL_INDEX_MMA=1 -- "${PF[@]}"
     bench prefill-ldsm DS4_PREFILL_GEMM=4 -- "${PF[@]}"
-    bench prefill-both DS4_PREFILL_ATTN_MMA=1 DS4_PREFILL_GEMM=4 -- "${PF[@]}"
-    bench prefill-mma-32k DS4_PREFILL_ATTN_MMA=1 -- --ctx-start 32768 --ctx-max 32768 -n 8 --synthetic-prefill 8192
-    DS4_PREFILL_PROFILE=1 DS4_PREFILL_ATTN_MMA=1 DS4_PREFILL_GEMM=4 timeout 150 "$B/ds4-bench" --synthetic q2 --layers "${LAYERS:-43}" \
+    bench prefill-all DS4_PREFILL_ATTN_MMA=1 DS4_PREFILL_INDEX_MMA=1 DS4_PREFILL_GEMM=4 -- "${PF[@]}"
+    bench prefill-32k X=1 -- --ctx-start 32768 --ctx-max 32768 -n 8 --synthetic-prefill 8192
+    bench prefill-mma-32k DS4_PREFILL_ATTN_MMA=1 DS4_PREFILL_INDEX_MMA=1 -- --ctx-start 32768 --ctx-max 32768 -n 8 --synthetic-prefill 8192
+    DS4_PREFILL_PROFILE=1 DS4_PREFILL_ATTN_MMA=1 DS4_PREFILL_INDEX_MMA=1 DS4_PREFILL_GEMM=4 timeout 150 "$B/ds4-bench" --synthetic q2 --layers "${LAYERS:-43}" \
         "${PF[@]}" >"$OUT/bench-prefill-profile.log" 2>&1
     grep -iE "pf_|total" "$OUT/bench-prefill-profile.log" | head -30
 fi
@@ -111,7 +112,7 @@ if has full2; then
     timeout 300 "$B/ds4" logits -m /tmp/full2.gguf --tokens /tmp/t96.i32 --out /tmp/l_pf.f32 --prefill \
         --backend cuda >"$OUT/full2-prefill.log" 2>&1
     note "full2 cuda prefill vs cpu: $(python3 "$D/shared/tools/check_logits.py" /tmp/l_cpu.f32 /tmp/l_pf.f32 --n-vocab 129280 2>&1 | tail -1)"
-    DS4_PREFILL_ATTN_MMA=1 timeout 300 "$B/ds4" logits -m /tmp/full2.gguf --tokens /tmp/t96.i32 --out /tmp/l_pfm.f32 \
+    DS4_PREFILL_ATTN_MMA=1 DS4_PREFILL_INDEX_MMA=1 timeout 300 "$B/ds4" logits -m /tmp/full2.gguf --tokens /tmp/t96.i32 --out /tmp/l_pfm.f32 \
         --prefill --backend cuda >"$OUT/full2-prefill-mma.log" 2>&1
     note "full2 cuda prefill (tensor-core attention) vs cpu: $(python3 "$D/shared/tools/check_logits.py" /tmp/l_cpu.f32 /tmp/l_pfm.f32 --n-vocab 129280 2>&1 | tail -1)"
     rm -f /tmp/full2.gguf

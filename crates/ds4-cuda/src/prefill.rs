@@ -91,6 +91,30 @@ pub fn attn_mma_smem(hpb: usize, head_dim: usize) -> usize {
     2 * hpb * row + tr * row + hpb * (tr + 4) * 4 + 2 * hpb * (tr + 8) * 2
 }
 
+/// Dynamic shared memory of `pf_index_scores_mma`: Q hi + lo `[64][136]` and the K tile
+/// `[128][136]`, f16.
+pub const INDEX_MMA_SMEM: usize = (2 * 64 + 128) * 136 * 2;
+
+/// Indexer scores of tokens `t0..t0 + t` of a chunk (spec §3.5 A10.2) for the tokens that select
+/// (more than `top_k` visible rows): `scores[i][c] = Σ_h max(0, K_c·qi_h)·w_h` for token
+/// `t0 + i` (row stride `cap`), over the `index_cache` rows (128 wide) visible at its position.
+#[derive(Clone, Copy, Debug)]
+pub struct PfIndexScores {
+    pub index_cache: DPtr,
+    /// Queries `[chunk token][n_idx_head][128]` (after RoPE and Hadamard + FP4).
+    pub qi: DPtr,
+    /// Head weights `[chunk token][n_idx_head]`.
+    pub w: DPtr,
+    pub pos0: usize,
+    pub t0: usize,
+    pub t: usize,
+    pub ratio: usize,
+    pub n_idx_head: usize,
+    pub top_k: usize,
+    pub scores: DPtr,
+    pub cap: usize,
+}
+
 /// One chunk's attention (spec §3.5 A11-A12) as the prefill kernels read it: queries `q`
 /// `[t][n_head][head_dim]` (normalised, RoPE'd), the raw ring of `raw_cap` rows (positions before
 /// `pos0`), the chunk's own finished rows `kvc` `[t][head_dim]`, the compressed cache `comp` and,
@@ -372,6 +396,10 @@ pub struct PrefillKernels {
     comp_emit: sys::CUfunction,
     index_q_prep: sys::CUfunction,
     index_scores: sys::CUfunction,
+    index_scores_mma: sys::CUfunction,
+    /// `DS4_PREFILL_INDEX_MMA=1`: indexer scores on the tensor cores (`pf_index_scores_mma`).
+    /// Off by default until it has run on a GPU.
+    pub index_mma: bool,
     index_topk: sys::CUfunction,
     attention: sys::CUfunction,
     attention32: sys::CUfunction,
@@ -450,6 +478,8 @@ impl PrefillKernels {
             comp_emit: f("pf_comp_emit")?,
             index_q_prep: f("pf_index_q_prep")?,
             index_scores: f("pf_index_scores")?,
+            index_scores_mma: f("pf_index_scores_mma")?,
+            index_mma: std::env::var("DS4_PREFILL_INDEX_MMA").is_ok_and(|v| v == "1"),
             index_topk: f("pf_index_topk")?,
             attention: f("pf_attention")?,
             attention32: f("pf_attention32")?,
@@ -465,6 +495,58 @@ impl PrefillKernels {
             ),
         };
         Ok(k)
+    }
+
+    /// Indexer scores (see [`PfIndexScores`]): on the tensor cores with [`Self::index_mma`], else
+    /// a thread per row.
+    pub fn index_scores(&self, a: &PfIndexScores) -> Result<(), Error> {
+        if a.n_idx_head == 0 || a.n_idx_head > 64 || a.ratio == 0 {
+            return Err(Error::Unsupported(format!(
+                "indexer scores for {} heads at ratio {} (1..=64 heads, ratio > 0)",
+                a.n_idx_head, a.ratio
+            )));
+        }
+        let max_rows = (a.pos0 + a.t0 + a.t) / a.ratio;
+        let (p0, t0i, ri, nih, tk, cap) = (
+            a.pos0 as i32,
+            a.t0 as i32,
+            a.ratio as i32,
+            a.n_idx_head as i32,
+            a.top_k as i32,
+            a.cap as i32,
+        );
+        let mut p = args![
+            a.index_cache,
+            a.qi,
+            a.w,
+            p0,
+            t0i,
+            ri,
+            nih,
+            tk,
+            a.scores,
+            cap
+        ];
+        let rows = (max_rows as u32).div_ceil(128);
+        if self.index_mma {
+            self.launch(
+                "pf_index_scores_mma",
+                self.index_scores_mma,
+                (rows, a.t as u32, 1),
+                256,
+                INDEX_MMA_SMEM as u32,
+                &mut p,
+            )
+        } else {
+            self.launch(
+                "pf_index_scores",
+                self.index_scores,
+                (rows, a.t as u32, 1),
+                128,
+                (a.n_idx_head * 128 * 4) as u32,
+                &mut p,
+            )
+        }
     }
 
     /// One chunk's attention: the tensor-core kernel where [`Self::attn_mma`] is on and the shape
@@ -1450,26 +1532,19 @@ impl Prefill {
         while t0 < t {
             let tb = b.score_batch.min(t - t0);
             let t0i = t0 as i32;
-            let mut p = args![
-                icache.ptr(),
-                b.qi.ptr(),
-                b.iw.ptr(),
-                p0,
-                t0i,
-                ri,
-                nih,
-                tk,
-                b.scores.ptr(),
-                cap
-            ];
-            self.k.launch(
-                "pf_index_scores",
-                self.k.index_scores,
-                ((max_rows as u32).div_ceil(128), tb as u32, 1),
-                128,
-                (cfg.n_idx_head * 128 * 4) as u32,
-                &mut p,
-            )?;
+            self.k.index_scores(&PfIndexScores {
+                index_cache: icache.ptr(),
+                qi: b.qi.ptr(),
+                w: b.iw.ptr(),
+                pos0,
+                t0,
+                t: tb,
+                ratio: r,
+                n_idx_head: cfg.n_idx_head,
+                top_k: cfg.idx_top_k,
+                scores: b.scores.ptr(),
+                cap: b.comp_cap,
+            })?;
             let mut p = args![b.scores.ptr(), p0, t0i, ri, tk, b.list.ptr(), cap];
             self.k.launch(
                 "pf_index_topk",

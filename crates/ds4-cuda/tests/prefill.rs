@@ -8,7 +8,9 @@
 use std::sync::Arc;
 
 use ds4_cuda::launch::RopeArgs;
-use ds4_cuda::prefill::{q8_operand, Gemm, PfAttention, PrefillKernels, SplitBuf, WeightOp};
+use ds4_cuda::prefill::{
+    q8_operand, Gemm, PfAttention, PfIndexScores, PrefillKernels, SplitBuf, WeightOp,
+};
 use ds4_cuda::weights::{q8_scales_offset, repack_q8_0};
 use ds4_cuda::{CudaBackend, DevBuf, Device};
 use ds4_gguf::TensorType;
@@ -713,4 +715,106 @@ fn tensor_core_attention_matches_f64_and_the_simt_kernel() {
         );
     }
     k.attn_mma = ds4_cuda::prefill::attn_mma_enabled();
+}
+
+#[test]
+fn tensor_core_index_scores_match_f64_and_the_simt_kernel() {
+    let Some((dev, mut k)) = device() else { return };
+    // (heads, pos0, tokens, ratio, top_k): the real 64 heads, the tiny model's 8 (padded to a
+    // 16-head tile), tokens that do and do not select yet, partial 128-row tiles.
+    let cases = [
+        (64usize, 2000usize, 40usize, 4usize, 512usize),
+        (8, 60, 30, 4, 16),
+        (48, 700, 17, 4, 100),
+    ];
+    for (i, &(nih, pos0, t, ratio, top_k)) in cases.iter().enumerate() {
+        let mut rng = ChaCha8Rng::seed_from_u64(200 + i as u64);
+        let cap = (pos0 + t) / ratio + 1;
+        let cache = random_f16_exact(cap * 128, &mut rng);
+        let qi = random_vec(t * nih * 128, 1.0, &mut rng);
+        let w = random_vec(t * nih, 1.0, &mut rng);
+        let (cb, qb, wb) = (upload(&dev, &cache), upload(&dev, &qi), upload(&dev, &w));
+        let mut want = Vec::new();
+        let mut got_rows = Vec::new();
+        for tt in 0..t {
+            let n_comp = (pos0 + tt + 1) / ratio;
+            if n_comp <= top_k {
+                continue;
+            }
+            for c in 0..n_comp {
+                let kr = &cache[c * 128..(c + 1) * 128];
+                let s: f64 = (0..nih)
+                    .map(|h| {
+                        dot64(&qi[(tt * nih + h) * 128..][..128], kr).max(0.0)
+                            * w[tt * nih + h] as f64
+                    })
+                    .sum();
+                want.push(s);
+                got_rows.push(tt * cap + c);
+            }
+        }
+        assert!(!want.is_empty(), "case {i} selects somewhere");
+        let mut outs = Vec::new();
+        for mma in [false, true] {
+            let sb = upload(&dev, &vec![f32::NAN; t * cap]);
+            k.index_mma = mma;
+            k.index_scores(&PfIndexScores {
+                index_cache: cb.ptr(),
+                qi: qb.ptr(),
+                w: wb.ptr(),
+                pos0,
+                t0: 0,
+                t,
+                ratio,
+                n_idx_head: nih,
+                top_k,
+                scores: sb.ptr(),
+                cap,
+            })
+            .expect("index scores");
+            dev.synchronize().expect("sync");
+            let mut s = vec![0f32; t * cap];
+            sb.download(0, &mut s).expect("download");
+            let got: Vec<f32> = got_rows.iter().map(|&j| s[j]).collect();
+            assert!(
+                got.iter().all(|v| v.is_finite()),
+                "case {i} mma {mma}: unwritten scores"
+            );
+            let (rel, mx) = errs(&got, &want);
+            println!(
+                "index scores case {i} ({nih} heads, mma {mma}): relL2 {rel:.2e}, max {mx:.2e}"
+            );
+            assert!(
+                rel < 1e-5 && mx < 1e-4,
+                "case {i} mma {mma}: {rel:.3e} {mx:.3e}"
+            );
+            outs.push(s);
+        }
+        // Reruns repeat bit for bit.
+        let sb = upload(&dev, &vec![f32::NAN; t * cap]);
+        k.index_scores(&PfIndexScores {
+            index_cache: cb.ptr(),
+            qi: qb.ptr(),
+            w: wb.ptr(),
+            pos0,
+            t0: 0,
+            t,
+            ratio,
+            n_idx_head: nih,
+            top_k,
+            scores: sb.ptr(),
+            cap,
+        })
+        .expect("index scores");
+        dev.synchronize().expect("sync");
+        let mut again = vec![0f32; t * cap];
+        sb.download(0, &mut again).expect("download");
+        let same = got_rows
+            .iter()
+            .all(|&j| again[j].to_bits() == outs[1][j].to_bits());
+        assert!(
+            same,
+            "case {i}: tensor-core index scores differ between runs"
+        );
+    }
 }
