@@ -77,11 +77,13 @@ if has bench; then
     bench base X=1 -- "${DEC[@]}"
     bench fast DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 -- "${DEC[@]}"
     bench fast-fold DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 DS4_CUDA_HC_FOLD=1 -- "${DEC[@]}"
+    bench fast-index DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 DS4_CUDA_INDEX_MMA=1 -- "${DEC[@]}"
+    bench fast-all DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 DS4_CUDA_HC_FOLD=1 DS4_CUDA_INDEX_MMA=1 -- "${DEC[@]}"
     bench no-prefetch DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 DS4_CUDA_PREFETCH=0 -- "${DEC[@]}"
     bench no-pdl DS4_CUDA_PDL=0 DS4_CUDA_DENSE_TMA=1 -- "${DEC[@]}"
     bench no-tma DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=0 -- "${DEC[@]}"
     bench default DS4_CUDA_PDL=0 DS4_CUDA_DENSE_TMA=0 -- "${DEC[@]}"
-    bench profile DS4_CUDA_DENSE_TMA=1 DS4_CUDA_HC_FOLD=1 -- --ctx-start 4096 --ctx-max 4096 -n 16 --synthetic-prefill 64 --profile
+    bench profile DS4_CUDA_DENSE_TMA=1 DS4_CUDA_HC_FOLD=1 DS4_CUDA_INDEX_MMA=1 -- --ctx-start 4096 --ctx-max 4096 -n 16 --synthetic-prefill 64 --profile
     grep -A30 "^profile:" "$OUT/bench-profile.log" | head -40
 fi
 

@@ -2,6 +2,7 @@
 // indexer (A10: query QAT, scores, top-k) and attention over raw window + compressed rows with the
 // sink (A11) followed by the inverse RoPE (A12).
 #include "blockops.cuh"
+#include "mma.cuh"
 
 // spec §3.2 P7 on a 128-wide vector in shared memory: Hadamard (Sylvester order), scale, then FP4
 // in blocks of 32. Called by every thread of the block.
@@ -197,13 +198,16 @@ extern "C" __global__ void __launch_bounds__(256) attn_prep(AttnPrepArgs a) {
 }
 
 // spec §3.5 A10.2 selection in one launch: score_c = Σ_h max(0, K_c·qi_h)·w_h for every compressed
-// index row c < n_comp (warp per row, heads summed in ascending order), then the block that
-// finishes last (a counter; which block it is decides nothing) selects the top_k rows, ascending,
-// ties to the lower index (radix select). With the gate closed (n_comp <= top_k) every row is
-// allowed. `counter`: a zeroed u32 that only this kernel touches (the last block resets it).
-extern "C" __global__ void __launch_bounds__(1024)
-    index_select(const float* index_cache, const float* qi, const float* w, const Step* step, const int* gate,
-                 int ratio, int n_idx_head, int top_k, float* scores, int* list, unsigned int* counter) {
+// index row c < n_comp, then the block that finishes last (a counter; which block it is decides
+// nothing) selects the top_k rows, ascending, ties to the lower index (radix select). With the gate
+// closed (n_comp <= top_k) every row is allowed. `counter`: a zeroed u32 that only this kernel
+// touches (the last block resets it). Scores: a warp per row, heads summed in ascending order
+// (index_select, 32 rows per block), or on the tensor cores (index_select_mma, IDX_TILE rows per
+// block, mma.cuh: the prefill's pf_index_scores_mma scores alike; dynamic smem IDX_MMA_SMEM).
+template <bool MMA>
+__device__ void index_select_body(const float* index_cache, const float* qi, const float* w, const Step* step,
+                                  const int* gate, int ratio, int n_idx_head, int top_k, float* scores, int* list,
+                                  unsigned int* counter) {
     pdl_wait();
     pdl_trigger();
     __shared__ int is_last;
@@ -213,17 +217,27 @@ extern "C" __global__ void __launch_bounds__(1024)
             for (int i = threadIdx.x; i < n_comp; i += blockDim.x) list[i] = i;
         return;
     }
-    const int c = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    const int lane = threadIdx.x & 31;
-    if (c < n_comp) {
-        const float4 k = *((const float4*)(index_cache + (size_t)c * 128) + lane);
-        float s = 0.0f;
-        for (int h = 0; h < n_idx_head; h++) {
-            const float4 q = *((const float4*)(qi + (size_t)h * 128) + lane);
-            const float d = warp_sum(k.x * q.x + k.y * q.y + k.z * q.z + k.w * q.w);
-            s += fmaxf(d, 0.0f) * w[h];
+    if constexpr (MMA) {
+        extern __shared__ __align__(16) unsigned char ix_smem[];
+        const int c0 = blockIdx.x * IDX_TILE;
+        if (c0 < n_comp) {  // uniform over the block
+            index_tile_stage(index_cache, qi, n_idx_head, c0, n_comp, ix_smem);
+            __syncthreads();
+            if (threadIdx.x < 256) index_tile_scores(ix_smem, w, n_idx_head, c0, n_comp, scores);
         }
-        if (lane == 0) scores[c] = s;
+    } else {
+        const int c = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+        const int lane = threadIdx.x & 31;
+        if (c < n_comp) {
+            const float4 k = *((const float4*)(index_cache + (size_t)c * 128) + lane);
+            float s = 0.0f;
+            for (int h = 0; h < n_idx_head; h++) {
+                const float4 q = *((const float4*)(qi + (size_t)h * 128) + lane);
+                const float d = warp_sum(k.x * q.x + k.y * q.y + k.z * q.z + k.w * q.w);
+                s += fmaxf(d, 0.0f) * w[h];
+            }
+            if (lane == 0) scores[c] = s;
+        }
     }
     __threadfence();
     __syncthreads();
@@ -233,6 +247,17 @@ extern "C" __global__ void __launch_bounds__(1024)
     __threadfence();
     if (threadIdx.x == 0) *counter = 0u;
     topk_select(scores, n_comp, top_k, list);
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+    index_select(const float* index_cache, const float* qi, const float* w, const Step* step, const int* gate,
+                 int ratio, int n_idx_head, int top_k, float* scores, int* list, unsigned int* counter) {
+    index_select_body<false>(index_cache, qi, w, step, gate, ratio, n_idx_head, top_k, scores, list, counter);
+}
+extern "C" __global__ void __launch_bounds__(1024)
+    index_select_mma(const float* index_cache, const float* qi, const float* w, const Step* step, const int* gate,
+                     int ratio, int n_idx_head, int top_k, float* scores, int* list, unsigned int* counter) {
+    index_select_body<true>(index_cache, qi, w, step, gate, ratio, n_idx_head, top_k, scores, list, counter);
 }
 
 // Row j of the rows a token at `pos` attends to: the raw window (oldest first), then the visible

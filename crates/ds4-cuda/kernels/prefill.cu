@@ -11,6 +11,7 @@
 // each product keeps ~22 bits. K-quant mins use exact f32 sums of x per 16-wide step.
 #include "blocks.cuh"
 #include "blockops.cuh"
+#include "mma.cuh"
 
 enum { PT_F32 = 0, PT_F16 = 1, PT_Q8R = 8, PT_Q2_K = 10, PT_Q4_K = 12, PT_IQ2_XXS = 16 };
 
@@ -78,36 +79,6 @@ extern "C" __global__ void pf_split(const float* x, long long ldx, int K, const 
     dl[1] = ((const uint4*)l)[1];
     xs[r * (ldx / 16) + c] = s;
 }
-
-__device__ __forceinline__ void mma16816(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// ldmatrix .x4 .trans: lanes 8i..8i+7 give the row addresses of 8×8 matrix i; register i holds
-// this lane's two halves of its transpose (rows 2·(lane%4), +1 of column lane/4).
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t* r, const __half* p) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
-
-__device__ __forceinline__ uint32_t pf_pack_h2(float a, float b) {
-    return (uint32_t)__half_as_ushort(__float2half_rn(a)) | ((uint32_t)__half_as_ushort(__float2half_rn(b)) << 16);
-}
-
-// hi = f16(v), lo = f16(v − hi) for two values, packed as mma operands.
-__device__ __forceinline__ void pf_split2(float a, float b, uint32_t& hi, uint32_t& lo) {
-    const float ah = __half2float(__float2half_rn(a)), bh = __half2float(__float2half_rn(b));
-    hi = pf_pack_h2(ah, bh);
-    lo = pf_pack_h2(a - ah, b - bh);
-}
-
-__device__ __forceinline__ uint32_t pf_lds32(const __half* p) { return *(const uint32_t*)p; }
 
 __device__ __forceinline__ uint32_t pf_ld_u32_2(const uint8_t* p) {
     const uint16_t* q = (const uint16_t*)p;
@@ -510,15 +481,6 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
 
 #define G3_STAGE (2 * G_BM * G_SA)  // halves per A stage (hi then lo)
-
-// ldmatrix .x4 (no transpose): lanes 8i..8i+7 give the row addresses of 8×8 matrix i; register i
-// holds this lane's two halves of it (row lane/4, columns 2·(lane%4)), the mma fragment layout.
-__device__ __forceinline__ void ldsm_x4(uint32_t* r, const __half* p) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
 
 // Dynamic shared memory: see G3_SMEM_BYTES. LDSM: the mma fragments come from shared memory by
 // ldmatrix (one instruction per 16×16 A tile or per two 8-column B tiles, instead of four and two
@@ -1078,88 +1040,21 @@ extern "C" __global__ void __launch_bounds__(128)
     scores[(size_t)blockIdx.y * cap + c] = s;
 }
 
-// The same scores on the tensor cores: per token, S = Qi·Kᵀ over 128 dims with the (up to 64,
-// zero-padded) heads as M, then Σ_h max(0, S_h)·w_h. Index rows are f16 values (FP4-simulated and
-// f16-rounded when cached), so K goes to shared memory exactly; the queries are split hi + lo.
-// Block: 128 rows of token t0 + blockIdx.y, 8 warps of 16 rows (two 8-row column tiles each).
-// Per row the head sum runs over the lane's heads (tiles ascending, g before g + 8), then a fixed
-// shuffle tree over the 8 lanes of a column: deterministic, but not the SIMT kernel's order.
-// Dynamic shared memory: Q hi, Q lo [64][136] and the K tile [128][136], f16 (IDX_MMA_SMEM).
-#define IDX_HS 136  // f16 row stride: 128 + 8 keeps fragment loads conflict-free
+// The same scores on the tensor cores (mma.cuh index_tile_*; the decode's index_select_mma runs
+// the same code, so both paths score alike). Block: 128 rows of token t0 + blockIdx.y, 256 threads.
+// Dynamic shared memory: IDX_MMA_SMEM.
 extern "C" __global__ void __launch_bounds__(256)
     pf_index_scores_mma(const float* index_cache, const float* qi, const float* w, int pos0, int t0, int ratio,
                         int n_idx_head, int top_k, float* scores, int cap) {
     extern __shared__ __align__(16) unsigned char ix_smem[];
-    __half* qh = (__half*)ix_smem;
-    __half* ql = qh + 64 * IDX_HS;
-    __half* kt = ql + 64 * IDX_HS;
     const int t = t0 + blockIdx.y;
     const int n_comp = (pos0 + t + 1) / ratio;
-    const int c0 = blockIdx.x * 128;
+    const int c0 = blockIdx.x * IDX_TILE;
     if (n_comp <= top_k || c0 >= n_comp) return;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
-    const int mt_n = (n_idx_head + 15) / 16;  // head tiles
-    const float* qt = qi + (size_t)t * n_idx_head * 128;
-    for (int i = tid; i < mt_n * 16 * 32; i += 256) {  // float4 i of head i/32 (zeros past the heads)
-        const int h = i >> 5, c = i & 31;
-        const float4 v = h < n_idx_head ? __ldg((const float4*)(qt + (size_t)h * 128) + c) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        uint32_t h01, l01, h23, l23;
-        pf_split2(v.x, v.y, h01, l01);
-        pf_split2(v.z, v.w, h23, l23);
-        *(uint2*)(qh + h * IDX_HS + 4 * c) = make_uint2(h01, h23);
-        *(uint2*)(ql + h * IDX_HS + 4 * c) = make_uint2(l01, l23);
-    }
-    for (int i = tid; i < 128 * 32; i += 256) {
-        const int r = i >> 5, c = i & 31;
-        const float4 v = c0 + r < n_comp ? __ldg((const float4*)(index_cache + (size_t)(c0 + r) * 128) + c)
-                                         : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        *(uint2*)(kt + r * IDX_HS + 4 * c) = make_uint2(pf_pack_h2(v.x, v.y), pf_pack_h2(v.z, v.w));
-    }
+    index_tile_stage(index_cache, qi + (size_t)t * n_idx_head * 128, n_idx_head, c0, n_comp, ix_smem);
     __syncthreads();
-    const float* wt = w + (size_t)t * n_idx_head;
-    float part[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};  // [column tile][row 2·t4 + e]
-    for (int mt = 0; mt < mt_n; mt++) {
-        float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-        const __half* qa = qh + (mt * 16 + g) * IDX_HS + 2 * t4;
-        const __half* qb = ql + (mt * 16 + g) * IDX_HS + 2 * t4;
-#pragma unroll
-        for (int ks = 0; ks < 8; ks++) {
-            const int k = 16 * ks;
-            uint32_t ah[4], al[4];
-            ah[0] = pf_lds32(qa + k);
-            ah[1] = pf_lds32(qa + 8 * IDX_HS + k);
-            ah[2] = pf_lds32(qa + k + 8);
-            ah[3] = pf_lds32(qa + 8 * IDX_HS + k + 8);
-            al[0] = pf_lds32(qb + k);
-            al[1] = pf_lds32(qb + 8 * IDX_HS + k);
-            al[2] = pf_lds32(qb + k + 8);
-            al[3] = pf_lds32(qb + 8 * IDX_HS + k + 8);
-#pragma unroll
-            for (int nt = 0; nt < 2; nt++) {
-                const __half* kb = kt + (warp * 16 + nt * 8 + g) * IDX_HS + 2 * t4 + k;
-                const uint32_t b0 = pf_lds32(kb), b1 = pf_lds32(kb + 8);
-                mma16816(acc[nt], ah, b0, b1);
-                mma16816(acc[nt], al, b0, b1);
-            }
-        }
-        const int h0 = mt * 16 + g, h1 = h0 + 8;
-        const float w0 = h0 < n_idx_head ? wt[h0] : 0.0f, w1 = h1 < n_idx_head ? wt[h1] : 0.0f;
-#pragma unroll
-        for (int nt = 0; nt < 2; nt++) {
-            part[nt][0] += fmaxf(acc[nt][0], 0.0f) * w0 + fmaxf(acc[nt][2], 0.0f) * w1;
-            part[nt][1] += fmaxf(acc[nt][1], 0.0f) * w0 + fmaxf(acc[nt][3], 0.0f) * w1;
-        }
-    }
-#pragma unroll
-    for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-            float v = part[nt][e];
-#pragma unroll
-            for (int o = 4; o < 32; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-            const int c = c0 + warp * 16 + nt * 8 + 2 * t4 + e;
-            if (g == 0 && c < n_comp) scores[(size_t)blockIdx.y * cap + c] = v;
-        }
+    if (threadIdx.x < 256)
+        index_tile_scores(ix_smem, w + (size_t)t * n_idx_head, n_idx_head, c0, n_comp, scores + (size_t)blockIdx.y * cap);
 }
 
 // The decode top-k (index_select) for token t0 + blockIdx.y (only with more than top_k rows): the

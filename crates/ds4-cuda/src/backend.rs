@@ -110,6 +110,13 @@ impl CudaBackend {
         self.graph = None;
     }
 
+    /// Scores the indexer rows on the tensor cores in decode (`true`) or a warp per row (`false`;
+    /// default from `DS4_CUDA_INDEX_MMA`). The next step captures a new graph.
+    pub fn set_index_mma(&mut self, on: bool) {
+        self.kern.set_index_mma(on);
+        self.graph = None;
+    }
+
     /// `<gpu> (sm_XY, N MiB)`.
     pub fn device_description(&self) -> &str {
         &self.dev.description

@@ -249,6 +249,12 @@ pub struct DenseInput {
     pub hc: Option<HcFold>,
 }
 
+/// Rows per `index_select_mma` block (`IDX_TILE` in kernels/mma.cuh).
+const INDEX_TILE: u32 = 128;
+/// `index_select_mma`'s dynamic shared memory (`IDX_MMA_SMEM`): queries hi + lo for 64 heads and
+/// a 128-row tile, f16 rows of 136.
+pub(crate) const INDEX_MMA_SMEM: u32 = (2 * 64 + 128) * 136 * 2;
+
 /// `dense_tma`'s block: eight consumer warps and one producer warp (`TMA_THREADS`).
 const TMA_THREADS: u32 = 288;
 /// Weight bytes per `dense_tma` tile (`TMA_TILE`).
@@ -358,6 +364,10 @@ pub struct Kernels {
     set_index_gate: sys::CUfunction,
     attn_prep: sys::CUfunction,
     index_select: sys::CUfunction,
+    index_select_mma: sys::CUfunction,
+    /// Indexer scores on the tensor cores (`index_select_mma`); off by default until measured on
+    /// a GPU (`DS4_CUDA_INDEX_MMA=1` or [`Kernels::set_index_mma`]).
+    index_mma_on: std::sync::atomic::AtomicBool,
     attention_split: sys::CUfunction,
     fill_random: sys::CUfunction,
     fix_scales: sys::CUfunction,
@@ -437,6 +447,10 @@ impl Kernels {
             set_index_gate: f("ops", "set_index_gate")?,
             attn_prep: f("attention", "attn_prep")?,
             index_select: f("attention", "index_select")?,
+            index_select_mma: f("attention", "index_select_mma")?,
+            index_mma_on: std::sync::atomic::AtomicBool::new(
+                std::env::var("DS4_CUDA_INDEX_MMA").is_ok_and(|v| v == "1"),
+            ),
             attention_split: f("attention", "attention_split")?,
             fill_random: f("gemv", "fill_random")?,
             fix_scales: f("gemv", "fix_scales")?,
@@ -624,6 +638,13 @@ impl Kernels {
     /// behind its grid barrier (false, the default). Same results either way.
     pub fn set_hc_fold(&self, on: bool) {
         self.hc_fold_on
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Scores the indexer rows on the tensor cores (true) or a warp per row (false, the default).
+    /// Different rounding; the selection can differ on near-ties.
+    pub fn set_index_mma(&self, on: bool) {
+        self.index_mma_on
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -1140,6 +1161,16 @@ impl Kernels {
     ) -> Result<(), Error> {
         let (r, h, k) = (ratio as i32, n_idx_head as i32, top_k as i32);
         let mut p = args![cache, qi, w, step, gate, r, h, k, scores, list, counter];
+        if self.index_mma_on.load(std::sync::atomic::Ordering::Relaxed) && n_idx_head <= 64 {
+            return self.launch(
+                "index_select_mma",
+                self.index_select_mma,
+                ((cap_rows as u32).div_ceil(INDEX_TILE).max(1), 1, 1),
+                1024,
+                INDEX_MMA_SMEM,
+                &mut p,
+            );
+        }
         self.launch(
             "index_select",
             self.index_select,

@@ -91,10 +91,6 @@ pub fn attn_mma_smem(hpb: usize, head_dim: usize) -> usize {
     2 * hpb * row + tr * row + hpb * (tr + 4) * 4 + 2 * hpb * (tr + 8) * 2
 }
 
-/// Dynamic shared memory of `pf_index_scores_mma`: Q hi + lo `[64][136]` and the K tile
-/// `[128][136]`, f16.
-pub const INDEX_MMA_SMEM: usize = (2 * 64 + 128) * 136 * 2;
-
 /// Indexer scores of tokens `t0..t0 + t` of a chunk (spec §3.5 A10.2) for the tokens that select
 /// (more than `top_k` visible rows): `scores[i][c] = Σ_h max(0, K_c·qi_h)·w_h` for token
 /// `t0 + i` (row stride `cap`), over the `index_cache` rows (128 wide) visible at its position.
@@ -534,7 +530,7 @@ impl PrefillKernels {
                 self.index_scores_mma,
                 (rows, a.t as u32, 1),
                 256,
-                INDEX_MMA_SMEM as u32,
+                crate::launch::INDEX_MMA_SMEM,
                 &mut p,
             )
         } else {

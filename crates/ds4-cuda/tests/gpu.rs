@@ -677,6 +677,44 @@ fn tiny_golden_decode_passes_the_float_gates() {
 }
 
 #[test]
+fn tensor_core_index_scores_pass_the_float_gates_in_decode() {
+    if device().is_none() {
+        return;
+    }
+    let Some(model) = tiny_model() else { return };
+    let golden = ds4_testdata::Golden::load("tiny-s777").expect("golden tiny-s777");
+    let n_vocab = golden.n_vocab;
+    // The tiny model's indexer (8 heads, top-k 16) starts selecting at position 67.
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let mut be = CudaBackend::new(model.clone(), 1024).expect("cuda backend");
+        be.set_index_mma(true);
+        let steps = golden.tokens.len();
+        let mut logits = vec![0f32; steps * n_vocab];
+        for (i, &t) in golden.tokens.iter().enumerate() {
+            be.eval(
+                &[t],
+                Logits::Last(&mut logits[i * n_vocab..(i + 1) * n_vocab]),
+            )
+            .expect("eval");
+        }
+        runs.push(logits);
+    }
+    let report = ds4_testdata::float_gate(
+        &golden.logits_model_f64,
+        &runs[0],
+        n_vocab,
+        &golden.thresholds,
+    );
+    println!("cuda (tensor-core index scores) vs model_f64: {report}");
+    assert!(report.passed(), "{report}");
+    assert!(
+        runs[0] == runs[1],
+        "tensor-core index scores: reruns differ"
+    );
+}
+
+#[test]
 fn folded_hc_steps_give_the_same_bits() {
     if device().is_none() {
         return;
