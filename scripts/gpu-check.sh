@@ -79,6 +79,15 @@ if has bench; then
     bench fast-fold DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 DS4_CUDA_HC_FOLD=1 -- "${DEC[@]}"
     bench fast-index DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 DS4_CUDA_INDEX_MMA=1 -- "${DEC[@]}"
     bench fast-all DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 DS4_CUDA_HC_FOLD=1 DS4_CUDA_INDEX_MMA=1 -- "${DEC[@]}"
+    # tuning counts, on the fast path with every opt-in
+    for hb in 16 64; do
+        bench "fast-all-hc$hb" DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 DS4_CUDA_HC_FOLD=1 DS4_CUDA_INDEX_MMA=1 \
+            DS4_CUDA_HC_BLOCKS=$hb -- "${DEC[@]}"
+    done
+    for sp in 8 24 32; do
+        bench "fast-all-split$sp" DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 DS4_CUDA_HC_FOLD=1 DS4_CUDA_INDEX_MMA=1 \
+            DS4_CUDA_ATT_SPLIT=$sp -- "${DEC[@]}"
+    done
     bench no-prefetch DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 DS4_CUDA_PREFETCH=0 -- "${DEC[@]}"
     bench no-pdl DS4_CUDA_PDL=0 DS4_CUDA_DENSE_TMA=1 -- "${DEC[@]}"
     bench no-tma DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=0 -- "${DEC[@]}"

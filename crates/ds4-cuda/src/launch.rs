@@ -249,6 +249,16 @@ pub struct DenseInput {
     pub hc: Option<HcFold>,
 }
 
+/// A tuning count from the environment: `name`'s value where it parses and `ok` accepts it, else
+/// `default` (an unusable value is ignored rather than failing the backend).
+fn env_count(name: &str, default: usize, ok: impl Fn(usize) -> bool) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| ok(n))
+        .unwrap_or(default)
+}
+
 /// Rows per `index_select_mma` block (`IDX_TILE` in kernels/mma.cuh).
 const INDEX_TILE: u32 = 128;
 /// `index_select_mma`'s dynamic shared memory (`IDX_MMA_SMEM`): queries hi + lo for 64 heads and
@@ -356,6 +366,10 @@ pub struct Kernels {
     hc_post: sys::CUfunction,
     hc_fused: sys::CUfunction,
     hc_finish: sys::CUfunction,
+    /// Blocks of `hc_fused` / `hc_finish` ([`Kernels::HC_BLOCKS`] unless `DS4_CUDA_HC_BLOCKS`).
+    hc_blocks: usize,
+    /// Row slices of `attention_split` ([`Kernels::ATT_SPLIT`] unless `DS4_CUDA_ATT_SPLIT`).
+    att_split: usize,
     /// Fold each HC step's tail into the consuming dense launch ([`HcFold`]); off by default
     /// until measured on a GPU (`DS4_CUDA_HC_FOLD=1` or [`Kernels::set_hc_fold`]).
     hc_fold_on: std::sync::atomic::AtomicBool,
@@ -439,6 +453,12 @@ impl Kernels {
             hc_post: f("ops", "hc_post")?,
             hc_fused: f("ops", "hc_fused")?,
             hc_finish: f("ops", "hc_finish")?,
+            hc_blocks: env_count("DS4_CUDA_HC_BLOCKS", Self::HC_BLOCKS, |n| {
+                n.is_power_of_two() && (16..=Self::HC_BLOCKS_MAX).contains(&n)
+            }),
+            att_split: env_count("DS4_CUDA_ATT_SPLIT", Self::ATT_SPLIT, |n| {
+                (1..=Self::ATT_SPLIT_MAX).contains(&n)
+            }),
             hc_fold_on: std::sync::atomic::AtomicBool::new(
                 std::env::var("DS4_CUDA_HC_FOLD").is_ok_and(|v| v == "1"),
             ),
@@ -738,7 +758,7 @@ impl Kernels {
                     base: h.base,
                     hcw: h.hcw,
                     on: 1,
-                    g: Self::HC_BLOCKS as i32,
+                    g: self.hc_blocks as i32,
                     n_hc: h.n_hc as i32,
                     n_mix: h.n_mix as i32,
                     iters: h.sinkhorn_iters as i32,
@@ -913,8 +933,12 @@ impl Kernels {
         )
     }
 
-    /// Blocks of [`Kernels::hc_fused`]; its `part` buffer holds `HC_BLOCKS·(2 + n_mix)` floats.
+    /// Blocks of [`Kernels::hc_fused`] by default (`DS4_CUDA_HC_BLOCKS` = 16, 32, 64 or 128 picks
+    /// another count, for tuning on a GPU).
     pub const HC_BLOCKS: usize = 32;
+    /// The most blocks [`Kernels::hc_fused`] runs with; its `part` buffer holds
+    /// `HC_BLOCKS_MAX·(2 + n_mix)` floats.
+    pub const HC_BLOCKS_MAX: usize = 128;
 
     /// The hyper-connection step between two sublayers in one launch (kernels/ops.cu `hc_fused`):
     /// `X_out = post(X_in, y, hcw_prev)` (or a copy of `X_in` when `y` is 0), then the mixer and
@@ -939,7 +963,7 @@ impl Kernels {
             "invariant: hc_fused holds at most 8 streams and 80 mixer rows"
         );
         // Column slices of a multiple of 8 (the mixer rows are read as uint4 of halves).
-        let slice = cfg.n_embd.div_ceil(Self::HC_BLOCKS).next_multiple_of(8);
+        let slice = cfg.n_embd.div_ceil(self.hc_blocks).next_multiple_of(8);
         assert!(
             cfg.n_embd.is_multiple_of(8),
             "invariant: hc_fused reads mixer rows in 8-column pieces"
@@ -959,7 +983,7 @@ impl Kernels {
         self.launch(
             "hc_fused",
             self.hc_fused,
-            (Self::HC_BLOCKS as u32, 1, 1),
+            (self.hc_blocks as u32, 1, 1),
             256,
             (cfg.n_hc * slice * 4) as u32,
             &mut p,
@@ -968,12 +992,12 @@ impl Kernels {
 
     /// The tail of a folded HC step on its own (see [`HcFold`]): the combine to `h.xa`.
     fn hc_finish(&self, h: &HcFold, n_embd: usize) -> Result<(), Error> {
-        let slice = n_embd.div_ceil(Self::HC_BLOCKS).next_multiple_of(8);
+        let slice = n_embd.div_ceil(self.hc_blocks).next_multiple_of(8);
         let (ne, nh, nm, g, sl, it) = (
             n_embd as i32,
             h.n_hc as i32,
             h.n_mix as i32,
-            Self::HC_BLOCKS as i32,
+            self.hc_blocks as i32,
             slice as i32,
             h.sinkhorn_iters as i32,
         );
@@ -984,7 +1008,7 @@ impl Kernels {
         self.launch(
             "hc_finish",
             self.hc_finish,
-            (Self::HC_BLOCKS as u32, 1, 1),
+            (self.hc_blocks as u32, 1, 1),
             256,
             0,
             &mut p,
@@ -1183,9 +1207,11 @@ impl Kernels {
 
     /// Heads per block of [`Kernels::attention_split`] (`ATT_HG` in kernels/attention.cu).
     pub const ATT_HG: usize = 4;
-    /// Row slices of [`Kernels::attention_split`]: 16 head groups × 16 slices fill the GPU (at most
-    /// 32: the combine keeps one weight per slice in a warp-sized table).
+    /// Row slices of [`Kernels::attention_split`] by default: 16 head groups × 16 slices fill the
+    /// GPU (`DS4_CUDA_ATT_SPLIT` = 1..=32 picks another count, for tuning on a GPU).
     pub const ATT_SPLIT: usize = 16;
+    /// At most 32 slices: the combine keeps one weight per slice in a warp-sized table.
+    pub const ATT_SPLIT_MAX: usize = 32;
 
     /// Attention (spec §3.5 A11-A12), split over head groups and row slices with a
     /// fixed-order combine (kernels/attention.cu `attention_split`). `max_rows`: most rows one head can see (raw
@@ -1216,7 +1242,7 @@ impl Kernels {
             cfg.head_dim,
             Self::ATT_HG
         );
-        let slice_cap = max_rows.div_ceil(Self::ATT_SPLIT).max(1);
+        let slice_cap = max_rows.div_ceil(self.att_split).max(1);
         let (rc, swa, r, k, hd, sc) = (
             raw_cap as i32,
             cfg.n_swa as i32,
@@ -1234,11 +1260,7 @@ impl Kernels {
         self.launch(
             "attention_split",
             self.attention_split,
-            (
-                (cfg.n_head / Self::ATT_HG) as u32,
-                Self::ATT_SPLIT as u32,
-                1,
-            ),
+            ((cfg.n_head / Self::ATT_HG) as u32, self.att_split as u32, 1),
             256,
             smem,
             &mut p,
@@ -1313,6 +1335,26 @@ mod tests {
             alpha: 1.0,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn tuning_counts_from_the_environment_fall_back_on_bad_values() {
+        let name = "DS4_CUDA_TEST_ONLY_COUNT";
+        let pow2 = |n: usize| n.is_power_of_two() && (16..=128).contains(&n);
+        std::env::remove_var(name);
+        assert_eq!(env_count(name, 32, pow2), 32);
+        for (v, want) in [
+            ("64", 64),
+            (" 16 ", 16),
+            ("48", 32),
+            ("256", 32),
+            ("x", 32),
+            ("-1", 32),
+        ] {
+            std::env::set_var(name, v);
+            assert_eq!(env_count(name, 32, pow2), want, "{v:?}");
+        }
+        std::env::remove_var(name);
     }
 
     #[test]

@@ -715,6 +715,43 @@ fn tensor_core_index_scores_pass_the_float_gates_in_decode() {
 }
 
 #[test]
+fn tuning_counts_keep_decode_within_the_float_gates() {
+    if device().is_none() {
+        return;
+    }
+    let Some(model) = tiny_model() else { return };
+    let golden = ds4_testdata::Golden::load("tiny-s777").expect("golden tiny-s777");
+    let n_vocab = golden.n_vocab;
+    // The extremes of DS4_CUDA_HC_BLOCKS / DS4_CUDA_ATT_SPLIT (read when the backend is made).
+    for (hb, sp) in [("16", "1"), ("128", "32"), ("64", "24")] {
+        std::env::set_var("DS4_CUDA_HC_BLOCKS", hb);
+        std::env::set_var("DS4_CUDA_ATT_SPLIT", sp);
+        let mut be = CudaBackend::new(model.clone(), 1024).expect("cuda backend");
+        std::env::remove_var("DS4_CUDA_HC_BLOCKS");
+        std::env::remove_var("DS4_CUDA_ATT_SPLIT");
+        be.set_fast_decode(true);
+        be.set_hc_fold(true);
+        let steps = golden.tokens.len();
+        let mut logits = vec![0f32; steps * n_vocab];
+        for (i, &t) in golden.tokens.iter().enumerate() {
+            be.eval(
+                &[t],
+                Logits::Last(&mut logits[i * n_vocab..(i + 1) * n_vocab]),
+            )
+            .expect("eval");
+        }
+        let report = ds4_testdata::float_gate(
+            &golden.logits_model_f64,
+            &logits,
+            n_vocab,
+            &golden.thresholds,
+        );
+        println!("HC blocks {hb}, attention slices {sp}: {report}");
+        assert!(report.passed(), "HC blocks {hb}, slices {sp}: {report}");
+    }
+}
+
+#[test]
 fn folded_hc_steps_give_the_same_bits() {
     if device().is_none() {
         return;
