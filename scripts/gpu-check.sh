@@ -2,10 +2,11 @@
 # The GPU machine's whole check in one call (device tool): correctness first, then speed, then a
 # short table. Everything it runs is built here and carried in .device/ (see scripts/gpu-pack.sh):
 #   device run: bash scripts/gpu-check.sh [steps]     carry: [".device"]
-# steps (default all, in this order): tests bench prefill full2 mb. Logs go to $OUT (the device tool fetches them).
-# One device call may run 600 s: all steps together may not fit, so split them, e.g.
+# steps (default: tests bench prefill full2 mb, in this order; also ablate and tune). Logs go to
+# $OUT (the device tool fetches them). One device call may run 600 s: all steps together may not
+# fit, so split them, e.g.
 #   bash scripts/gpu-check.sh "tests full2"   then   bash scripts/gpu-check.sh "bench prefill mb"
-# (each step's wall time is in the summary).
+#   then, with device time left, "ablate tune" (each step's wall time is in the summary).
 # LAYERS=N: synthetic layers for the benches (default 43 on an H200, 36 on an H100).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -72,28 +73,28 @@ bench() { # label, env..., then ds4-bench args after -- (label base-*: the basel
     note "bench $label: $( (grep -E '^[0-9]+,|tok/s =' "$log" || tail -1 "$log") | sed 's/ds4-bench: //' | tr '\n' ' ')"
 }
 
+DEC=(--ctx-start 4096 --ctx-max 65536 --step-mul 16 -n 64 --synthetic-prefill 64)
+ALL=(DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 DS4_CUDA_HC_FOLD=1 DS4_CUDA_INDEX_MMA=1)
 if has bench; then
-    DEC=(--ctx-start 4096 --ctx-max 65536 --step-mul 16 -n 64 --synthetic-prefill 64)
     bench base X=1 -- "${DEC[@]}"
-    bench fast DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 -- "${DEC[@]}"
-    bench fast-fold DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 DS4_CUDA_HC_FOLD=1 -- "${DEC[@]}"
-    bench fast-index DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 DS4_CUDA_INDEX_MMA=1 -- "${DEC[@]}"
-    bench fast-all DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 DS4_CUDA_HC_FOLD=1 DS4_CUDA_INDEX_MMA=1 -- "${DEC[@]}"
-    # tuning counts, on the fast path with every opt-in
-    for hb in 16 64; do
-        bench "fast-all-hc$hb" DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 DS4_CUDA_HC_FOLD=1 DS4_CUDA_INDEX_MMA=1 \
-            DS4_CUDA_HC_BLOCKS=$hb -- "${DEC[@]}"
-    done
-    for sp in 8 24 32; do
-        bench "fast-all-split$sp" DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 DS4_CUDA_HC_FOLD=1 DS4_CUDA_INDEX_MMA=1 \
-            DS4_CUDA_ATT_SPLIT=$sp -- "${DEC[@]}"
-    done
-    bench no-prefetch DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 DS4_CUDA_PREFETCH=0 -- "${DEC[@]}"
-    bench no-pdl DS4_CUDA_PDL=0 DS4_CUDA_DENSE_TMA=1 -- "${DEC[@]}"
-    bench no-tma DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=0 -- "${DEC[@]}"
     bench default DS4_CUDA_PDL=0 DS4_CUDA_DENSE_TMA=0 -- "${DEC[@]}"
+    bench fast DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 -- "${DEC[@]}"
+    bench fast-all "${ALL[@]}" -- "${DEC[@]}"
     bench profile DS4_CUDA_DENSE_TMA=1 DS4_CUDA_HC_FOLD=1 DS4_CUDA_INDEX_MMA=1 -- --ctx-start 4096 --ctx-max 4096 -n 16 --synthetic-prefill 64 --profile
     grep -A30 "^profile:" "$OUT/bench-profile.log" | head -40
+fi
+
+if has ablate; then  # each piece of the fast path off in turn
+    bench fast-fold DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 DS4_CUDA_HC_FOLD=1 -- "${DEC[@]}"
+    bench fast-index DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 DS4_CUDA_INDEX_MMA=1 -- "${DEC[@]}"
+    bench all-no-prefetch "${ALL[@]}" DS4_CUDA_PREFETCH=0 -- "${DEC[@]}"
+    bench all-no-pdl "${ALL[@]}" DS4_CUDA_PDL=0 -- "${DEC[@]}"
+    bench all-no-tma "${ALL[@]}" DS4_CUDA_DENSE_TMA=0 -- "${DEC[@]}"
+fi
+
+if has tune; then  # tuning counts on the whole fast path
+    for hb in 16 64; do bench "all-hc$hb" "${ALL[@]}" DS4_CUDA_HC_BLOCKS=$hb -- "${DEC[@]}"; done
+    for sp in 8 24 32; do bench "all-split$sp" "${ALL[@]}" DS4_CUDA_ATT_SPLIT=$sp -- "${DEC[@]}"; done
 fi
 
 if has prefill; then
