@@ -135,7 +135,7 @@ impl Device {
             description: format!("{name} (sm_{major}{minor}, {mem} MiB)"),
             sm_count,
             pdl: std::sync::atomic::AtomicBool::new(
-                major >= 9 && std::env::var("DS4_CUDA_PDL").is_ok_and(|v| v == "1"),
+                major >= 9 && crate::knobs::flag("DS4_CUDA_PDL", crate::knobs::PDL),
             ),
             supports_pdl: major >= 9,
         };

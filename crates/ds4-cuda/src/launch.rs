@@ -431,21 +431,24 @@ impl Kernels {
                 f("gemv", "dense_r4")?,
             ],
             dense_tma: f("gemv", "dense_tma")?,
-            dense_tma_on: std::sync::atomic::AtomicBool::new(
-                std::env::var("DS4_CUDA_DENSE_TMA").is_ok_and(|v| v == "1"),
-            ),
-            prefetch_on: std::sync::atomic::AtomicBool::new(
-                std::env::var("DS4_CUDA_PREFETCH").map_or(true, |v| v != "0"),
-            ),
+            dense_tma_on: std::sync::atomic::AtomicBool::new(crate::knobs::flag(
+                "DS4_CUDA_DENSE_TMA",
+                crate::knobs::DENSE_TMA,
+            )),
+            prefetch_on: std::sync::atomic::AtomicBool::new(crate::knobs::flag(
+                "DS4_CUDA_PREFETCH",
+                crate::knobs::PREFETCH,
+            )),
             dense_mma: [
                 f("gemv", "dense_mma_k1")?,
                 f("gemv", "dense_mma_k2")?,
                 f("gemv", "dense_mma_k4")?,
                 f("gemv", "dense_mma_k8")?,
             ],
-            dense_mma_on: std::sync::atomic::AtomicBool::new(
-                std::env::var("DS4_CUDA_DENSE_MMA").is_ok_and(|v| v == "1"),
-            ),
+            dense_mma_on: std::sync::atomic::AtomicBool::new(crate::knobs::flag(
+                "DS4_CUDA_DENSE_MMA",
+                crate::knobs::DENSE_MMA,
+            )),
             fill_q8_scales: f("gemv", "fill_q8_scales")?,
             embed: f("ops", "embed")?,
             rms_scale: f("ops", "rms_scale")?,
@@ -459,18 +462,20 @@ impl Kernels {
             att_split: env_count("DS4_CUDA_ATT_SPLIT", Self::ATT_SPLIT, |n| {
                 (1..=Self::ATT_SPLIT_MAX).contains(&n)
             }),
-            hc_fold_on: std::sync::atomic::AtomicBool::new(
-                std::env::var("DS4_CUDA_HC_FOLD").is_ok_and(|v| v == "1"),
-            ),
+            hc_fold_on: std::sync::atomic::AtomicBool::new(crate::knobs::flag(
+                "DS4_CUDA_HC_FOLD",
+                crate::knobs::HC_FOLD,
+            )),
             route: f("ops", "route")?,
             head_collapse: f("ops", "head_collapse")?,
             set_index_gate: f("ops", "set_index_gate")?,
             attn_prep: f("attention", "attn_prep")?,
             index_select: f("attention", "index_select")?,
             index_select_mma: f("attention", "index_select_mma")?,
-            index_mma_on: std::sync::atomic::AtomicBool::new(
-                std::env::var("DS4_CUDA_INDEX_MMA").is_ok_and(|v| v == "1"),
-            ),
+            index_mma_on: std::sync::atomic::AtomicBool::new(crate::knobs::flag(
+                "DS4_CUDA_INDEX_MMA",
+                crate::knobs::INDEX_MMA,
+            )),
             attention_split: f("attention", "attention_split")?,
             fill_random: f("gemv", "fill_random")?,
             fix_scales: f("gemv", "fix_scales")?,

@@ -17,6 +17,7 @@ pub mod blocks;
 pub mod device;
 pub mod experts;
 pub mod forward;
+pub mod knobs;
 pub mod launch;
 pub mod prefill;
 pub mod weights;

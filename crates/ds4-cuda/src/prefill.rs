@@ -63,7 +63,7 @@ pub fn supported(cfg: &Config, ctx: usize) -> bool {
 /// `DS4_PREFILL_ATTN_MMA=1`: prefill attention on the tensor cores (`pf_attention_mma*`) where the
 /// shape allows it. Off by default until it has run on a GPU.
 pub fn attn_mma_enabled() -> bool {
-    std::env::var("DS4_PREFILL_ATTN_MMA").is_ok_and(|v| v == "1")
+    crate::knobs::flag("DS4_PREFILL_ATTN_MMA", crate::knobs::PREFILL_ATTN_MMA)
 }
 
 /// Heads per block of the tensor-core attention for this shape (32 where the heads split into
@@ -454,7 +454,11 @@ impl PrefillKernels {
                 f("pf_gemm4_q4_k")?,
             ],
             pipelined: std::env::var("DS4_PREFILL_GEMM").map_or(true, |v| v != "2"),
-            ldsm: std::env::var("DS4_PREFILL_GEMM").is_ok_and(|v| v == "4"),
+            ldsm: match std::env::var("DS4_PREFILL_GEMM").as_deref() {
+                Ok("4") => true,
+                Ok(_) => false,
+                Err(_) => crate::knobs::PREFILL_LDSM,
+            },
             attn32: std::env::var("DS4_PREFILL_HPB").is_ok_and(|v| v == "32"),
             attn_mma: attn_mma_enabled(),
             gemm_f16: f("pf_gemm_f16")?,
@@ -475,7 +479,7 @@ impl PrefillKernels {
             index_q_prep: f("pf_index_q_prep")?,
             index_scores: f("pf_index_scores")?,
             index_scores_mma: f("pf_index_scores_mma")?,
-            index_mma: std::env::var("DS4_PREFILL_INDEX_MMA").is_ok_and(|v| v == "1"),
+            index_mma: crate::knobs::flag("DS4_PREFILL_INDEX_MMA", crate::knobs::PREFILL_INDEX_MMA),
             index_topk: f("pf_index_topk")?,
             attention: f("pf_attention")?,
             attention32: f("pf_attention32")?,

@@ -1,0 +1,55 @@
+//! The backend's path switches in one place: each environment variable, and the default that
+//! applies when it is unset. Paths that have not yet run on a GPU are off by default; once a GPU
+//! run has passed their tests and measured them faster (BENCHMARKS.md), their default here flips
+//! to `true` (the variable still turns them off with any value but `1`).
+
+/// `DS4_CUDA_DENSE_TMA`: dense decode products on the bulk-copy kernel `dense_tma`.
+pub const DENSE_TMA: bool = false;
+/// `DS4_CUDA_PDL`: programmatic dependent launch for every decode kernel (sm_90+).
+pub const PDL: bool = false;
+/// `DS4_CUDA_PREFETCH`: the L2 prefetch of the next dense launch's weights (with `dense_tma`).
+pub const PREFETCH: bool = true;
+/// `DS4_CUDA_DENSE_MMA`: dense decode products on tensor cores (measured slower; kept for study).
+pub const DENSE_MMA: bool = false;
+/// `DS4_CUDA_HC_FOLD`: each HC step's tail folded into the consuming dense launch.
+pub const HC_FOLD: bool = false;
+/// `DS4_CUDA_INDEX_MMA`: decode indexer scores on the tensor cores.
+pub const INDEX_MMA: bool = false;
+/// `DS4_PREFILL_ATTN_MMA`: batched-prefill attention on the tensor cores.
+pub const PREFILL_ATTN_MMA: bool = false;
+/// `DS4_PREFILL_INDEX_MMA`: batched-prefill indexer scores on the tensor cores.
+pub const PREFILL_INDEX_MMA: bool = false;
+/// The pipelined prefill GEMM with ldmatrix fragment loads (`DS4_PREFILL_GEMM=4` on, `=3` off).
+pub const PREFILL_LDSM: bool = false;
+
+/// `name` = `1` turns the path on, any other value off; unset gives `default`.
+pub fn flag(name: &str, default: bool) -> bool {
+    match std::env::var(name) {
+        Ok(v) => v.trim() == "1",
+        Err(_) => default,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_follow_the_variable_then_the_default() {
+        let name = "DS4_CUDA_TEST_ONLY_FLAG";
+        std::env::remove_var(name);
+        assert!(flag(name, true));
+        assert!(!flag(name, false));
+        for (v, want) in [
+            ("1", true),
+            (" 1 ", true),
+            ("0", false),
+            ("yes", false),
+            ("", false),
+        ] {
+            std::env::set_var(name, v);
+            assert_eq!(flag(name, true), want, "{v:?}");
+        }
+        std::env::remove_var(name);
+    }
+}
