@@ -7,6 +7,7 @@
 # fit, so split them, e.g.
 #   bash scripts/gpu-check.sh "tests full2"   then   bash scripts/gpu-check.sh "bench prefill mb"
 #   then, with device time left, "ablate tune" (each step's wall time is in the summary).
+#   If the decode tests fail: "bisect" (after scripts/gpu-bisect-pack.sh) finds the commit.
 # LAYERS=N: synthetic layers for the benches (default 43 on an H200, 36 on an H100).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -128,6 +129,18 @@ if has full2; then
         --prefill --backend cuda >"$OUT/full2-prefill-mma.log" 2>&1
     note "full2 cuda prefill (tensor-core attention) vs cpu: $(python3 "$D/shared/tools/check_logits.py" /tmp/l_cpu.f32 /tmp/l_pfm.f32 --n-vocab 129280 2>&1 | tail -1)"
     rm -f /tmp/full2.gguf
+fi
+
+if has bisect; then  # scripts/gpu-bisect-pack.sh: the golden decode test at each packed commit
+    mkdir -p /tmp/ds4bis && tar xJf "$D/bisect.tar.xz" -C /tmp/ds4bis
+    # they were built in /tmp/ds4-bisect-tree and look for ../shared and target/testdata from there
+    [ -e /tmp/ds4-bisect-tree ] || ln -s "$R" /tmp/ds4-bisect-tree
+    [ -e /tmp/shared ] || ln -s "$D/shared" /tmp/shared
+    while read -r rev; do
+        timeout 120 /tmp/ds4bis/bisect/gpu-$rev tiny_golden --test-threads 1 --nocapture >"$OUT/bisect-$rev.log" 2>&1
+        rc=$?
+        note "bisect $rev: $([ $rc = 0 ] && echo pass || echo FAIL rc=$rc) $(grep -E 'vs model_f64' "$OUT/bisect-$rev.log" | head -2 | tr '\n' ' ')"
+    done </tmp/ds4bis/bisect/order
 fi
 
 if has mb; then

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds here, for a list of commits, the ds4-cuda GPU test binary into .device/bisect/gpu-<commit>
+# (run scripts/gpu-pack.sh first: it recreates .device). On the GPU machine,
+# `bash scripts/gpu-check.sh bisect` runs the golden-tiny decode test of each, oldest first, so a
+# commit that broke decode shows up as the first FAIL. Default commits: session 2's validated tree,
+# then each later commit that changed an always-on decode kernel.
+#   COMMITS="a b c" bash scripts/gpu-bisect-pack.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COMMITS=${COMMITS:-"b737bc0 0c0ca7f af6c837 32607fa 6070a34 645af47 HEAD"}
+export DS4_REQUIRE_NVCC=1
+wt=/tmp/ds4-bisect-tree
+[ -d $wt ] || git worktree add -f --detach $wt HEAD >/dev/null
+mkdir -p .device/bisect
+for c in $COMMITS; do
+    rev=$(git rev-parse --short "$c")
+    (cd $wt && git checkout -q --detach "$rev" &&
+        CARGO_TARGET_DIR=/tmp/ds4-bisect-target cargo test --profile ci -p ds4-cuda --test gpu --no-run 2>&1 |
+        tee /tmp/ds4-bisect-$rev.log | tail -1)
+    f=$(grep -oE "target/ci/deps/gpu-[0-9a-f]+" /tmp/ds4-bisect-$rev.log | tail -1)
+    strip -o .device/bisect/gpu-$rev "/tmp/ds4-bisect-$f"
+    echo "$rev" >>.device/bisect/order
+done
+(cd .device && tar cf - bisect | xz -T0 -3 >bisect.tar.xz && rm -rf bisect)
+du -sh .device .device/bisect.tar.xz
