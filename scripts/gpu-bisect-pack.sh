@@ -8,9 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COMMITS=${COMMITS:-"b737bc0 0c0ca7f af6c837 32607fa 6070a34 645af47 HEAD"}
+# the batched prefill's only always-on change since b737bc0 is 0c0ca7f's top-k digit search
+PREFILL_COMMITS=${PREFILL_COMMITS:-"b737bc0 0c0ca7f"}
 export DS4_REQUIRE_NVCC=1
 wt=/tmp/ds4-bisect-tree
 [ -d $wt ] || git worktree add -f --detach $wt HEAD >/dev/null
+rm -rf .device/bisect .device/bisect.tar.xz
 mkdir -p .device/bisect
 for c in $COMMITS; do
     rev=$(git rev-parse --short "$c")
@@ -20,6 +23,15 @@ for c in $COMMITS; do
     f=$(grep -oE "target/ci/deps/gpu-[0-9a-f]+" /tmp/ds4-bisect-$rev.log | tail -1)
     strip -o .device/bisect/gpu-$rev "/tmp/ds4-bisect-$f"
     echo "$rev" >>.device/bisect/order
+done
+for c in $PREFILL_COMMITS; do
+    rev=$(git rev-parse --short "$c")
+    (cd $wt && git checkout -q --detach "$rev" &&
+        CARGO_TARGET_DIR=/tmp/ds4-bisect-target cargo test --profile ci -p ds4-cuda --test prefill --no-run 2>&1 |
+        tee /tmp/ds4-bisect-pf-$rev.log | tail -1)
+    f=$(grep -oE "target/ci/deps/prefill-[0-9a-f]+" /tmp/ds4-bisect-pf-$rev.log | tail -1)
+    strip -o .device/bisect/prefill-$rev "/tmp/ds4-bisect-$f"
+    echo "$rev" >>.device/bisect/order-prefill
 done
 (cd .device && tar cf - bisect | xz -T0 -3 >bisect.tar.xz && rm -rf bisect)
 du -sh .device .device/bisect.tar.xz

@@ -141,6 +141,12 @@ if has bisect; then  # scripts/gpu-bisect-pack.sh: the golden decode test at eac
         rc=$?
         note "bisect $rev: $([ $rc = 0 ] && echo pass || echo FAIL rc=$rc) $(grep -E 'vs model_f64' "$OUT/bisect-$rev.log" | head -2 | tr '\n' ' ')"
     done </tmp/ds4bis/bisect/order
+    while read -r rev; do  # the batched prefill's golden gate, then this tree's
+        timeout 180 /tmp/ds4bis/bisect/prefill-$rev batched_prefill --test-threads 1 --nocapture \
+            >"$OUT/bisect-prefill-$rev.log" 2>&1
+        rc=$?
+        note "bisect prefill $rev: $([ $rc = 0 ] && echo pass || echo FAIL rc=$rc)"
+    done </tmp/ds4bis/bisect/order-prefill
 fi
 
 if has mb; then
