@@ -7,7 +7,8 @@
 # fit, so split them, e.g.
 #   bash scripts/gpu-check.sh "tests full2"   then   bash scripts/gpu-check.sh "bench prefill mb"
 #   then, with device time left, "ablate tune" (each step's wall time is in the summary).
-#   If the decode tests fail: "bisect" (after scripts/gpu-bisect-pack.sh) finds the commit.
+#   If the decode tests fail: "bisect" (after scripts/gpu-bisect-pack.sh; carry also
+#   ".device-bisect") finds the commit.
 # LAYERS=N: synthetic layers for the benches (default 43 on an H200, 36 on an H100).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -132,7 +133,7 @@ if has full2; then
 fi
 
 if has bisect; then  # scripts/gpu-bisect-pack.sh: the golden decode test at each packed commit
-    mkdir -p /tmp/ds4bis && tar xJf "$D/bisect.tar.xz" -C /tmp/ds4bis
+    mkdir -p /tmp/ds4bis && tar xJf "$R/.device-bisect/bisect.tar.xz" -C /tmp/ds4bis
     # they were built in /tmp/ds4-bisect-tree and look for ../shared and target/testdata from there
     [ -e /tmp/ds4-bisect-tree ] || ln -s "$R" /tmp/ds4-bisect-tree
     [ -e /tmp/shared ] || ln -s "$D/shared" /tmp/shared
