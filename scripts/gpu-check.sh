@@ -154,6 +154,10 @@ if has mb; then
     timeout 240 "$B/mb" "${MB_LAYERS:-8}" 2>&1 | tee "$OUT/mb.log"
     note "mb rc=${PIPESTATUS[0]}"
     grep -E "graph of|D2D" "$OUT/mb.log" >>"$SUMMARY"
+    # the routed-expert decode kernels at the full shape (the largest piece after dense)
+    DS4_EXPERTS_BENCH=1 timeout 180 "$B/experts" bench_full --test-threads 1 --nocapture >"$OUT/experts-bench.log" 2>&1
+    note "experts bench rc=$?"
+    grep -E "us|GB/s" "$OUT/experts-bench.log" | head -12 >>"$SUMMARY"
 fi
 
 note "== done at ${SECONDS}s"
