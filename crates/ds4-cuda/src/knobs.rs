@@ -22,6 +22,36 @@ pub const PREFILL_INDEX_MMA: bool = false;
 /// The pipelined prefill GEMM with ldmatrix fragment loads (`DS4_PREFILL_GEMM=4` on, `=3` off).
 pub const PREFILL_LDSM: bool = false;
 
+/// Every switch as `NAME=value` (its effective value: the variable if set, else the default),
+/// plus the tuning counts that are set, for logs that say which paths a measurement ran.
+pub fn describe() -> String {
+    let flags = [
+        ("DS4_CUDA_DENSE_TMA", DENSE_TMA),
+        ("DS4_CUDA_PDL", PDL),
+        ("DS4_CUDA_PREFETCH", PREFETCH),
+        ("DS4_CUDA_HC_FOLD", HC_FOLD),
+        ("DS4_CUDA_INDEX_MMA", INDEX_MMA),
+        ("DS4_PREFILL_ATTN_MMA", PREFILL_ATTN_MMA),
+        ("DS4_PREFILL_INDEX_MMA", PREFILL_INDEX_MMA),
+    ];
+    let mut parts: Vec<String> = flags
+        .iter()
+        .map(|&(n, d)| format!("{n}={}", u8::from(flag(n, d))))
+        .collect();
+    for n in [
+        "DS4_PREFILL_GEMM",
+        "DS4_CUDA_HC_BLOCKS",
+        "DS4_CUDA_ATT_SPLIT",
+        "DS4_CUDA_DENSE_MMA",
+        "DS4_CUDA_BATCHED_PREFILL",
+    ] {
+        if let Ok(v) = std::env::var(n) {
+            parts.push(format!("{n}={v}"));
+        }
+    }
+    parts.join(" ")
+}
+
 /// `name` = `1` turns the path on, any other value off; unset gives `default`.
 pub fn flag(name: &str, default: bool) -> bool {
     match std::env::var(name) {
@@ -33,6 +63,20 @@ pub fn flag(name: &str, default: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn describe_names_every_switch_with_its_value() {
+        let d = describe();
+        for n in [
+            "DS4_CUDA_DENSE_TMA=",
+            "DS4_CUDA_PDL=",
+            "DS4_CUDA_HC_FOLD=",
+            "DS4_PREFILL_ATTN_MMA=",
+        ] {
+            assert!(d.contains(n), "{n} missing from {d:?}");
+        }
+        assert!(d.split(' ').all(|p| p.contains('=')), "{d:?}");
+    }
 
     #[test]
     fn flags_follow_the_variable_then_the_default() {

@@ -245,6 +245,7 @@ fn run(a: Args) -> Result<()> {
                 t0.elapsed().as_secs_f64(),
                 be.kv_bytes() as f64 / (1u64 << 30) as f64,
             );
+        eprintln!("ds4-bench: paths {}", ds4_cuda::knobs::describe());
         // Routed experts: all but n_used of n_expert are not read per token.
         let bpw = match quant {
             SyntheticQuant::Q2 => 2.0 * 2.0625 + 2.625,
