@@ -843,3 +843,100 @@ fn a_machine_without_gpu_gets_an_error_not_a_panic() {
         }
     }
 }
+
+#[test]
+fn index_select_picks_the_top_k_at_the_real_shape() {
+    let Some((dev, k)) = device() else { return };
+    // The real indexer: 64 heads of 128, top-k 512, ratio 4; 3,001 and 16,384 visible rows
+    // (positions ~12k and ~64k), both scoring kernels.
+    let (n_head, top_k) = (64usize, 512usize);
+    for (case, n_comp) in [3001usize, 16384].into_iter().enumerate() {
+        let mut rng = ChaCha8Rng::seed_from_u64(300 + case as u64);
+        let cap = n_comp + 77;
+        let cache: Vec<f32> = (0..cap * 128)
+            .map(|_| half::f16::from_f32(rng.gen_range(-1.0f32..1.0)).to_f32())
+            .collect();
+        let qi: Vec<f32> = (0..n_head * 128)
+            .map(|_| rng.gen_range(-1.0f32..1.0))
+            .collect();
+        let w: Vec<f32> = (0..n_head).map(|_| rng.gen_range(-0.5f32..1.0)).collect();
+        let want: Vec<f64> = (0..n_comp)
+            .map(|c| {
+                (0..n_head)
+                    .map(|h| {
+                        let d: f64 = (0..128)
+                            .map(|i| cache[c * 128 + i] as f64 * qi[h * 128 + i] as f64)
+                            .sum();
+                        d.max(0.0) * w[h] as f64
+                    })
+                    .sum()
+            })
+            .collect();
+        let up = |v: &[f32]| {
+            let b = dev.alloc(v.len() * 4).unwrap();
+            b.upload(0, v).unwrap();
+            b
+        };
+        let (cb, qb, wb) = (up(&cache), up(&qi), up(&w));
+        let pos = (4 * n_comp - 1) as i32;
+        let step = dev.alloc(8).unwrap();
+        step.upload(0, &[0i32, pos]).unwrap();
+        let gate = dev.alloc(4).unwrap();
+        gate.upload(0, &[1i32]).unwrap();
+        let counter = dev.alloc(4).unwrap();
+        counter.upload(0, &[0u32]).unwrap();
+        let mut lists = Vec::new();
+        for mma in [false, true, true] {
+            k.set_index_mma(mma);
+            let scores = dev.alloc(cap * 4).unwrap();
+            let list = dev.alloc(top_k * 4).unwrap();
+            k.index_select(
+                (cb.ptr(), qb.ptr(), wb.ptr()),
+                step.ptr(),
+                gate.ptr(),
+                (4, n_head, top_k),
+                scores.ptr(),
+                list.ptr(),
+                counter.ptr(),
+                cap,
+            )
+            .unwrap();
+            dev.synchronize().unwrap();
+            let mut s = vec![0f32; n_comp];
+            scores.download(0, &mut s).unwrap();
+            let mut l = vec![0i32; top_k];
+            list.download(0, &mut l).unwrap();
+            let (num, den) = s
+                .iter()
+                .zip(&want)
+                .fold((0.0f64, 0.0f64), |(n, d), (&g, &r)| {
+                    (n + (g as f64 - r) * (g as f64 - r), d + r * r)
+                });
+            let rel = (num / den).sqrt();
+            // The selection the kernel must make from its own scores: the top_k highest, ties
+            // to the lower row, ascending.
+            let mut order: Vec<usize> = (0..n_comp).collect();
+            order.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));
+            let mut exp: Vec<i32> = order[..top_k].iter().map(|&i| i as i32).collect();
+            exp.sort_unstable();
+            println!("index_select {n_comp} rows (mma {mma}): scores relL2 {rel:.2e}");
+            assert!(
+                rel < 1e-5,
+                "{n_comp} rows, mma {mma}: scores relL2 {rel:.3e}"
+            );
+            assert_eq!(l, exp, "{n_comp} rows, mma {mma}: wrong selection");
+            let mut c = [1u32];
+            counter.download(0, &mut c).unwrap();
+            assert_eq!(c[0], 0, "the last block resets the counter");
+            lists.push(l);
+        }
+        assert_eq!(
+            lists[1], lists[2],
+            "{n_comp} rows: reruns select differently"
+        );
+    }
+    k.set_index_mma(ds4_cuda::knobs::flag(
+        "DS4_CUDA_INDEX_MMA",
+        ds4_cuda::knobs::INDEX_MMA,
+    ));
+}
