@@ -6,7 +6,8 @@
 # $OUT (the device tool fetches them). One device call may run 600 s: all steps together may not
 # fit, so split them, e.g.
 #   bash scripts/gpu-check.sh "tests full2"   then   bash scripts/gpu-check.sh "bench prefill mb"
-#   then, with device time left, "ablate tune" (each step's wall time is in the summary).
+#   then, with device time left, "full4" (real shapes past the indexer's top-k, ~3 min) and
+#   "ablate tune" (each step's wall time is in the summary).
 #   If the decode tests fail: "bisect" (after scripts/gpu-bisect-pack.sh; carry also
 #   ".device-bisect") finds the commit.
 # LAYERS=N: synthetic layers for the benches (default 43 on an H200, 36 on an H100).
@@ -130,6 +131,26 @@ if has full2; then
         --prefill --backend cuda >"$OUT/full2-prefill-mma.log" 2>&1
     note "full2 cuda prefill (tensor-core attention) vs cpu: $(python3 "$D/shared/tools/check_logits.py" /tmp/l_cpu.f32 /tmp/l_pfm.f32 --n-vocab 129280 2>&1 | tail -1)"
     rm -f /tmp/full2.gguf
+fi
+
+if has full4; then
+    # Real shapes past the indexer's top-k (full2's two layers are window-only): 4 full-width layers
+    # (ratios 0, 0, 4, 128), 2,200 tokens (550 compressed rows > top-k 512 on the ratio-4 layer),
+    # the last 32 positions decoded one by one after a batched prefill, CUDA (default paths and
+    # every opt-in path) vs CPU.
+    timeout 200 "$B/ds4" synth --preset full --layers 4 --seed 5 --out /tmp/full4.gguf >/dev/null 2>&1
+    python3 -c "import numpy as np; np.random.default_rng(7).integers(0,129280,2200).astype('<i4').tofile('/tmp/t2200.i32')"
+    FAST=(DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 DS4_CUDA_HC_FOLD=1 DS4_CUDA_INDEX_MMA=1 DS4_PREFILL_ATTN_MMA=1
+        DS4_PREFILL_INDEX_MMA=1 DS4_PREFILL_GEMM=4)
+    for be in cpu cuda fast; do
+        case $be in fast) envs=("${FAST[@]}") bk=cuda ;; *) envs=(X=1) bk=$be ;; esac
+        env "${envs[@]}" timeout 400 "$B/ds4" logits -m /tmp/full4.gguf --tokens /tmp/t2200.i32 --last 32 \
+            --out /tmp/l4_$be.f32 --backend $bk >"$OUT/full4-$be.log" 2>&1 || note "full4 $be failed: $(tail -2 "$OUT/full4-$be.log")"
+    done
+    for be in cuda fast; do
+        note "full4 $be vs cpu (last 32 of 2200): $(python3 "$D/shared/tools/check_logits.py" /tmp/l4_cpu.f32 /tmp/l4_$be.f32 --n-vocab 129280 2>&1 | tail -1)"
+    done
+    rm -f /tmp/full4.gguf
 fi
 
 if has bisect; then  # scripts/gpu-bisect-pack.sh: the golden decode test at each packed commit

@@ -105,7 +105,31 @@ fn logits_decode_prefill_and_layer_dump() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // --last 5: the first 19 tokens as one prefill, the last 5 one at a time.
+    let last = dir.join("last.f32");
+    let out = ds4(&[
+        "logits",
+        "-m",
+        &s(&model),
+        "--tokens",
+        &s(&tok_path),
+        "--out",
+        &s(&last),
+        "--last",
+        "5",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (dec, pre, layers) = (f32s(&dec), f32s(&pre), f32s(&layers));
+    let last = f32s(&last);
+    assert_eq!(last.len(), 5 * N_VOCAB, "--last 5 writes five rows");
+    assert!(
+        rel_l2(&dec[(n - 5) * N_VOCAB..], &last) < 0.05,
+        "--last rows differ from the same positions of the full run"
+    );
     assert_eq!(dec.len(), n * N_VOCAB);
     assert_eq!(pre.len(), n * N_VOCAB);
     assert_eq!(layers.len(), 4 * RECORD, "one record per listed position");
@@ -153,6 +177,22 @@ fn logits_reports_user_errors() {
     );
     let good = dir.join("good.i32");
     std::fs::write(&good, 7i32.to_le_bytes()).unwrap();
+    for (last, msg) in [("0", "at least 1"), ("2", "more than the 1 tokens")] {
+        let out = ds4(&[
+            "logits",
+            "-m",
+            "nope.gguf",
+            "--tokens",
+            &s(&good),
+            "--out",
+            &s(&dir.join("o")),
+            "--last",
+            last,
+        ]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(msg), "--last {last}: {err}");
+    }
     let out = ds4(&[
         "logits",
         "-m",

@@ -44,6 +44,11 @@ struct Args {
     /// Prefill chunk size (default 2048).
     #[arg(long)]
     chunk: Option<usize>,
+    /// Write only the logits of the last N positions ([N][n_vocab]): the tokens before them go in
+    /// as one batched prefill, the last N one at a time (or batched with --prefill). For checks
+    /// at long positions without a logits file of every position.
+    #[arg(long, value_name = "N")]
+    last: Option<usize>,
     /// Positions to record, e.g. `0-7,67,127-129`.
     #[arg(long, value_name = "POSITIONS", requires = "layers_out")]
     dump_layers: Option<String>,
@@ -68,6 +73,8 @@ struct Options {
     backend: BackendKind,
     ctx: usize,
     chunk: Option<usize>,
+    /// Positions whose logits are written: the last `keep` (all by default).
+    keep: usize,
     dump: Option<(Vec<usize>, PathBuf)>,
 }
 
@@ -136,6 +143,14 @@ impl Args {
         if self.chunk == Some(0) {
             bail!("--chunk must be at least 1");
         }
+        let keep = match self.last {
+            None => tokens.len(),
+            Some(0) => bail!("--last must be at least 1"),
+            Some(n) if n > tokens.len() => {
+                bail!("--last {n} is more than the {} tokens", tokens.len())
+            }
+            Some(n) => n,
+        };
         let dump = match (self.dump_layers, self.layers_out) {
             (Some(p), Some(f)) => {
                 let pos = parse_positions(&p)?;
@@ -160,6 +175,7 @@ impl Args {
             backend,
             ctx,
             chunk: self.chunk,
+            keep,
             dump,
         })
     }
@@ -200,11 +216,16 @@ fn run(o: Options) -> anyhow::Result<()> {
             records: Vec::new(),
         }))?;
     }
-    let mut logits = vec![0.0f32; o.tokens.len() * n_vocab];
+    let head = o.tokens.len() - o.keep;
+    if head > 0 {
+        be.eval(&o.tokens[..head], Logits::None)?;
+    }
+    let tail = &o.tokens[head..];
+    let mut logits = vec![0.0f32; tail.len() * n_vocab];
     if o.prefill {
-        be.eval(&o.tokens, Logits::All(&mut logits))?;
+        be.eval(tail, Logits::All(&mut logits))?;
     } else {
-        for (i, &t) in o.tokens.iter().enumerate() {
+        for (i, &t) in tail.iter().enumerate() {
             be.eval(
                 &[t],
                 Logits::Last(&mut logits[i * n_vocab..(i + 1) * n_vocab]),
