@@ -138,11 +138,19 @@ if has full4; then
     # (ratios 0, 0, 4, 128), 2,200 tokens (550 compressed rows > top-k 512 on the ratio-4 layer),
     # the last 32 positions decoded one by one after a batched prefill, CUDA (default paths and
     # every opt-in path) vs CPU.
+    # The CPU side comes from scripts/gpu-ref-pack.sh (.device-ref, carried) when present.
     timeout 200 "$B/ds4" synth --preset full --layers 4 --seed 5 --out /tmp/full4.gguf >/dev/null 2>&1
     python3 -c "import numpy as np; np.random.default_rng(7).integers(0,129280,2200).astype('<i4').tofile('/tmp/t2200.i32')"
+    REF=$R/.device-ref
+    if [ -f "$REF/full4-cpu.f32" ] && cmp -s /tmp/t2200.i32 "$REF/t2200.i32" &&
+        [ "$(sha256sum /tmp/full4.gguf | cut -c1-64)" = "$(cat "$REF/full4.sha256")" ]; then
+        cp "$REF/full4-cpu.f32" /tmp/l4_cpu.f32
+        note "full4: CPU reference from .device-ref (same model and tokens)"
+    fi
     FAST=(DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 DS4_CUDA_HC_FOLD=1 DS4_CUDA_INDEX_MMA=1 DS4_PREFILL_ATTN_MMA=1
         DS4_PREFILL_INDEX_MMA=1 DS4_PREFILL_GEMM=4)
     for be in cpu cuda fast; do
+        [ $be = cpu ] && [ -f /tmp/l4_cpu.f32 ] && continue
         case $be in fast) envs=("${FAST[@]}") bk=cuda ;; *) envs=(X=1) bk=$be ;; esac
         env "${envs[@]}" timeout 400 "$B/ds4" logits -m /tmp/full4.gguf --tokens /tmp/t2200.i32 --last 32 \
             --out /tmp/l4_$be.f32 --backend $bk >"$OUT/full4-$be.log" 2>&1 || note "full4 $be failed: $(tail -2 "$OUT/full4-$be.log")"
