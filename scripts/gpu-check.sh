@@ -7,24 +7,36 @@
 # fit, so split them, e.g.
 #   bash scripts/gpu-check.sh "tests full2"   then   bash scripts/gpu-check.sh "bench prefill mb"
 #   then, with device time left, "full4" (real shapes past the indexer's top-k, ~3 min) and
-#   "ablate tune" (each step's wall time is in the summary).
+#   "ablate tune" (each step's wall time is in the summary). Steps run in this script's order
+#   whatever the order given; a step that would start after DEADLINE seconds (default 480) is
+#   skipped with a note. Logs go into $OUT/logs.tgz (the device tool returns at most 8 files).
+#   Carry limits (64 MiB with the tree): .device + .device-ref, or .device + .device-bisect.
 #   If the decode tests fail: "bisect" (after scripts/gpu-bisect-pack.sh; carry also
 #   ".device-bisect") finds the commit.
 # LAYERS=N: synthetic layers for the benches (default 43 on an H200, 36 on an H100).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-R=$PWD
+R=$(pwd -P)
 D=$R/.device
 OUT=${OUT:-/tmp/ds4-out}
+L=/tmp/ds4-logs   # logs here, packed into $OUT/logs.tgz: the device tool returns at most 8 files
 STEPS=${1:-"tests bench prefill full2 mb"}
-mkdir -p "$OUT" /tmp/ds4b
-tar xJf "$D/bin.tar.xz" -C /tmp/ds4b
+rm -rf "$L"; mkdir -p "$OUT" /tmp/ds4b "$L"
+tar xJf "$D/bin.tar.xz" -C /tmp/ds4b 2>/dev/null ||
+    python3 -c 'import sys,tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$D/bin.tar.xz" /tmp/ds4b
 B=/tmp/ds4b/bin
-# The test binaries look for the golden data beside the workspace they were built in (/work/main).
+[ -x "$B/ds4" ] || { echo "unpacking $D/bin.tar.xz failed"; exit 1; }
+# The test binaries look for the golden data at <CARGO_MANIFEST_DIR>/../../../shared with
+# CARGO_MANIFEST_DIR under /work/main (or /tmp/ds4-bisect-tree); the kernel resolves '..' after the
+# symlink, i.e. beside the physical checkout $R, so ../shared must exist there.
 mkdir -p /work
 [ -e /work/main ] || ln -s "$R" /work/main
-[ -e /work/shared ] || ln -s "$D/shared" /work/shared
-python3 -m pip install -q --no-deps --no-index "$D"/whl/*.whl 2>&1 | grep -v WARNING
+[ -e "$(dirname "$R")/shared" ] || ln -s "$D/shared" "$(dirname "$R")/shared"
+[ -f /work/main/crates/ds4-testdata/../../../shared/golden/tiny-s777/meta.json ] ||
+    echo "WARNING: golden data not reachable from the test binaries"
+python3 -m pip install -q --no-deps --no-index --upgrade --target /tmp/site "$D"/whl/*.whl 2>&1 | grep -v WARNING
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+python3 -c 'import gguf' || echo "WARNING: gguf does not import: golden tests will skip"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv,noheader
 # 43 synthetic q2 layers (80.8 GiB) need the H200; an H100 (80 GB) holds 36.
 MEM_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
@@ -32,10 +44,16 @@ MEM_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | he
 SUMMARY=$OUT/summary.txt
 : >"$SUMMARY"
 note() { echo "$*" | tee -a "$SUMMARY"; }
+pack() { tar czf "$OUT/logs.tgz" -C "$L" . 2>/dev/null; }
 note "gpu: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1), bench layers ${LAYERS:-43}"
 
 has() {
     [[ " $STEPS " == *" $1 "* ]] || return 1
+    pack
+    if [ "$SECONDS" -gt "${DEADLINE:-480}" ]; then
+        note "== step $1 skipped: ${SECONDS}s used (DEADLINE=${DEADLINE:-480})"
+        return 1
+    fi
     note "== step $1 at ${SECONDS}s"
 }
 
@@ -47,15 +65,17 @@ if has tests; then
         set -- $t
         label=$1 bin=$2 limit=$3
         shift 3
-        timeout "$limit" "$B/$bin" "$@" --test-threads 1 --nocapture >"$OUT/test-$label.log" 2>&1
-        note "test $label rc=$? $(grep -E '^test result' "$OUT/test-$label.log" | tail -1)"
+        timeout "$limit" "$B/$bin" "$@" --test-threads 1 --nocapture >"$L/test-$label.log" 2>&1
+        note "test $label rc=$? $(grep -E '^test result' "$L/test-$label.log" | tail -1)"
     done
     # The batched-prefill golden gate and chunking test again with the tensor-core attention.
     DS4_PREFILL_ATTN_MMA=1 DS4_PREFILL_INDEX_MMA=1 timeout 180 "$B/prefill" golden chunking --test-threads 1 --nocapture \
-        >"$OUT/test-prefill-mma.log" 2>&1
-    note "test prefill-mma rc=$? $(grep -E '^test result' "$OUT/test-prefill-mma.log" | tail -1)"
-    grep -hE "cuda .*vs model_f64|max rel err|FAIL|panicked" "$OUT"/test-gpu*.log | head -60
-    grep -hE "^case |vs model_f64|panicked" "$OUT"/test-prefill*.log | head -30
+        >"$L/test-prefill-mma.log" 2>&1
+    note "test prefill-mma rc=$? $(grep -E '^test result' "$L/test-prefill-mma.log" | tail -1)"
+    grep -hE "cuda .*vs model_f64|max rel err|FAIL|panicked" "$L"/test-gpu*.log | head -60
+    grep -hE "^case |vs model_f64|panicked" "$L"/test-prefill*.log | head -30
+    note "tests skipped: $(grep -h 'skipped' "$L"/test-*.log | grep -vc DS4_EXPERTS_BENCH)"
+    grep -h 'skipped' "$L"/test-*.log | sort | uniq -c | head -5
 fi
 
 bench() { # label, env..., then ds4-bench args after -- (label base-*: the baseline binary)
@@ -63,16 +83,16 @@ bench() { # label, env..., then ds4-bench args after -- (label base-*: the basel
     shift
     local bin=$B/ds4-bench
     [[ $label == base* ]] && bin=$B/ds4-bench-base
-    [ -x "$bin" ] || return 0
+    [ -x "$bin" ] || { note "bench $label: no $bin"; return 0; }
     local envs=()
     while [ "$1" != "--" ]; do
         envs+=("$1")
         shift
     done
     shift
-    env "${envs[@]}" timeout 150 "$bin" --synthetic q2 --layers "${LAYERS:-43}" "$@" >"$OUT/bench-$label.log" 2>&1 ||
+    env "${envs[@]}" timeout 150 "$bin" --synthetic q2 --layers "${LAYERS:-43}" "$@" >"$L/bench-$label.log" 2>&1 ||
         true
-    local log=$OUT/bench-$label.log
+    local log=$L/bench-$label.log
     note "bench $label: $( (grep -E '^[0-9]+,|tok/s =' "$log" || tail -1 "$log") | sed 's/ds4-bench: //' | tr '\n' ' ')"
 }
 
@@ -84,7 +104,7 @@ if has bench; then
     bench fast DS4_CUDA_PDL=1 DS4_CUDA_DENSE_TMA=1 -- "${DEC[@]}"
     bench fast-all "${ALL[@]}" -- "${DEC[@]}"
     bench profile DS4_CUDA_DENSE_TMA=1 DS4_CUDA_HC_FOLD=1 DS4_CUDA_INDEX_MMA=1 -- --ctx-start 4096 --ctx-max 4096 -n 16 --synthetic-prefill 64 --profile
-    grep -A30 "^profile:" "$OUT/bench-profile.log" | head -40
+    grep -A30 "^profile:" "$L/bench-profile.log" | head -40
 fi
 
 if has ablate; then  # each piece of the fast path off in turn
@@ -110,25 +130,26 @@ if has prefill; then
     bench prefill-32k X=1 -- --ctx-start 32768 --ctx-max 32768 -n 8 --synthetic-prefill 8192
     bench prefill-mma-32k DS4_PREFILL_ATTN_MMA=1 DS4_PREFILL_INDEX_MMA=1 -- --ctx-start 32768 --ctx-max 32768 -n 8 --synthetic-prefill 8192
     DS4_PREFILL_PROFILE=1 DS4_PREFILL_ATTN_MMA=1 DS4_PREFILL_INDEX_MMA=1 DS4_PREFILL_GEMM=4 timeout 150 "$B/ds4-bench" --synthetic q2 --layers "${LAYERS:-43}" \
-        "${PF[@]}" >"$OUT/bench-prefill-profile.log" 2>&1
-    grep -iE "pf_|total" "$OUT/bench-prefill-profile.log" | head -30
+        "${PF[@]}" >"$L/bench-prefill-profile.log" 2>&1
+    grep -iE "pf_|total" "$L/bench-prefill-profile.log" | head -30
 fi
 
 if has full2; then
     # CUDA vs CPU on a full-width 2-layer model, 96 tokens one by one; CUDA twice (determinism).
+    rm -f /tmp/l_cpu.f32 /tmp/l_cuda.f32 /tmp/l_cuda2.f32 /tmp/l_pf.f32 /tmp/l_pfm.f32
     timeout 120 "$B/ds4" synth --preset full --layers 2 --seed 3 --out /tmp/full2.gguf >/dev/null 2>&1
     python3 -c "import numpy as np; np.random.default_rng(5).integers(0,129280,96).astype('<i4').tofile('/tmp/t96.i32')"
     for be in cpu cuda cuda2; do
         timeout 300 "$B/ds4" logits -m /tmp/full2.gguf --tokens /tmp/t96.i32 --out /tmp/l_$be.f32 \
-            --backend ${be%2} >"$OUT/full2-$be.log" 2>&1 || note "full2 $be failed: $(tail -2 "$OUT/full2-$be.log")"
+            --backend ${be%2} >"$L/full2-$be.log" 2>&1 || note "full2 $be failed: $(tail -2 "$L/full2-$be.log")"
     done
     note "full2 cuda vs cpu: $(python3 "$D/shared/tools/check_logits.py" /tmp/l_cpu.f32 /tmp/l_cuda.f32 --n-vocab 129280 2>&1 | tail -1)"
     cmp -s /tmp/l_cuda.f32 /tmp/l_cuda2.f32 && note "full2 cuda reruns: bit-identical" || note "full2 cuda reruns: DIFFER"
     timeout 300 "$B/ds4" logits -m /tmp/full2.gguf --tokens /tmp/t96.i32 --out /tmp/l_pf.f32 --prefill \
-        --backend cuda >"$OUT/full2-prefill.log" 2>&1
+        --backend cuda >"$L/full2-prefill.log" 2>&1
     note "full2 cuda prefill vs cpu: $(python3 "$D/shared/tools/check_logits.py" /tmp/l_cpu.f32 /tmp/l_pf.f32 --n-vocab 129280 2>&1 | tail -1)"
     DS4_PREFILL_ATTN_MMA=1 DS4_PREFILL_INDEX_MMA=1 timeout 300 "$B/ds4" logits -m /tmp/full2.gguf --tokens /tmp/t96.i32 --out /tmp/l_pfm.f32 \
-        --prefill --backend cuda >"$OUT/full2-prefill-mma.log" 2>&1
+        --prefill --backend cuda >"$L/full2-prefill-mma.log" 2>&1
     note "full2 cuda prefill (tensor-core attention) vs cpu: $(python3 "$D/shared/tools/check_logits.py" /tmp/l_cpu.f32 /tmp/l_pfm.f32 --n-vocab 129280 2>&1 | tail -1)"
     rm -f /tmp/full2.gguf
 fi
@@ -142,6 +163,7 @@ if has full4; then
     timeout 200 "$B/ds4" synth --preset full --layers 4 --seed 5 --out /tmp/full4.gguf >/dev/null 2>&1
     python3 -c "import numpy as np; np.random.default_rng(7).integers(0,129280,2200).astype('<i4').tofile('/tmp/t2200.i32')"
     REF=$R/.device-ref
+    rm -f /tmp/l4_cuda.f32 /tmp/l4_fast.f32
     if [ -f "$REF/full4-cpu.f32" ] && cmp -s /tmp/t2200.i32 "$REF/t2200.i32" &&
         [ "$(sha256sum /tmp/full4.gguf | cut -c1-64)" = "$(cat "$REF/full4.sha256")" ]; then
         cp "$REF/full4-cpu.f32" /tmp/l4_cpu.f32
@@ -153,7 +175,7 @@ if has full4; then
         [ $be = cpu ] && [ -f /tmp/l4_cpu.f32 ] && continue
         case $be in fast) envs=("${FAST[@]}") bk=cuda ;; *) envs=(X=1) bk=$be ;; esac
         env "${envs[@]}" timeout 400 "$B/ds4" logits -m /tmp/full4.gguf --tokens /tmp/t2200.i32 --last 32 \
-            --out /tmp/l4_$be.f32 --backend $bk >"$OUT/full4-$be.log" 2>&1 || note "full4 $be failed: $(tail -2 "$OUT/full4-$be.log")"
+            --out /tmp/l4_$be.f32 --backend $bk >"$L/full4-$be.log" 2>&1 || note "full4 $be failed: $(tail -2 "$L/full4-$be.log")"
     done
     for be in cuda fast; do
         note "full4 $be vs cpu (last 32 of 2200): $(python3 "$D/shared/tools/check_logits.py" /tmp/l4_cpu.f32 /tmp/l4_$be.f32 --n-vocab 129280 2>&1 | tail -1)"
@@ -165,30 +187,30 @@ if has bisect; then  # scripts/gpu-bisect-pack.sh: the golden decode test at eac
     mkdir -p /tmp/ds4bis && tar xJf "$R/.device-bisect/bisect.tar.xz" -C /tmp/ds4bis
     # they were built in /tmp/ds4-bisect-tree and look for ../shared and target/testdata from there
     [ -e /tmp/ds4-bisect-tree ] || ln -s "$R" /tmp/ds4-bisect-tree
-    [ -e /tmp/shared ] || ln -s "$D/shared" /tmp/shared
     while read -r rev; do
-        timeout 120 /tmp/ds4bis/bisect/gpu-$rev tiny_golden --test-threads 1 --nocapture >"$OUT/bisect-$rev.log" 2>&1
+        timeout 120 /tmp/ds4bis/bisect/gpu-$rev tiny_golden --test-threads 1 --nocapture >"$L/bisect-$rev.log" 2>&1
         rc=$?
-        note "bisect $rev: $([ $rc = 0 ] && echo pass || echo FAIL rc=$rc) $(grep -E 'vs model_f64' "$OUT/bisect-$rev.log" | head -2 | tr '\n' ' ')"
+        note "bisect $rev: $([ $rc = 0 ] && echo pass || echo FAIL rc=$rc) $(grep -E 'vs model_f64' "$L/bisect-$rev.log" | head -2 | tr '\n' ' ')"
     done </tmp/ds4bis/bisect/order
-    while read -r rev; do  # the batched prefill's golden gate, then this tree's
+    while read -r rev; do  # the batched prefill's golden gate (this tree's runs in the tests step)
         timeout 180 /tmp/ds4bis/bisect/prefill-$rev batched_prefill --test-threads 1 --nocapture \
-            >"$OUT/bisect-prefill-$rev.log" 2>&1
+            >"$L/bisect-prefill-$rev.log" 2>&1
         rc=$?
         note "bisect prefill $rev: $([ $rc = 0 ] && echo pass || echo FAIL rc=$rc)"
     done </tmp/ds4bis/bisect/order-prefill
 fi
 
 if has mb; then
-    timeout 240 "$B/mb" "${MB_LAYERS:-8}" 2>&1 | tee "$OUT/mb.log"
+    timeout 240 "$B/mb" "${MB_LAYERS:-8}" 2>&1 | tee "$L/mb.log"
     note "mb rc=${PIPESTATUS[0]}"
-    grep -E "graph of|D2D" "$OUT/mb.log" >>"$SUMMARY"
+    grep -E "graph of|D2D" "$L/mb.log" >>"$SUMMARY"
     # the routed-expert decode kernels at the full shape (the largest piece after dense)
-    DS4_EXPERTS_BENCH=1 timeout 180 "$B/experts" bench_full --test-threads 1 --nocapture >"$OUT/experts-bench.log" 2>&1
+    DS4_EXPERTS_BENCH=1 timeout 180 "$B/experts" bench_full --test-threads 1 --nocapture >"$L/experts-bench.log" 2>&1
     note "experts bench rc=$?"
-    grep -E "us|GB/s" "$OUT/experts-bench.log" | head -12 >>"$SUMMARY"
+    grep -E "us|GB/s" "$L/experts-bench.log" | head -12 >>"$SUMMARY"
 fi
 
 note "== done at ${SECONDS}s"
+pack
 echo "==== summary"
 cat "$SUMMARY"

@@ -2,7 +2,7 @@
 # Computes here, once, the CPU reference of gpu-check.sh's full4 step (4 full-width synthetic layers,
 # 2,200 tokens, logits of the last 32 positions) into .device-ref/ (git-ignored, ~17 MB), so the
 # GPU machine spends no device time on the CPU side: carry [".device", ".device-ref"] with
-# `bash scripts/gpu-check.sh full4`. Takes ~15 minutes on a 2-core machine (a 10 GB model file
+# `bash scripts/gpu-check.sh full4`. Takes ~3 minutes on a 2-core machine (a 9 GB model file
 # in /tmp, deleted afterwards). Needs target/ci/ds4 (scripts/gpu-pack.sh builds it) and numpy.
 set -euo pipefail
 cd "$(dirname "$0")/.."

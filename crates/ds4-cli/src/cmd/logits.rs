@@ -1,6 +1,7 @@
 //! `ds4 logits`: the test interface of the forward pass. Reads little-endian i32 token ids and
 //! writes, for every position i, the n_vocab f32 logits after feeding tokens[0..=i] (row-major,
-//! little-endian), either one token at a time or as batched prefill chunks (`--prefill`).
+//! little-endian), either one token at a time or as batched prefill chunks (`--prefill`);
+//! `--last N` writes only the last N positions (the tokens before them go in as one prefill).
 //! `--dump-layers` also writes per-layer records in the golden `record_layout`.
 
 use std::path::{Path, PathBuf};
