@@ -626,6 +626,16 @@ fn tiny_model() -> Option<Arc<Model>> {
     }
 }
 
+/// Logits of every position, feeding `tokens` one at a time (the decode graph).
+fn decode_each(be: &mut CudaBackend, tokens: &[u32], n_vocab: usize) -> Vec<f32> {
+    let mut out = vec![0f32; tokens.len() * n_vocab];
+    for (i, &t) in tokens.iter().enumerate() {
+        be.eval(&[t], Logits::Last(&mut out[i * n_vocab..(i + 1) * n_vocab]))
+            .expect("eval");
+    }
+    out
+}
+
 #[test]
 fn tiny_golden_decode_passes_the_float_gates() {
     if device().is_none() {
@@ -640,15 +650,8 @@ fn tiny_golden_decode_passes_the_float_gates() {
         let mut be = CudaBackend::new(model.clone(), 1024).expect("cuda backend");
         be.set_fast_decode(fast);
         let steps = golden.tokens.len();
-        let mut logits = vec![0f32; steps * n_vocab];
         let t0 = std::time::Instant::now();
-        for (i, &t) in golden.tokens.iter().enumerate() {
-            be.eval(
-                &[t],
-                Logits::Last(&mut logits[i * n_vocab..(i + 1) * n_vocab]),
-            )
-            .expect("eval");
-        }
+        let logits = decode_each(&mut be, &golden.tokens, n_vocab);
         let dt = t0.elapsed().as_secs_f64();
         let report = ds4_testdata::float_gate(
             &golden.logits_model_f64,
@@ -689,15 +692,7 @@ fn tensor_core_index_scores_pass_the_float_gates_in_decode() {
     for _ in 0..2 {
         let mut be = CudaBackend::new(model.clone(), 1024).expect("cuda backend");
         be.set_index_mma(true);
-        let steps = golden.tokens.len();
-        let mut logits = vec![0f32; steps * n_vocab];
-        for (i, &t) in golden.tokens.iter().enumerate() {
-            be.eval(
-                &[t],
-                Logits::Last(&mut logits[i * n_vocab..(i + 1) * n_vocab]),
-            )
-            .expect("eval");
-        }
+        let logits = decode_each(&mut be, &golden.tokens, n_vocab);
         runs.push(logits);
     }
     let report = ds4_testdata::float_gate(
@@ -731,15 +726,7 @@ fn tuning_counts_keep_decode_within_the_float_gates() {
         std::env::remove_var("DS4_CUDA_ATT_SPLIT");
         be.set_fast_decode(true);
         be.set_hc_fold(true);
-        let steps = golden.tokens.len();
-        let mut logits = vec![0f32; steps * n_vocab];
-        for (i, &t) in golden.tokens.iter().enumerate() {
-            be.eval(
-                &[t],
-                Logits::Last(&mut logits[i * n_vocab..(i + 1) * n_vocab]),
-            )
-            .expect("eval");
-        }
+        let logits = decode_each(&mut be, &golden.tokens, n_vocab);
         let report = ds4_testdata::float_gate(
             &golden.logits_model_f64,
             &logits,
@@ -767,12 +754,7 @@ fn folded_hc_steps_give_the_same_bits() {
             let mut be = CudaBackend::new(model.clone(), 256).expect("cuda backend");
             be.set_fast_decode(fast);
             be.set_hc_fold(fold);
-            let mut out = vec![0f32; tokens.len() * n_vocab];
-            for (i, &t) in tokens.iter().enumerate() {
-                be.eval(&[t], Logits::Last(&mut out[i * n_vocab..(i + 1) * n_vocab]))
-                    .expect("eval");
-            }
-            runs.push(out);
+            runs.push(decode_each(&mut be, &tokens, n_vocab));
         }
         let rel = ds4_testdata::rel_l2(&runs[0], &runs[1]);
         println!("HC fold (fast decode {fast}): relL2 vs unfolded {rel:.2e}");

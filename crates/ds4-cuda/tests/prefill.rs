@@ -735,6 +735,19 @@ fn tensor_core_index_scores_match_f64_and_the_simt_kernel() {
         let qi = random_vec(t * nih * 128, 1.0, &mut rng);
         let w = random_vec(t * nih, 1.0, &mut rng);
         let (cb, qb, wb) = (upload(&dev, &cache), upload(&dev, &qi), upload(&dev, &w));
+        let args = |scores| PfIndexScores {
+            index_cache: cb.ptr(),
+            qi: qb.ptr(),
+            w: wb.ptr(),
+            pos0,
+            t0: 0,
+            t,
+            ratio,
+            n_idx_head: nih,
+            top_k,
+            scores,
+            cap,
+        };
         let mut want = Vec::new();
         let mut got_rows = Vec::new();
         for tt in 0..t {
@@ -759,20 +772,7 @@ fn tensor_core_index_scores_match_f64_and_the_simt_kernel() {
         for mma in [false, true] {
             let sb = upload(&dev, &vec![f32::NAN; t * cap]);
             k.index_mma = mma;
-            k.index_scores(&PfIndexScores {
-                index_cache: cb.ptr(),
-                qi: qb.ptr(),
-                w: wb.ptr(),
-                pos0,
-                t0: 0,
-                t,
-                ratio,
-                n_idx_head: nih,
-                top_k,
-                scores: sb.ptr(),
-                cap,
-            })
-            .expect("index scores");
+            k.index_scores(&args(sb.ptr())).expect("index scores");
             dev.synchronize().expect("sync");
             let mut s = vec![0f32; t * cap];
             sb.download(0, &mut s).expect("download");
@@ -793,20 +793,7 @@ fn tensor_core_index_scores_match_f64_and_the_simt_kernel() {
         }
         // Reruns repeat bit for bit.
         let sb = upload(&dev, &vec![f32::NAN; t * cap]);
-        k.index_scores(&PfIndexScores {
-            index_cache: cb.ptr(),
-            qi: qb.ptr(),
-            w: wb.ptr(),
-            pos0,
-            t0: 0,
-            t,
-            ratio,
-            n_idx_head: nih,
-            top_k,
-            scores: sb.ptr(),
-            cap,
-        })
-        .expect("index scores");
+        k.index_scores(&args(sb.ptr())).expect("index scores");
         dev.synchronize().expect("sync");
         let mut again = vec![0f32; t * cap];
         sb.download(0, &mut again).expect("download");
