@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ds4_cpu::CpuBackend;
 use ds4_model::{Backend, LayerProbe, Logits, Model};
-use ds4_testdata::{float_gate, rel_l2, tiny_s777_gguf, Golden};
+use ds4_testdata::{rel_l2, tiny_s777_gguf, Golden};
 
 fn setup() -> (Arc<Model>, Golden) {
     let path = tiny_s777_gguf().expect("building the golden tiny GGUF (needs python3 + numpy)");
@@ -24,7 +24,7 @@ fn decode_token_by_token_passes_float_tier() {
         be.eval(&[tok], Logits::Last(&mut out[i * v..(i + 1) * v]))
             .unwrap();
     }
-    let rep = float_gate(&g.logits_model_f64, &out, v, &g.thresholds);
+    let rep = g.model_gate(&out);
     println!("decode: {rep}");
     assert!(rep.passed(), "{rep}");
     assert_eq!(rep.steps, 520);
@@ -39,7 +39,7 @@ fn batched_prefill_passes_float_tier_and_matches_decode_chunks() {
     be.set_prefill_chunk(100);
     let mut out = vec![0.0f32; g.tokens.len() * v];
     be.eval(&g.tokens, Logits::All(&mut out)).unwrap();
-    let rep = float_gate(&g.logits_model_f64, &out, v, &g.thresholds);
+    let rep = g.model_gate(&out);
     println!("prefill: {rep}");
     assert!(rep.passed(), "{rep}");
 }

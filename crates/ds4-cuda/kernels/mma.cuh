@@ -47,6 +47,15 @@ __device__ __forceinline__ void pf_split2(float a, float b, uint32_t& hi, uint32
 
 __device__ __forceinline__ uint32_t pf_lds32(const __half* p) { return *(const uint32_t*)p; }
 
+// An A fragment from row-major f16 shared memory: `p` at this lane's row g, column 2t of the 16×16
+// tile (rows `stride` halves apart): a0 = (g, 2t), a1 = (g+8, 2t), a2 = (g, 2t+8), a3 = (g+8, 2t+8).
+__device__ __forceinline__ void lds_a_frag(uint32_t (&a)[4], const __half* p, int stride) {
+    a[0] = pf_lds32(p);
+    a[1] = pf_lds32(p + 8 * stride);
+    a[2] = pf_lds32(p + 8);
+    a[3] = pf_lds32(p + 8 * stride + 8);
+}
+
 // ---- indexer scores on the tensor cores ------------------------------------------------------
 //
 // Scores of 128 index rows for one query token: S = Qi·Kᵀ over 128 dims with the (up to 64,
@@ -102,14 +111,8 @@ __device__ __forceinline__ void index_tile_scores(const unsigned char* smem, con
         for (int ks = 0; ks < 8; ks++) {
             const int k = 16 * ks;
             uint32_t ah[4], al[4];
-            ah[0] = pf_lds32(qa + k);
-            ah[1] = pf_lds32(qa + 8 * IDX_HS + k);
-            ah[2] = pf_lds32(qa + k + 8);
-            ah[3] = pf_lds32(qa + 8 * IDX_HS + k + 8);
-            al[0] = pf_lds32(qb + k);
-            al[1] = pf_lds32(qb + 8 * IDX_HS + k);
-            al[2] = pf_lds32(qb + k + 8);
-            al[3] = pf_lds32(qb + 8 * IDX_HS + k + 8);
+            lds_a_frag(ah, qa + k, IDX_HS);
+            lds_a_frag(al, qb + k, IDX_HS);
 #pragma unroll
             for (int nt = 0; nt < 2; nt++) {
                 const __half* kb = kt + (warp * 16 + nt * 8 + g) * IDX_HS + 2 * t4 + k;

@@ -1321,14 +1321,8 @@ __device__ void attention_mma_body(const float* q, const float* ring, int raw_ca
                 for (int e = 0; e < 2; e++) {
                     const int kk = k + 16 * e;
                     uint32_t ah[4], al[4];
-                    ah[0] = pf_lds32(qa + kk);
-                    ah[1] = pf_lds32(qa + 8 * hds + kk);
-                    ah[2] = pf_lds32(qa + kk + 8);
-                    ah[3] = pf_lds32(qa + 8 * hds + kk + 8);
-                    al[0] = pf_lds32(qb + kk);
-                    al[1] = pf_lds32(qb + 8 * hds + kk);
-                    al[2] = pf_lds32(qb + kk + 8);
-                    al[3] = pf_lds32(qb + 8 * hds + kk + 8);
+                    lds_a_frag(ah, qa + kk, hds);
+                    lds_a_frag(al, qb + kk, hds);
                     const uint32_t b0 = pf_lds32(kb + kk), b1 = pf_lds32(kb + kk + 8);
                     float* c = e ? c1 : c0;
                     mma16816(c, ah, b0, b1);
@@ -1386,14 +1380,8 @@ __device__ void attention_mma_body(const float* q, const float* ring, int raw_ca
 #pragma unroll
             for (int ks = 0; ks < TR / 16; ks++) {
                 uint32_t ah[4], al[4];
-                ah[0] = pf_lds32(pa + 16 * ks);
-                ah[1] = pf_lds32(pa + 8 * (TR + 8) + 16 * ks);
-                ah[2] = pf_lds32(pa + 16 * ks + 8);
-                ah[3] = pf_lds32(pa + 8 * (TR + 8) + 16 * ks + 8);
-                al[0] = pf_lds32(pb + 16 * ks);
-                al[1] = pf_lds32(pb + 8 * (TR + 8) + 16 * ks);
-                al[2] = pf_lds32(pb + 16 * ks + 8);
-                al[3] = pf_lds32(pb + 8 * (TR + 8) + 16 * ks + 8);
+                lds_a_frag(ah, pa + 16 * ks, TR + 8);
+                lds_a_frag(al, pb + 16 * ks, TR + 8);
 #pragma unroll
                 for (int jj = 0; jj < NT / 2; jj++) {
                     if (2 * jj < ont) {

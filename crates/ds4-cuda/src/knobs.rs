@@ -1,7 +1,8 @@
-//! The backend's path switches in one place: each environment variable, and the default that
-//! applies when it is unset. Paths that have not yet run on a GPU are off by default; once a GPU
-//! run has passed their tests and measured them faster (BENCHMARKS.md), their default here flips
-//! to `true` (the variable still turns them off with any value but `1`).
+//! The backend's kernel-path switches and tuning counts in one place: each environment variable,
+//! and the default that applies when it is unset. Paths that have not yet run on a GPU are off by
+//! default; once a GPU run has passed their tests and measured them faster (BENCHMARKS.md), their
+//! default here flips to `true` (the variable still turns them off with any value but `1`).
+//! (`DS4_CUDA_BATCHED_PREFILL` and `DS4_PREFILL_HPB`, older, are read in prefill.rs.)
 
 /// `DS4_CUDA_DENSE_TMA`: dense decode products on the bulk-copy kernel `dense_tma`.
 pub const DENSE_TMA: bool = false;
@@ -52,6 +53,28 @@ pub fn describe() -> String {
     parts.join(" ")
 }
 
+/// `DS4_PREFILL_GEMM`: `2` the plain GEMM, `3` the pipelined one, `4` the pipelined one with
+/// ldmatrix fragment loads; unset, the pipelined one with [`PREFILL_LDSM`]. Returns
+/// `(pipelined, ldmatrix)`.
+pub fn prefill_gemm() -> (bool, bool) {
+    match std::env::var("DS4_PREFILL_GEMM").as_deref().map(str::trim) {
+        Ok("2") => (false, false),
+        Ok("4") => (true, true),
+        Ok(_) => (true, false),
+        Err(_) => (true, PREFILL_LDSM),
+    }
+}
+
+/// A tuning count: `name`'s value where it parses and `ok` accepts it, else `default` (an
+/// unusable value is ignored rather than failing the backend).
+pub fn count(name: &str, default: usize, ok: impl Fn(usize) -> bool) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| ok(n))
+        .unwrap_or(default)
+}
+
 /// `name` = `1` turns the path on, any other value off; unset gives `default`.
 pub fn flag(name: &str, default: bool) -> bool {
     match std::env::var(name) {
@@ -63,6 +86,26 @@ pub fn flag(name: &str, default: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tuning_counts_from_the_environment_fall_back_on_bad_values() {
+        let name = "DS4_CUDA_TEST_ONLY_COUNT";
+        let pow2 = |n: usize| n.is_power_of_two() && (16..=128).contains(&n);
+        std::env::remove_var(name);
+        assert_eq!(count(name, 32, pow2), 32);
+        for (v, want) in [
+            ("64", 64),
+            (" 16 ", 16),
+            ("48", 32),
+            ("256", 32),
+            ("x", 32),
+            ("-1", 32),
+        ] {
+            std::env::set_var(name, v);
+            assert_eq!(count(name, 32, pow2), want, "{v:?}");
+        }
+        std::env::remove_var(name);
+    }
 
     #[test]
     fn describe_names_every_switch_with_its_value() {

@@ -249,16 +249,6 @@ pub struct DenseInput {
     pub hc: Option<HcFold>,
 }
 
-/// A tuning count from the environment: `name`'s value where it parses and `ok` accepts it, else
-/// `default` (an unusable value is ignored rather than failing the backend).
-fn env_count(name: &str, default: usize, ok: impl Fn(usize) -> bool) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| ok(n))
-        .unwrap_or(default)
-}
-
 /// Rows per `index_select_mma` block (`IDX_TILE` in kernels/mma.cuh).
 const INDEX_TILE: u32 = 128;
 /// `index_select_mma`'s dynamic shared memory (`IDX_MMA_SMEM`): queries hi + lo for 64 heads and
@@ -456,10 +446,10 @@ impl Kernels {
             hc_post: f("ops", "hc_post")?,
             hc_fused: f("ops", "hc_fused")?,
             hc_finish: f("ops", "hc_finish")?,
-            hc_blocks: env_count("DS4_CUDA_HC_BLOCKS", Self::HC_BLOCKS, |n| {
+            hc_blocks: crate::knobs::count("DS4_CUDA_HC_BLOCKS", Self::HC_BLOCKS, |n| {
                 n.is_power_of_two() && (16..=Self::HC_BLOCKS_MAX).contains(&n)
             }),
-            att_split: env_count("DS4_CUDA_ATT_SPLIT", Self::ATT_SPLIT, |n| {
+            att_split: crate::knobs::count("DS4_CUDA_ATT_SPLIT", Self::ATT_SPLIT, |n| {
                 (1..=Self::ATT_SPLIT_MAX).contains(&n)
             }),
             hc_fold_on: std::sync::atomic::AtomicBool::new(crate::knobs::flag(
@@ -1340,26 +1330,6 @@ mod tests {
             alpha: 1.0,
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn tuning_counts_from_the_environment_fall_back_on_bad_values() {
-        let name = "DS4_CUDA_TEST_ONLY_COUNT";
-        let pow2 = |n: usize| n.is_power_of_two() && (16..=128).contains(&n);
-        std::env::remove_var(name);
-        assert_eq!(env_count(name, 32, pow2), 32);
-        for (v, want) in [
-            ("64", 64),
-            (" 16 ", 16),
-            ("48", 32),
-            ("256", 32),
-            ("x", 32),
-            ("-1", 32),
-        ] {
-            std::env::set_var(name, v);
-            assert_eq!(env_count(name, 32, pow2), want, "{v:?}");
-        }
-        std::env::remove_var(name);
     }
 
     #[test]

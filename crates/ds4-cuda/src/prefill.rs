@@ -434,6 +434,7 @@ impl PrefillKernels {
             unsafe { result::module::get_function(module, c) }
                 .map_err(|_| Error::MissingKernel(name.to_string()))
         };
+        let (pipelined, ldsm) = crate::knobs::prefill_gemm();
         let k = PrefillKernels {
             dev: dev.clone(),
             module,
@@ -453,12 +454,8 @@ impl PrefillKernels {
                 f("pf_gemm4_q2_k")?,
                 f("pf_gemm4_q4_k")?,
             ],
-            pipelined: std::env::var("DS4_PREFILL_GEMM").map_or(true, |v| v != "2"),
-            ldsm: match std::env::var("DS4_PREFILL_GEMM").as_deref() {
-                Ok("4") => true,
-                Ok(_) => false,
-                Err(_) => crate::knobs::PREFILL_LDSM,
-            },
+            pipelined,
+            ldsm,
             attn32: std::env::var("DS4_PREFILL_HPB").is_ok_and(|v| v == "32"),
             attn_mma: attn_mma_enabled(),
             gemm_f16: f("pf_gemm_f16")?,

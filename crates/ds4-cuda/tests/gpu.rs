@@ -653,12 +653,7 @@ fn tiny_golden_decode_passes_the_float_gates() {
         let t0 = std::time::Instant::now();
         let logits = decode_each(&mut be, &golden.tokens, n_vocab);
         let dt = t0.elapsed().as_secs_f64();
-        let report = ds4_testdata::float_gate(
-            &golden.logits_model_f64,
-            &logits,
-            n_vocab,
-            &golden.thresholds,
-        );
+        let report = golden.model_gate(&logits);
         println!(
             "cuda (fast decode {fast}) vs model_f64: {report} ({:.1} tok/s incl. logits readback)",
             steps as f64 / dt
@@ -695,12 +690,7 @@ fn tensor_core_index_scores_pass_the_float_gates_in_decode() {
         let logits = decode_each(&mut be, &golden.tokens, n_vocab);
         runs.push(logits);
     }
-    let report = ds4_testdata::float_gate(
-        &golden.logits_model_f64,
-        &runs[0],
-        n_vocab,
-        &golden.thresholds,
-    );
+    let report = golden.model_gate(&runs[0]);
     println!("cuda (tensor-core index scores) vs model_f64: {report}");
     assert!(report.passed(), "{report}");
     assert!(
@@ -727,12 +717,7 @@ fn tuning_counts_keep_decode_within_the_float_gates() {
         be.set_fast_decode(true);
         be.set_hc_fold(true);
         let logits = decode_each(&mut be, &golden.tokens, n_vocab);
-        let report = ds4_testdata::float_gate(
-            &golden.logits_model_f64,
-            &logits,
-            n_vocab,
-            &golden.thresholds,
-        );
+        let report = golden.model_gate(&logits);
         println!("HC blocks {hb}, attention slices {sp}: {report}");
         assert!(report.passed(), "HC blocks {hb}, slices {sp}: {report}");
     }

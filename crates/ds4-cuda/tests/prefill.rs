@@ -418,11 +418,9 @@ fn batched_prefill_of_the_golden_tiny_model_passes_the_float_gates() {
             .map(|v| format!("{v:.1e}"))
             .collect::<Vec<_>>()
     );
-    let report =
-        ds4_testdata::float_gate(&golden.logits_model_f64, &got, n_vocab, &golden.thresholds);
+    let report = golden.model_gate(&got);
     println!("batched prefill vs model_f64: {report}");
-    let dreport =
-        ds4_testdata::float_gate(&golden.logits_model_f64, &want, n_vocab, &golden.thresholds);
+    let dreport = golden.model_gate(&want);
     println!("decode vs model_f64:          {dreport}");
 
     // One more decode step after the batched prefill continues the session correctly.

@@ -152,6 +152,12 @@ pub struct Golden {
 }
 
 impl Golden {
+    /// The float-tier gate of `cand` (logits of the golden tokens, row-major) against the
+    /// float64 model reference.
+    pub fn model_gate(&self, cand: &[f32]) -> FloatReport {
+        float_gate(&self.logits_model_f64, cand, self.n_vocab, &self.thresholds)
+    }
+
     pub fn load(name: &str) -> Result<Golden> {
         let dir = golden_dir(name);
         let meta = read_json(&dir.join("meta.json"))?;
